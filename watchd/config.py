@@ -1,0 +1,361 @@
+"""Configuration: one validated, frozen object built once at start-up.
+
+Nothing else in watchd reads the TOML file or the environment for settings.
+Every error names the file and the key, because the person reading it is an
+operator looking at ``journalctl`` who needs to know exactly what to fix.
+
+Relative paths in a config file are resolved against the file's folder, so a
+config keeps its meaning whatever the daemon's working directory is; the
+embedded default (no file) resolves them against the working directory, which
+is what ``make run`` in a fresh clone wants.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from watchd.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+AfterAction = Literal["archive", "delete", "keep"]
+WatchMethod = Literal["inotify", "poll"]
+LogFormat = Literal["auto", "console", "json"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Process-wide settings (``[daemon]``)."""
+
+    state_dir: Path
+    models_dir: Path | None
+    log_format: LogFormat
+    log_level: str
+    drain_seconds: float
+    rescan_interval: float
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The worker pool (``[pool]``)."""
+
+    workers: int
+    threads_per_worker: int
+    max_attempts: int
+    file_timeout: float
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """One route from an inbox to an outbox (``[[watch]]``)."""
+
+    name: str
+    inbox: Path
+    outbox: Path
+    archive: Path
+    failed: Path
+    model: str
+    settle_seconds: float
+    after: AfterAction
+    method: WatchMethod
+    poll_interval: float
+    png_compress_level: int
+    max_file_bytes: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``source`` is the file it came from (None: the embedded default)."""
+
+    source: Path | None
+    daemon: DaemonConfig
+    pool: PoolConfig
+    watches: tuple[WatchConfig, ...]
+
+    def watch(self, name: str) -> WatchConfig:
+        for watch in self.watches:
+            if watch.name == name:
+                return watch
+        raise KeyError(name)
+
+
+# --- key tables: name -> (parser, default) ------------------------------------------------------
+# A parser takes (value, context) and returns the typed value or raises _Bad with a message.
+
+
+class _Bad(Exception):
+    """A value is wrong; the message says what was expected."""
+
+
+def _default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def _number(minimum: float, maximum: float | None = None) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Bad(f"expected a number, got {_describe(value)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum:g}" if maximum is not None else ""
+            raise _Bad(f"must be at least {minimum:g}{upper}, got {value!r}")
+        return float(value)
+
+    return parse
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(f"expected an integer, got {_describe(value)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise _Bad(f"must be at least {minimum}{upper}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise _Bad(f"must be one of {', '.join(repr(o) for o in options)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"expected a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _watch_name(value: Any) -> str:
+    name = _string(value)
+    if not _NAME_RE.match(name):
+        raise _Bad(
+            f"{name!r} is not a usable name: use letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit, at most 64 characters"
+        )
+    return name
+
+
+def _path(value: Any) -> str:
+    return _string(value)
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+_DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "state_dir": (_path, ".watchd"),
+    "models_dir": (_path, None),
+    "log_format": (_choice("auto", "console", "json"), "auto"),
+    "log_level": (_choice("debug", "info", "warning", "error"), "info"),
+    "drain_seconds": (_number(0), 30.0),
+    "rescan_interval": (_number(1), 60.0),
+}
+
+_POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "workers": (_integer(1, 256), None),
+    "threads_per_worker": (_integer(1, 256), 1),
+    "max_attempts": (_integer(1, 100), 3),
+    "file_timeout": (_number(1), 300.0),
+}
+
+_WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "name": (_watch_name, None),
+    "inbox": (_path, None),
+    "outbox": (_path, None),
+    "archive": (_path, None),
+    "failed": (_path, None),
+    "model": (_string, "u2netp"),
+    "settle_seconds": (_number(0, 3600), 2.0),
+    "after": (_choice("archive", "delete", "keep"), "archive"),
+    "method": (_choice("inotify", "poll"), "inotify"),
+    "poll_interval": (_number(0.1, 3600), 5.0),
+    "png_compress_level": (_integer(0, 9), 1),
+    "max_file_bytes": (_integer(1), 200 * 1024 * 1024),
+}
+
+_TOP_KEYS = ("daemon", "pool", "watch")
+
+DEFAULT_WATCH: Mapping[str, Any] = {
+    "name": "default",
+    "inbox": "inbox",
+    "outbox": "outbox",
+    "archive": "archive",
+    "failed": "failed",
+}
+
+
+class _Reader:
+    """Validates one table against a key table, collecting the file name for messages."""
+
+    def __init__(self, source: Path | None) -> None:
+        self.where = str(source) if source else "the built-in default configuration"
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {key}: {message}")
+
+    def table(
+        self,
+        prefix: str,
+        raw: Any,
+        keys: Mapping[str, tuple[Callable[[Any], Any], Any]],
+    ) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.error(prefix, f"expected a table, got {_describe(raw)}")
+        for key in raw:
+            if key not in keys:
+                raise self.error(f"{prefix}.{key}", "unknown key" + _did_you_mean(key, keys))
+        values: dict[str, Any] = {}
+        for key, (parse, default) in keys.items():
+            if key in raw:
+                try:
+                    values[key] = parse(raw[key])
+                except _Bad as exc:
+                    raise self.error(f"{prefix}.{key}", str(exc)) from None
+            else:
+                values[key] = default
+        return values
+
+
+def _did_you_mean(key: str, options: Mapping[str, Any] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate a config file; ``None`` gives the embedded default rooted at the cwd."""
+    if path is None:
+        return build_config({}, source=None, base=Path.cwd())
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied reading the config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8") from None
+    absolute = path.resolve()
+    return build_config(raw, source=absolute, base=absolute.parent)
+
+
+def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> Config:
+    """Validate a parsed TOML document; relative paths are resolved against ``base``."""
+    reader = _Reader(source)
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise reader.error(key, "unknown section" + _did_you_mean(key, _TOP_KEYS))
+
+    def resolve(value: str) -> Path:
+        return Path(os.path.abspath(base / Path(value).expanduser()))
+
+    daemon_raw = reader.table("daemon", raw.get("daemon", {}), _DAEMON_KEYS)
+    daemon = DaemonConfig(
+        state_dir=resolve(daemon_raw["state_dir"]),
+        models_dir=resolve(daemon_raw["models_dir"]) if daemon_raw["models_dir"] else None,
+        log_format=daemon_raw["log_format"],
+        log_level=daemon_raw["log_level"],
+        drain_seconds=daemon_raw["drain_seconds"],
+        rescan_interval=daemon_raw["rescan_interval"],
+    )
+    pool_raw = reader.table("pool", raw.get("pool", {}), _POOL_KEYS)
+    pool = PoolConfig(
+        workers=pool_raw["workers"] or _default_workers(),
+        threads_per_worker=pool_raw["threads_per_worker"],
+        max_attempts=pool_raw["max_attempts"],
+        file_timeout=pool_raw["file_timeout"],
+    )
+    watches_raw = raw.get("watch", [DEFAULT_WATCH] if source is None else None)
+    if not isinstance(watches_raw, list) or not watches_raw:
+        raise reader.error("watch", "at least one [[watch]] table is needed")
+    watches = tuple(
+        _build_watch(reader, f"watch[{index}]", item, resolve)
+        for index, item in enumerate(watches_raw)
+    )
+    _check_watches(reader, watches, daemon)
+    return Config(source=source, daemon=daemon, pool=pool, watches=watches)
+
+
+def _build_watch(
+    reader: _Reader, prefix: str, raw: Any, resolve: Callable[[str], Path]
+) -> WatchConfig:
+    values = reader.table(prefix, raw, _WATCH_KEYS)
+    for required in ("name", "inbox", "outbox"):
+        if values[required] is None:
+            raise reader.error(f"{prefix}.{required}", "missing (required)")
+    inbox = resolve(values["inbox"])
+    # archive and failed default to folders beside the inbox, where the people who use the
+    # inbox can find them; watches that share them still never overwrite each other's files.
+    sibling = inbox.parent
+    archive = resolve(values["archive"]) if values["archive"] else sibling / "archive"
+    failed = resolve(values["failed"]) if values["failed"] else sibling / "failed"
+    return WatchConfig(
+        name=values["name"],
+        inbox=inbox,
+        outbox=resolve(values["outbox"]),
+        archive=archive,
+        failed=failed,
+        model=values["model"],
+        settle_seconds=values["settle_seconds"],
+        after=values["after"],
+        method=values["method"],
+        poll_interval=values["poll_interval"],
+        png_compress_level=values["png_compress_level"],
+        max_file_bytes=values["max_file_bytes"],
+    )
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _check_watches(reader: _Reader, watches: tuple[WatchConfig, ...], daemon: DaemonConfig) -> None:
+    """Reject layouts that would lose or loop files: shared inboxes, outputs inside an inbox."""
+    seen_names: set[str] = set()
+    inboxes: dict[Path, str] = {}
+    for index, watch in enumerate(watches):
+        prefix = f"watch[{index}]"
+        if watch.name in seen_names:
+            raise reader.error(f"{prefix}.name", f"{watch.name!r} is used by two watches")
+        seen_names.add(watch.name)
+        if watch.inbox in inboxes:
+            raise reader.error(
+                f"{prefix}.inbox",
+                f"{watch.inbox} is already the inbox of watch {inboxes[watch.inbox]!r}",
+            )
+        inboxes[watch.inbox] = watch.name
+    all_targets = [
+        (f"watch[{i}].{key}", getattr(w, key))
+        for i, w in enumerate(watches)
+        for key in ("outbox", "archive", "failed")
+    ]
+    all_targets.append(("daemon.state_dir", daemon.state_dir))
+    for index, watch in enumerate(watches):
+        for key, target in all_targets:
+            if _inside(watch.inbox, target) or _inside(target, watch.inbox):
+                raise reader.error(
+                    f"watch[{index}].inbox",
+                    f"{watch.inbox} and {key} ({target}) overlap: the daemon would take its "
+                    "own output as new input; keep inbox and output folders apart",
+                )

@@ -1,0 +1,235 @@
+"""The dispatch loop's body: claim queued files, keep the pool busy, finish what comes back.
+
+In-flight work is capped (``capacity``), so 100,000 queued files are 100,000
+ledger rows, not 100,000 images in memory. Every outcome ends in exactly one
+of three places: the output written and the original disposed of; the
+original in the failed folder with its reason; or the file back in the queue
+(a lost attempt below ``max_attempts``, or a transient write error, retried
+with exponential backoff and jitter).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+
+import structlog
+
+from watchd.errors import InputRejected
+from watchd.files import (
+    atomic_write,
+    move_file,
+    read_input,
+    remove_file,
+    remove_stray_temp,
+    write_error_note,
+)
+from watchd.intake import spool_path
+from watchd.ledger import FileRecord, FinishedJob, Ledger, Recovery
+from watchd.pipeline import AttemptFailed, LocalPool, Result, Task, outcome
+
+log = structlog.get_logger()
+
+#: Backoff for transient write errors (full disk, unwritable outbox): seconds.
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 300.0
+
+
+class Dispatcher:
+    """Owns the in-flight set; runs in the daemon's main thread only."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        pool: LocalPool,
+        spool_dir: Path,
+        *,
+        max_attempts: int,
+        wake: Callable[[], None],
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self._ledger = ledger
+        self._pool = pool
+        self._spool = spool_dir
+        self._max_attempts = max_attempts
+        self._wake = wake
+        self._clock = clock
+        self._rng = rng
+        self.capacity = pool.size * 2
+        self.in_flight: dict[Future[Result], FileRecord] = {}
+        self._write_failures = 0
+
+    # --- dispatching ------------------------------------------------------------------------------
+
+    def fill(self) -> int:
+        """Claim queued files up to the in-flight cap and hand them to the pool."""
+        started = 0
+        while len(self.in_flight) < self.capacity:
+            records = self._ledger.claim(self.capacity - len(self.in_flight))
+            if not records:
+                break
+            for record in records:
+                self._start(record)
+                started += 1
+        return started
+
+    def _start(self, record: FileRecord) -> None:
+        try:
+            data = read_input(self.original(record), int(record.options["max_file_bytes"]))
+        except InputRejected as exc:
+            self.fail(record, str(exc))
+            return
+        task = Task(
+            file_id=record.id,
+            data=data,
+            model=str(record.options["model"]),
+            png_compress_level=int(record.options["png_compress_level"]),
+        )
+        future = self._pool.submit(task)
+        self.in_flight[future] = record
+        future.add_done_callback(lambda _f: self._wake())
+
+    def original(self, record: FileRecord) -> Path:
+        """Where the input is while it waits: the spool, or the inbox with ``after = "keep"``."""
+        if record.options["after"] == "keep":
+            return record.source
+        return spool_path(self._spool, record.id)
+
+    # --- finishing --------------------------------------------------------------------------------
+
+    def collect(self) -> int:
+        """Finish every in-flight file whose future is done."""
+        done = [future for future in self.in_flight if future.done()]
+        for future in done:
+            record = self.in_flight.pop(future)
+            self._finish(record, outcome(future))
+        return len(done)
+
+    def _finish(self, record: FileRecord, result: Result | InputRejected | AttemptFailed) -> None:
+        if isinstance(result, InputRejected):
+            self.fail(record, str(result))
+        elif isinstance(result, AttemptFailed):
+            self._retry_or_fail(record, str(result))
+        else:
+            self._complete(record, result)
+
+    def _retry_or_fail(self, record: FileRecord, reason: str) -> None:
+        if record.attempts >= self._max_attempts:
+            self.fail(record, f"{reason} (gave up after {record.attempts} attempts)")
+            return
+        log.warning(
+            "file.retry", file=record.id, job=record.job_id, attempt=record.attempts, error=reason
+        )
+        self._ledger.requeue(record.id, reason)
+
+    def _complete(self, record: FileRecord, result: Result) -> None:
+        try:
+            atomic_write(record.output, result.data, record.id)
+        except OSError as exc:
+            self._write_failures += 1
+            delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** min(self._write_failures, 16))
+            delay *= 0.5 + self._rng.random()  # jitter: many files do not retry in lockstep
+            reason = f"cannot write the output {record.output}: {exc.strerror or exc}"
+            log.error(
+                "file.write_failed",
+                file=record.id,
+                job=record.job_id,
+                error=reason,
+                retry_in=round(delay, 1),
+            )
+            self._ledger.requeue(record.id, reason, retry_at=self._clock() + delay, refund=True)
+            return
+        self._write_failures = 0
+        self._ledger.mark_written(record.id, len(result.data))
+        log.info(
+            "file.done",
+            file=record.id,
+            job=record.job_id,
+            watch=record.watch,
+            output=str(record.output),
+            bytes=len(result.data),
+            width=result.width,
+            height=result.height,
+            attempt=record.attempts,
+            **{f"{k}_s": round(v, 3) for k, v in result.timings.items()},
+            latency_s=round(self._clock() - record.created_at, 3),
+        )
+        self.dispose_done(record)
+
+    def dispose_done(self, record: FileRecord) -> None:
+        """written -> done: archive, delete or keep the original (idempotent)."""
+        after = record.options["after"]
+        original = self.original(record)
+        try:
+            if after == "archive" and os.path.lexists(original):
+                move_file(original, record.archive, record.id)
+            elif after == "delete":
+                remove_file(original)
+        except OSError as exc:
+            log.error("file.archive_failed", file=record.id, path=str(original), error=str(exc))
+            return  # stays 'written'; the periodic finishing pass tries again
+        self._job_finished(self._ledger.mark_done(record.id))
+
+    def fail(self, record: FileRecord, reason: str) -> None:
+        """Record the reason, then put the original and a readable note in the failed folder."""
+        self._ledger.mark_failing(record.id, reason)
+        log.error(
+            "file.failed",
+            file=record.id,
+            job=record.job_id,
+            watch=record.watch,
+            source=str(record.source),
+            error=reason,
+        )
+        self.dispose_failed(record, reason)
+
+    def dispose_failed(self, record: FileRecord, reason: str) -> None:
+        """failing -> failed (idempotent, for recovery too)."""
+        original = self.original(record)
+        try:
+            write_error_note(record.failed, reason, record.rel, record.id)
+            if os.path.lexists(original) and record.options["after"] != "keep":
+                move_file(original, record.failed, record.id)
+        except OSError as exc:
+            log.error("file.quarantine_failed", file=record.id, error=str(exc))
+            return  # stays 'failing'; the periodic finishing pass tries again
+        self._job_finished(self._ledger.mark_failed(record.id))
+
+    def _job_finished(self, job: FinishedJob | None) -> None:
+        if job is not None:
+            log.info(
+                "job.done",
+                job=job.id,
+                watch=job.watch,
+                name=job.name,
+                state=job.state,
+                files=job.total,
+                failed=job.failed,
+                seconds=round(job.seconds, 3),
+            )
+
+    # --- recovery and shutdown --------------------------------------------------------------------
+
+    def finish_interrupted(self, recovery: Recovery) -> None:
+        """Finish side effects a crash or an I/O error interrupted."""
+        for record in recovery.requeued:
+            if remove_stray_temp(record.output.parent, record.id):
+                log.info("recovery.temp_removed", file=record.id, folder=str(record.output.parent))
+        for record in recovery.written:
+            self.dispose_done(record)
+        for record in recovery.failing:
+            self.dispose_failed(record, record.error or "unknown error")
+
+    def abandon_in_flight(self) -> int:
+        """Put files that were still running back in the queue (shutdown past the drain limit)."""
+        count = 0
+        for future, record in list(self.in_flight.items()):
+            future.cancel()
+            self._ledger.requeue(record.id, "interrupted by shutdown", refund=True)
+            count += 1
+        self.in_flight.clear()
+        return count

@@ -1,0 +1,211 @@
+"""Every filesystem side effect on users' folders.
+
+Three promises live here (DESIGN.md invariants 1, 3 and 4):
+
+* inputs are read only if they are regular files reached without following a
+  symlink (``O_NOFOLLOW`` + ``fstat`` on the opened descriptor, so a file swapped
+  for a symlink after it was checked is still refused);
+* an output is either absent or complete: it is written to a temp file beside
+  its final name, fsynced, renamed, and the folder is fsynced;
+* moves keep exactly one copy: a rename where possible, and across file systems
+  a durable copy followed by the removal of the source.
+
+Temp names are derived from the ledger's file id (``.watchd-<id>.tmp``), so
+recovery after a crash knows exactly which stray temp file to remove, and the
+name stays short whatever the user's file is called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from watchd.errors import InputRejected, UnsafePath
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CHUNK = 1024 * 1024
+
+
+def temp_name(file_id: int) -> str:
+    """The hidden temp name used while writing the output or a copy for file ``file_id``."""
+    return f".watchd-{file_id}.tmp"
+
+
+def read_input(path: Path, max_bytes: int) -> bytes:
+    """Read a whole input file, refusing anything that is not a plain regular file."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath("the file is a symbolic link; watchd does not follow links") from None
+        if exc.errno == errno.ENOENT:
+            raise InputRejected("the file disappeared before it could be read") from None
+        raise InputRejected(f"the file cannot be opened: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePath("not a regular file (a folder, device, pipe or socket)")
+        if info.st_size > max_bytes:
+            raise InputRejected(
+                f"the file is {info.st_size} bytes, more than the limit of {max_bytes} bytes"
+            )
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:
+                raise InputRejected(f"the file grew beyond the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` and missing parents, fsyncing each new entry so it survives a crash."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+        fsync_dir(folder.parent)
+
+
+def atomic_write(path: Path, data: bytes, file_id: int) -> None:
+    """Write ``data`` to ``path`` so that readers see either nothing or the whole file."""
+    ensure_dir(path.parent)
+    temp = path.parent / temp_name(file_id)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(temp)
+        raise
+    os.close(fd)
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def move_file(src: Path, dst: Path, file_id: int) -> None:
+    """Move ``src`` to ``dst`` durably; across file systems copy, fsync, rename, then unlink."""
+    ensure_dir(dst.parent)
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        temp = dst.parent / temp_name(file_id)
+        try:
+            with open(src, "rb") as reader, open(temp, "wb") as writer:
+                shutil.copyfileobj(reader, writer, _CHUNK)
+                writer.flush()
+                os.fsync(writer.fileno())
+            shutil.copystat(src, temp, follow_symlinks=False)
+            os.replace(temp, dst)
+        except BaseException:
+            _unlink_quiet(temp)
+            raise
+        fsync_dir(dst.parent)
+        os.unlink(src)
+    fsync_dir(src.parent)
+    if src.parent != dst.parent:
+        fsync_dir(dst.parent)
+
+
+def remove_file(path: Path) -> None:
+    """Delete an original (``after = "delete"``); already gone counts as done."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    fsync_dir(path.parent)
+
+
+def remove_stray_temp(folder: Path, file_id: int) -> bool:
+    """Remove the temp file a crash may have left for ``file_id``; True when one was there."""
+    return _unlink_quiet(folder / temp_name(file_id))
+
+
+def _unlink_quiet(path: Path) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def write_error_note(original: Path, reason: str, source_name: str, file_id: int) -> Path:
+    """Write ``<original>.error.txt`` for people on a share who cannot read the daemon's log."""
+    note = error_note_path(original)
+    text = (
+        f"watchd could not process {source_name}\n\n"
+        f"Reason: {reason}\n\n"
+        f"The original file is kept next to this note as {original.name}.\n"
+        "Fix the problem and drop the file into the inbox again to retry.\n"
+    )
+    atomic_write(note, text.encode("utf-8", "replace"), file_id)
+    return note
+
+
+def error_note_path(original: Path) -> Path:
+    return original.with_name(original.name + ".error.txt")
+
+
+# --- output naming -------------------------------------------------------------------------------
+
+
+def with_suffix(rel: str, suffix: str) -> str:
+    """``sub/a.jpg`` -> ``sub/a.png``; names without a suffix just gain one."""
+    path = PurePosixPath(rel)
+    stem = path.stem if path.suffix else path.name
+    return str(path.with_name(stem + suffix))
+
+
+def numbered(path: Path, n: int) -> Path:
+    """The n-th alternative of a taken file name: ``a.png`` -> ``a (2).png``."""
+    if n == 1:
+        return path
+    return path.with_name(f"{path.stem} ({n}){path.suffix}")
+
+
+def unique_path(candidate: Path, taken: Callable[[Path], bool], *, folder: bool = False) -> Path:
+    """The first of ``candidate``, ``candidate (2)``, ... that is not taken.
+
+    Deterministic: the same history of drops gives the same names, and nobody's
+    existing output is ever overwritten by someone else's.
+    """
+    n = 1
+    while True:
+        option = _numbered_folder(candidate, n) if folder else numbered(candidate, n)
+        if not taken(option):
+            return option
+        n += 1
+
+
+def _numbered_folder(path: Path, n: int) -> Path:
+    return path if n == 1 else path.with_name(f"{path.name} ({n})")

@@ -1,0 +1,142 @@
+"""Turning a settled batch from the inbox into a recorded job with its inputs in the spool.
+
+The order is what keeps invariants 1 and 2 across a crash: output, archive and
+failed paths are assigned and the job is recorded in one transaction *before*
+anything moves; then each input is renamed into the spool, and only then marked
+queued. Recovery finishes whatever a crash interrupted (see
+:meth:`Intake.finish_pending`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from watchd.config import WatchConfig
+from watchd.files import error_note_path, move_file, unique_path, with_suffix
+from watchd.ledger import FileRecord, Ledger, NewFile, NewJob
+from watchd.watcher import Batch
+
+OUTPUT_SUFFIX = ".png"
+
+log = structlog.get_logger()
+
+
+def spool_path(spool_dir: Path, file_id: int) -> Path:
+    """Where an accepted input waits while it is processed (named by id: no user text)."""
+    return spool_dir / str(file_id)
+
+
+def job_options(watch: WatchConfig) -> dict[str, object]:
+    """The options a job is processed with, frozen when it is accepted."""
+    return {
+        "model": watch.model,
+        "after": watch.after,
+        "png_compress_level": watch.png_compress_level,
+        "max_file_bytes": watch.max_file_bytes,
+    }
+
+
+class Intake:
+    """Records batches as jobs and moves their inputs out of the inbox."""
+
+    def __init__(self, ledger: Ledger, spool_dir: Path, fail: Callable[[FileRecord, str], None]):
+        self._ledger = ledger
+        self._spool = spool_dir
+        self._fail = fail
+
+    def accept(self, batch: Batch, watch: WatchConfig) -> int | None:
+        """Record ``batch`` as a job of ``watch``; returns the job id (None if nothing was new)."""
+        files = batch.files
+        if watch.after == "keep":
+            files = tuple(
+                c for c in files if not self._ledger.is_known_source(c.path, c.size, c.mtime_ns)
+            )
+        if not files:
+            return None
+        reserved: set[Path] = set()
+
+        def taken(path: Path) -> bool:
+            return path in reserved or os.path.lexists(path) or self._ledger.path_in_use(path)
+
+        def failed_taken(path: Path) -> bool:
+            return taken(path) or os.path.lexists(error_note_path(path))
+
+        def claim(path: Path) -> Path:
+            reserved.add(path)
+            return path
+
+        if batch.kind == "folder":
+            out_root = claim(unique_path(watch.outbox / batch.name, taken, folder=True))
+            archive_root = claim(unique_path(watch.archive / batch.name, taken, folder=True))
+            failed_root = claim(unique_path(watch.failed / batch.name, failed_taken, folder=True))
+        else:
+            out_root, archive_root, failed_root = watch.outbox, watch.archive, watch.failed
+        new_files = [
+            NewFile(
+                rel=c.rel,
+                source=c.path,
+                output=claim(unique_path(out_root / with_suffix(c.rel, OUTPUT_SUFFIX), taken)),
+                archive=claim(unique_path(archive_root / c.rel, taken)),
+                failed=claim(unique_path(failed_root / c.rel, failed_taken)),
+                size=c.size,
+                mtime_ns=c.mtime_ns,
+            )
+            for c in files
+        ]
+        job_id, file_ids = self._ledger.create_job(
+            NewJob(
+                watch=watch.name,
+                name=batch.name,
+                kind=batch.kind,
+                options=job_options(watch),
+                files=new_files,
+            )
+        )
+        log.info(
+            "job.accepted",
+            job=job_id,
+            watch=watch.name,
+            name=batch.name,
+            kind=batch.kind,
+            files=len(file_ids),
+            bytes=sum(f.size for f in new_files),
+        )
+        self.finish_pending(self._ledger.job_files(job_id))
+        return job_id
+
+    def finish_pending(self, records: list[FileRecord]) -> None:
+        """Move recorded inputs into the spool and mark them queued (idempotent, for recovery)."""
+        queued: list[int] = []
+        for record in records:
+            if record.state != "pending":
+                continue
+            if record.options["after"] == "keep":
+                if os.path.lexists(record.source):
+                    queued.append(record.id)
+                else:
+                    self._disappeared(record)
+                continue
+            target = spool_path(self._spool, record.id)
+            if os.path.lexists(target):
+                queued.append(record.id)
+                continue
+            try:
+                move_file(record.source, target, record.id)
+            except FileNotFoundError:
+                self._disappeared(record)
+                continue
+            except OSError as exc:
+                log.error(
+                    "intake.spool_failed", file=record.id, path=str(record.source), error=str(exc)
+                )
+                continue
+            queued.append(record.id)
+        self._ledger.mark_queued(queued)
+
+    def _disappeared(self, record: FileRecord) -> None:
+        log.warning("intake.disappeared", file=record.id, path=str(record.source))
+        self._fail(record, "the file was removed from the inbox before watchd could take it")

@@ -1,0 +1,216 @@
+"""Image processing and the worker pool.
+
+A worker receives bytes and options and returns encoded bytes; it never sees
+the ledger or the users' folders (DESIGN.md invariant 5), which keeps the pool
+replaceable by a remote one. Workers are *spawned*, not forked: each loads its
+onnxruntime session once, in its initializer, and the main process never
+holds a session it could fork.
+
+Bad input is reported as :class:`~watchd.errors.InputRejected` with a message
+meant for the person who dropped the file; it is not retried. A worker that
+dies, runs past ``file_timeout`` or hits an unexpected error surfaces as
+:class:`AttemptFailed`, which the dispatcher retries up to ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from watchd.errors import InputRejected, WatchdError
+
+#: Formats Pillow may decode. Anything else (EPS/PS/PDF through Ghostscript, exotic
+#: plug-ins) is refused before a decoder sees it.
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"})
+
+#: Suffixes an input may have; other files in the inbox are failed with a clear reason.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One file's work: the bytes and the options it was accepted with."""
+
+    file_id: int
+    data: bytes
+    model: str
+    png_compress_level: int = 1
+
+
+@dataclass(frozen=True)
+class Result:
+    file_id: int
+    data: bytes
+    width: int
+    height: int
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+class AttemptFailed(WatchdError):
+    """This attempt was lost (worker crash, time limit, unexpected error): the file may be retried.
+
+    Retries are bounded by ``max_attempts``, so an input that kills its worker
+    every time still ends in the failed folder with this reason.
+    """
+
+
+# --- worker side ---------------------------------------------------------------------------------
+
+_sessions: dict[str, Any] = {}
+_threads = 1
+
+
+def init_worker(env: Mapping[str, str], threads: int, models: tuple[str, ...]) -> None:
+    """Worker initializer: point rembg at the model store and load the models once."""
+    global _threads  # noqa: PLW0603 - per-process worker state, set once
+    os.environ.update(env)
+    _threads = threads
+    # Decompression bombs: Pillow warns between 1x and 2x MAX_IMAGE_PIXELS and raises above;
+    # a warning must stop the file too, not just scroll past in a log.
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    for model in models:
+        _session(model)
+
+
+def _session(model: str) -> Any:
+    session = _sessions.get(model)
+    if session is None:
+        import onnxruntime as ort
+        from rembg import new_session
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _threads
+        options.inter_op_num_threads = 1
+        session = new_session(model, sess_opts=options, providers=["CPUExecutionProvider"])
+        _sessions[model] = session
+    return session
+
+
+def load_model(model: str) -> str:
+    """Load ``model`` in a worker; returns the provider in use (start-up check)."""
+    session = _session(model)
+    providers = session.inner_session.get_providers()
+    return str(providers[0])
+
+
+def decode(data: bytes) -> Image.Image:
+    """Decode an input, refusing formats outside the allow-list and broken or huge images."""
+    if not data:
+        raise InputRejected("the file is empty (0 bytes)")
+    try:
+        opened = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+        opened.load()
+    except UnidentifiedImageError:
+        raise InputRejected(
+            "not an image watchd can read (supported: JPEG, PNG, WebP, TIFF, BMP, GIF)"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputRejected(f"the image is too large to process safely: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputRejected(f"the image is damaged or truncated: {exc}") from None
+    image = ImageOps.exif_transpose(opened)
+    if image.mode in ("RGB", "RGBA"):
+        return image
+    has_alpha = image.mode in ("LA", "PA") or "transparency" in image.info
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def process(task: Task) -> Result:
+    """Bytes in, PNG cutout bytes out: decode, remove the background, encode."""
+    from rembg import remove
+
+    started = time.perf_counter()
+    image = decode(task.data)
+    decoded = time.perf_counter()
+    cutout = remove(image, session=_session(task.model))
+    inferred = time.perf_counter()
+    buffer = io.BytesIO()
+    cutout.save(buffer, "PNG", compress_level=task.png_compress_level)
+    encoded = time.perf_counter()
+    return Result(
+        file_id=task.file_id,
+        data=buffer.getvalue(),
+        width=cutout.width,
+        height=cutout.height,
+        timings={
+            "decode": decoded - started,
+            "infer": inferred - decoded,
+            "encode": encoded - inferred,
+        },
+    )
+
+
+# --- main-process side ---------------------------------------------------------------------------
+
+
+class LocalPool:
+    """A pool of spawned worker processes (pebble restarts dead or timed-out workers)."""
+
+    def __init__(
+        self,
+        workers: int,
+        threads_per_worker: int,
+        env: Mapping[str, str],
+        models: tuple[str, ...],
+        file_timeout: float,
+    ) -> None:
+        from pebble import ProcessPool
+
+        self.size = workers
+        self.file_timeout = file_timeout
+        self._pool: Any = ProcessPool(
+            max_workers=workers,
+            initializer=init_worker,
+            initargs=(dict(env), threads_per_worker, models),
+            context=multiprocessing.get_context("spawn"),
+        )
+
+    def check_model(self, model: str, timeout: float) -> str:
+        """Prove in a real worker that ``model`` loads; returns the execution provider."""
+        future = self._pool.schedule(load_model, args=(model,), timeout=timeout)
+        try:
+            return str(future.result())
+        except FutureTimeout:
+            raise AttemptFailed(f"loading model {model!r} took longer than {timeout:g} s") from None
+
+    def submit(self, task: Task) -> Future[Result]:
+        future: Future[Result] = self._pool.schedule(
+            process, args=(task,), timeout=self.file_timeout
+        )
+        return future
+
+    def close(self, *, cancel: bool) -> None:
+        """Stop the workers: wait for running files, or kill them when ``cancel``."""
+        if cancel:
+            self._pool.stop()
+        else:
+            self._pool.close()
+        self._pool.join()
+
+
+def outcome(future: Future[Result]) -> Result | InputRejected | AttemptFailed:
+    """Turn a finished future into a result, a rejected input, or a lost worker."""
+    from pebble import ProcessExpired
+
+    try:
+        return future.result()
+    except InputRejected as exc:
+        return exc
+    except FutureTimeout:
+        return AttemptFailed("processing took longer than file_timeout; the worker was stopped")
+    except ProcessExpired as exc:
+        return AttemptFailed(f"the worker process died ({exc})")
+    except Exception as exc:  # unexpected, inside rembg/onnxruntime: retried, then failed
+        return AttemptFailed(f"processing failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,413 @@
+"""Intake: notice what people drop into an inbox and decide when a drop is complete.
+
+Events only say *where* to look; what is yielded is decided by ``lstat`` signatures
+that stayed unchanged for ``settle_seconds``. That makes intake correct even when
+events are lost, coalesced or never delivered (network shares, an inotify queue
+overflow, a restart): the periodic :meth:`InboxWatcher.scan` covers those cases.
+This module reads directory entries and inode metadata only; it never opens a file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+import re
+import stat
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from watchdog.events import (
+    DirAttribEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+log = structlog.get_logger()
+
+# Names that are never content: hidden files (also rsync's ".name.XXXXXX" temp files),
+# browser/uploader partials, Office lock files, and NAS/Windows housekeeping.
+DEFAULT_IGNORE: tuple[str, ...] = (
+    ".*",
+    "*.tmp",
+    "*.part",
+    "*.partial",
+    "*.filepart",
+    "*.crdownload",
+    "~$*",
+    "Thumbs.db",
+    "desktop.ini",
+    "@eaDir",
+    "#recycle",
+    "$RECYCLE.BIN",
+    "System Volume Information",
+    "lost+found",
+)
+
+# Only events that can mean new or vanished content. Open, close-without-write and
+# access events are filtered inside watchdog (and left out of the inotify mask), so
+# our own reads can never wake us up. Attribute events stay in: ``touch``/``cp -p``
+# set mtimes, and a hard link losing its second name only shows up as IN_ATTRIB.
+_EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    DirModifiedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileAttribEvent,
+    DirAttribEvent,
+]
+
+_SKIP_LOG_LIMIT = 10_000  # bound on remembered "already logged" paths
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path  # absolute path of a regular file in the inbox
+    rel: str  # posix path relative to the batch root (for loose files: just the file name)
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    watch: str
+    kind: Literal["folder", "loose"]
+    root: Path  # the inbox for loose batches; the top-level folder for folder batches
+    name: str  # folder name; for loose batches the first file's name or "<first> +N more"
+    files: tuple[Candidate, ...]  # sorted by rel; never empty
+
+
+@functools.lru_cache(maxsize=32)
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    # Case-insensitive because files arrive from Windows and macOS clients over shares.
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)", re.IGNORECASE)
+
+
+def is_ignored(name: str, patterns: Sequence[str] = DEFAULT_IGNORE) -> bool:
+    """True if one path component (not a whole path) matches an ignore pattern."""
+    return _compile(tuple(patterns)).match(name) is not None
+
+
+def _odd_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+        return "device"
+    return "not a regular file"
+
+
+class _Entry:
+    """What is remembered per tracked top-level name: a few words, never a file list."""
+
+    __slots__ = ("ready_at", "sig", "stable_since")
+
+    def __init__(self, now: float) -> None:
+        self.sig: tuple[int, ...] | None = None
+        self.stable_since = now
+        self.ready_at: float | None = None  # loose files only: when it joined the group
+
+
+class StabilityTracker:
+    """Turns "something may have changed here" into complete, stable batches.
+
+    Pure logic with time as a parameter, so every timing rule is testable without
+    sleeping. A new entry's clock starts at the first ``tick`` that sees it (not at
+    ``touch``): an event may sit unpolled for a while, and we only trust what we
+    observed ourselves for a full settle window. Yielded entries are forgotten; the
+    caller moves them out of the inbox (otherwise a later touch yields them again).
+    """
+
+    def __init__(  # noqa: PLR0917 - the positional signature is the agreed interface
+        self,
+        watch: str,
+        inbox: Path,
+        settle_seconds: float,
+        ignore: Sequence[str] = DEFAULT_IGNORE,
+        max_batch_files: int = 1000,
+        max_batch_wait: float | None = None,
+    ) -> None:
+        self._watch = watch
+        self._inbox = Path(os.path.abspath(inbox))
+        self._settle = settle_seconds
+        self._ignored = _compile(tuple(ignore)).match
+        self._max_files = max(1, max_batch_files)
+        self._max_wait = (
+            max(10.0, 10 * settle_seconds) if max_batch_wait is None else max_batch_wait
+        )
+        self._entries: dict[str, _Entry] = {}
+        self._logged: set[str] = set()
+
+    def touch(self, name: str, now: float) -> None:
+        """Start tracking a top-level name; an already tracked one keeps its clock,
+        because periodic rescans touch everything and must not postpone readiness."""
+        if name not in self._entries and not self._ignored(name):
+            self._entries[name] = _Entry(now)
+
+    def tracked(self) -> int:
+        return len(self._entries)
+
+    def tick(self, now: float) -> list[Batch]:
+        """Stat every tracked entry once and return the batches that became ready."""
+        batches: list[Batch] = []
+        ready: list[tuple[float, str, int, int]] = []  # Candidates are built only when sent
+        unsettled_files = 0
+        for name, entry in list(self._entries.items()):
+            path = os.path.join(self._inbox, name)  # str, not Path: this loop is the hot path
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                del self._entries[name]
+                continue
+            except OSError as exc:
+                self._skip(path, f"unreadable: {exc.strerror}")
+                del self._entries[name]
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                batch = self._tick_folder(name, entry, st, now)
+                if batch is not None:
+                    batches.append(batch)
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                self._skip(path, "hard link" if stat.S_ISREG(st.st_mode) else _odd_kind(st.st_mode))
+                del self._entries[name]
+                continue
+            if self._settled(entry, (st.st_size, st.st_mtime_ns, st.st_ino), now):
+                entry.ready_at = now if entry.ready_at is None else entry.ready_at
+                ready.append((entry.ready_at, name, st.st_size, st.st_mtime_ns))
+            else:
+                entry.ready_at = None  # changed again after settling: leave the group
+                unsettled_files += 1
+        batches.extend(self._loose_batches(ready, unsettled_files, now))
+        return batches
+
+    def _settled(self, entry: _Entry, sig: tuple[int, ...], now: float) -> bool:
+        if sig != entry.sig:
+            entry.sig, entry.stable_since = sig, now
+            return False
+        return now - entry.stable_since >= self._settle
+
+    def _tick_folder(
+        self, name: str, entry: _Entry, st: os.stat_result, now: float
+    ) -> Batch | None:
+        # Collect the file list only when the folder may be ready: the walk then serves as
+        # both the final stability check and the listing, so it is still one walk per tick.
+        collect = entry.sig is not None and now - entry.stable_since >= self._settle
+        root = self._inbox / name
+        sig, files = self._walk(root, st.st_mtime_ns, collect)
+        if not self._settled(entry, sig, now):
+            return None
+        del self._entries[name]  # ready, or stable and empty: a later touch brings it back
+        if not files:
+            return None
+        files.sort(key=lambda c: c.rel)
+        return Batch(self._watch, "folder", root, name, tuple(files))
+
+    def _walk(
+        self, root: Path, root_mtime_ns: int, collect: bool
+    ) -> tuple[tuple[int, ...], list[Candidate]]:
+        """Cheap tree signature (file count, total size, newest file, newest dir) without
+        following symlinks; an explicit stack keeps deep trees off the Python call stack."""
+        count = total = newest_file = 0
+        newest_dir = root_mtime_ns
+        files: list[Candidate] = []
+        stack: list[tuple[str, str]] = [(str(root), "")]
+        while stack:
+            dirpath, prefix = stack.pop()
+            for de, st in self._entries_of(dirpath, collect):
+                rel = prefix + de.name
+                if stat.S_ISDIR(st.st_mode):
+                    newest_dir = max(newest_dir, st.st_mtime_ns)
+                    stack.append((de.path, rel + "/"))
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    count += 1
+                    total += st.st_size
+                    newest_file = max(newest_file, st.st_mtime_ns)
+                if not collect:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    files.append(Candidate(Path(de.path), rel, st.st_size, st.st_mtime_ns))
+                else:
+                    reason = "hard link" if stat.S_ISREG(st.st_mode) else _odd_kind(st.st_mode)
+                    self._skip(de.path, reason)
+        return (count, total, newest_file, newest_dir), files
+
+    def _entries_of(
+        self, dirpath: str, collect: bool
+    ) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
+        """Non-ignored entries of one directory with their lstat. Something vanishing
+        mid-walk is not an error: its parent's mtime changed, so the signature does too."""
+        try:
+            with os.scandir(dirpath) as it:
+                for de in it:
+                    if self._ignored(de.name):
+                        continue
+                    try:
+                        yield de, de.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if collect:
+                self._skip(dirpath, f"unreadable: {exc.strerror}")
+
+    def _loose_batches(
+        self, ready: list[tuple[float, str, int, int]], unsettled_files: int, now: float
+    ) -> list[Batch]:
+        """Loose files that settle while others are still arriving wait for them, so one
+        drop becomes one job; size and age caps keep a never-ending stream flowing."""
+        ready.sort()  # oldest first, so the size cap sends the longest-waiting files
+        n = len(ready)
+        full = n - n % self._max_files
+        flush = n > full and (unsettled_files == 0 or now - ready[full][0] >= self._max_wait)
+        batches = []
+        for start in range(0, n if flush else full, self._max_files):
+            chunk = sorted(ready[start : start + self._max_files], key=lambda r: r[1])
+            files = tuple(Candidate(self._inbox / r[1], r[1], r[2], r[3]) for r in chunk)
+            for name in (r[1] for r in chunk):
+                del self._entries[name]
+            more = f" +{len(files) - 1} more" if len(files) > 1 else ""
+            batches.append(Batch(self._watch, "loose", self._inbox, files[0].rel + more, files))
+        return batches
+
+    def _skip(self, path: str, reason: str) -> None:
+        """Log a refused path once, not on every tick or rescan that meets it again."""
+        if path in self._logged:
+            return
+        if len(self._logged) >= _SKIP_LOG_LIMIT:
+            self._logged.clear()
+        self._logged.add(path)
+        log.warning("intake.skipped", watch=self._watch, path=path, reason=reason)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, owner: InboxWatcher) -> None:
+        self._owner = owner
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self._owner._note(event.src_path)
+        if event.dest_path:
+            self._owner._note(event.dest_path)
+
+
+class InboxWatcher:
+    """Feeds a StabilityTracker from a watchdog observer plus explicit scans.
+
+    The observer thread only records top-level names and calls ``wake``; all stat work
+    happens in ``poll`` on the caller's thread, so a burst of events costs a set insert
+    each and the tracker needs no locking.
+    """
+
+    def __init__(  # noqa: PLR0917 - the positional signature is the agreed interface
+        self,
+        watch: str,
+        inbox: Path,
+        settle_seconds: float,
+        wake: Callable[[], None],
+        ignore: Sequence[str] = DEFAULT_IGNORE,
+        method: Literal["inotify", "poll"] = "inotify",
+        poll_interval: float = 5.0,
+    ) -> None:
+        self._inbox = Path(os.path.abspath(inbox))
+        self._prefix = str(self._inbox) + os.sep
+        self._ignored = _compile(tuple(ignore)).match
+        self._wake = wake
+        self._method = method
+        self._poll_interval = poll_interval
+        self._tracker = StabilityTracker(watch, self._inbox, settle_seconds, ignore)
+        self._lock = threading.Lock()
+        self._touched: set[str] = set()
+        self._observer: BaseObserver | None = None
+
+    def start(self) -> None:
+        """Start watching (recursively, so writes deep inside a folder keep it unsettled).
+        Call :meth:`scan` after this, so nothing dropped in between is missed."""
+        if self._observer is not None:
+            return
+        if self._method == "poll":
+            observer: BaseObserver = PollingObserver(timeout=self._poll_interval)
+        else:
+            observer = Observer()
+        observer.schedule(
+            _Handler(self), str(self._inbox), recursive=True, event_filter=_EVENT_FILTER
+        )
+        observer.start()
+        self._observer = observer
+
+    def stop(self) -> None:
+        """Stop and join the observer thread; safe to call twice (shutdown paths overlap)."""
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join()
+
+    def scan(self, now: float) -> int:
+        """Touch every non-ignored top-level entry: the safety net for lost events.
+        Raises OSError if the inbox itself cannot be listed."""
+        count = 0
+        with os.scandir(self._inbox) as it:
+            for de in it:
+                if self._ignored(de.name):
+                    continue
+                if de.is_symlink():  # d_type only, no syscall; never tracked
+                    self._tracker._skip(de.path, "symlink")
+                    continue
+                self._tracker.touch(de.name, now)
+                count += 1
+        return count
+
+    def poll(self, now: float) -> list[Batch]:
+        """Runs on the caller's thread, so the tracker itself is never shared."""
+        with self._lock:
+            names, self._touched = self._touched, set()
+        for name in names:
+            self._tracker.touch(name, now)
+        return self._tracker.tick(now)
+
+    def pending(self) -> bool:
+        """True while ticking often matters; otherwise the daemon may sleep until woken."""
+        with self._lock:
+            if self._touched:
+                return True
+        return self._tracker.tracked() > 0
+
+    def _note(self, raw: bytes | str) -> None:
+        """Observer thread: map an event path to its top-level name; no I/O, no logging."""
+        path = os.fsdecode(raw)
+        if not path.startswith(self._prefix):
+            return  # the inbox itself, or a path outside it
+        parts = path[len(self._prefix) :].split(os.sep)
+        if not parts[0] or any(self._ignored(p) for p in parts):
+            return
+        with self._lock:  # wake once per new name: a big copy sends thousands of events
+            if parts[0] in self._touched:
+                return
+            self._touched.add(parts[0])
+        self._wake()
