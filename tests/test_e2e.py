@@ -110,6 +110,7 @@ def test_folder_with_nested_subfolders_is_one_job_keeping_its_structure(
         str(p.relative_to(root / "archive")) for p in (root / "archive").rglob("*") if p.is_file()
     )
     assert archived == ["scan-0930/page/deep/p2.jpg", "scan-0930/page/p1.png", "scan-0930/top.jpg"]
+    assert list((root / "inbox").iterdir()) == []  # the taken folder left the inbox, litter too
 
 
 def test_slow_writer_is_taken_once_and_complete(

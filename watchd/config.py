@@ -13,6 +13,7 @@ is what ``make run`` in a fresh clone wants.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import sys
@@ -107,6 +108,8 @@ def _number(minimum: float, maximum: float | None = None) -> Callable[[Any], flo
     def parse(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Bad(f"expected a number, got {_describe(value)}")
+        if not math.isfinite(value):  # nan passes every range check; inf overflows waits
+            raise _Bad(f"expected a finite number, got {value!r}")
         if value < minimum or (maximum is not None and value > maximum):
             upper = f" and at most {maximum:g}" if maximum is not None else ""
             raise _Bad(f"must be at least {minimum:g}{upper}, got {value!r}")
@@ -144,7 +147,7 @@ def _string(value: Any) -> str:
 
 def _watch_name(value: Any) -> str:
     name = _string(value)
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):  # match() with "$" would accept a trailing newline
         raise _Bad(
             f"{name!r} is not a usable name: use letters, digits, '_', '-' or '.', "
             "starting with a letter or digit, at most 64 characters"
@@ -256,6 +259,8 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8") from None
+    except OSError as exc:  # not a folder on the way, a loop of links, a name too long, ...
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     absolute = path.resolve()
     return build_config(raw, source=absolute, base=absolute.parent)
 
@@ -344,6 +349,13 @@ def _check_watches(reader: _Reader, watches: tuple[WatchConfig, ...], daemon: Da
                 f"{prefix}.inbox",
                 f"{watch.inbox} is already the inbox of watch {inboxes[watch.inbox]!r}",
             )
+        for other, owner in inboxes.items():  # nested: the outer watch would take the inner inbox
+            if _inside(watch.inbox, other) or _inside(other, watch.inbox):
+                raise reader.error(
+                    f"{prefix}.inbox",
+                    f"{watch.inbox} and the inbox of watch {owner!r} ({other}) are nested; "
+                    "keep inboxes apart",
+                )
         inboxes[watch.inbox] = watch.name
     all_targets = [
         (f"watch[{i}].{key}", getattr(w, key))

@@ -22,7 +22,7 @@ import structlog
 
 from watchd.config import Config
 from watchd.dispatcher import Dispatcher
-from watchd.errors import WatchdError
+from watchd.errors import ModelError, WatchdError
 from watchd.files import ensure_dir
 from watchd.intake import Intake
 from watchd.ledger import Ledger
@@ -48,6 +48,7 @@ class Daemon:
         self._wakeups: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._stop_signal: int | None = None
         self._stop_count = 0
+        self._hup = False
         self._state_dir = config.daemon.state_dir
         self._spool_dir = self._state_dir / "spool"
         self._lock: TextIO | None = None
@@ -94,8 +95,7 @@ class Daemon:
             self._install_signal_handlers()
             self._recover(ledger, intake, dispatcher)
             for model in models:
-                provider = pool.check_model(model, MODEL_LOAD_TIMEOUT)
-                log.info("model.loaded", model=model, provider=provider)
+                log.info("model.loaded", model=model, provider=load_in_worker(pool, model))
             watchers = self._start_watchers()
             log.info(
                 "daemon.ready",
@@ -168,9 +168,15 @@ class Daemon:
                     intake.accept(batch, by_name[batch.watch])
             dispatcher.collect()
             dispatcher.fill()
+            if self._hup:
+                self._hup = False
+                log.warning(
+                    "daemon.reload_unsupported",
+                    message="configuration reload is not implemented yet; restart to apply changes",
+                )
             if now >= next_rescan:
-                for watcher in watchers:
-                    watcher.scan(now)
+                for watch, watcher in zip(self.config.watches, watchers, strict=True):
+                    rescan(watcher, watch.name, now)
                 self._finish_stuck(ledger, intake, dispatcher)
                 next_rescan = now + rescan_interval
 
@@ -221,8 +227,13 @@ class Daemon:
             self._stop_count += 1  # a second signal cuts the drain short
             self._wake("stop")
 
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            self._hup = True  # never die on SIGHUP (its default action); see _loop
+            self._wake("hup")
+
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
 
     def _shutdown(
         self,
@@ -251,6 +262,24 @@ class Daemon:
         log.info("shutdown.pool_closed")
         ledger.close()
         log.info("shutdown.done")
+
+
+def load_in_worker(pool: LocalPool, model: str) -> str:
+    """Load ``model`` in a real worker before declaring the daemon ready."""
+    try:
+        return pool.check_model(model, MODEL_LOAD_TIMEOUT)
+    except WatchdError:
+        raise
+    except Exception as exc:  # onnxruntime's own errors: report them, not a traceback
+        raise ModelError(f"model {model!r} could not be loaded in a worker: {exc}") from None
+
+
+def rescan(watcher: InboxWatcher, name: str, now: float) -> None:
+    """The periodic safety scan; an inbox that vanished (unmounted share) is logged, not fatal."""
+    try:
+        watcher.scan(now)
+    except OSError as exc:
+        log.error("watch.unavailable", watch=name, error=str(exc))
 
 
 def hold_state_lock(state_dir: Path) -> TextIO:

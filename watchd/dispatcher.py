@@ -191,8 +191,9 @@ class Dispatcher:
         """failing -> failed (idempotent, for recovery too)."""
         original = self.original(record)
         try:
-            write_error_note(record.failed, reason, record.rel, record.id)
-            if os.path.lexists(original) and record.options["after"] != "keep":
+            keep = record.options["after"] == "keep"
+            write_error_note(record.failed, reason, record.rel, record.id, left_in_inbox=keep)
+            if os.path.lexists(original) and not keep:
                 move_file(original, record.failed, record.id)
         except OSError as exc:
             log.error("file.quarantine_failed", file=record.id, error=str(exc))
@@ -216,13 +217,21 @@ class Dispatcher:
 
     def finish_interrupted(self, recovery: Recovery) -> None:
         """Finish side effects a crash or an I/O error interrupted."""
+        # Temp names are derived from the file id, so exactly these can be stray.
         for record in recovery.requeued:
-            if remove_stray_temp(record.output.parent, record.id):
-                log.info("recovery.temp_removed", file=record.id, folder=str(record.output.parent))
+            self._remove_temp(record, record.output.parent)
         for record in recovery.written:
+            self._remove_temp(record, record.archive.parent)
             self.dispose_done(record)
         for record in recovery.failing:
+            self._remove_temp(record, record.failed.parent)
             self.dispose_failed(record, record.error or "unknown error")
+        for record in recovery.pending:
+            self._remove_temp(record, self._spool)
+
+    def _remove_temp(self, record: FileRecord, folder: Path) -> None:
+        if remove_stray_temp(folder, record.id):
+            log.info("recovery.temp_removed", file=record.id, folder=str(folder))
 
     def abandon_in_flight(self) -> int:
         """Put files that were still running back in the queue (shutdown past the drain limit)."""

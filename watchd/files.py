@@ -50,6 +50,8 @@ def read_input(path: Path, max_bytes: int) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UnsafePath("not a regular file (a folder, device, pipe or socket)")
+        if info.st_nlink > 1:
+            raise UnsafePath("the file is a hard link to another file; watchd does not read those")
         if info.st_size > max_bytes:
             raise InputRejected(
                 f"the file is {info.st_size} bytes, more than the limit of {max_bytes} bytes"
@@ -95,19 +97,22 @@ def atomic_write(path: Path, data: bytes, file_id: int) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or the whole file."""
     ensure_dir(path.parent)
     temp = path.parent / temp_name(file_id)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    # A leftover (or planted) entry at the temp name is removed, never written through.
+    _unlink_quiet(temp)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)  # may fail too (e.g. a folder has the name): no temp left then
     except BaseException:
-        os.close(fd)
         _unlink_quiet(temp)
         raise
-    os.close(fd)
-    os.replace(temp, path)
     fsync_dir(path.parent)
 
 
@@ -121,7 +126,7 @@ def move_file(src: Path, dst: Path, file_id: int) -> None:
             raise
         temp = dst.parent / temp_name(file_id)
         try:
-            with open(src, "rb") as reader, open(temp, "wb") as writer:
+            with open(src, "rb") as reader, open(temp, "wb", opener=_open_new) as writer:
                 shutil.copyfileobj(reader, writer, _CHUNK)
                 writer.flush()
                 os.fsync(writer.fileno())
@@ -135,6 +140,11 @@ def move_file(src: Path, dst: Path, file_id: int) -> None:
     fsync_dir(src.parent)
     if src.parent != dst.parent:
         fsync_dir(dst.parent)
+
+
+def _open_new(path: str, flags: int) -> int:
+    """``open()`` opener for temp files: never write through a symlink planted at the name."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
 
 
 def remove_file(path: Path) -> None:
@@ -151,6 +161,13 @@ def remove_stray_temp(folder: Path, file_id: int) -> bool:
     return _unlink_quiet(folder / temp_name(file_id))
 
 
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def _unlink_quiet(path: Path) -> bool:
     try:
         os.unlink(path)
@@ -159,13 +176,20 @@ def _unlink_quiet(path: Path) -> bool:
     return True
 
 
-def write_error_note(original: Path, reason: str, source_name: str, file_id: int) -> Path:
+def write_error_note(
+    original: Path, reason: str, source_name: str, file_id: int, *, left_in_inbox: bool = False
+) -> Path:
     """Write ``<original>.error.txt`` for people on a share who cannot read the daemon's log."""
     note = error_note_path(original)
+    where = (
+        "The original file was left where it was dropped (after = keep).\n"
+        if left_in_inbox
+        else f"The original file is kept next to this note as {original.name}.\n"
+    )
     text = (
         f"watchd could not process {source_name}\n\n"
         f"Reason: {reason}\n\n"
-        f"The original file is kept next to this note as {original.name}.\n"
+        f"{where}"
         "Fix the problem and drop the file into the inbox again to retry.\n"
     )
     atomic_write(note, text.encode("utf-8", "replace"), file_id)
@@ -209,3 +233,34 @@ def unique_path(candidate: Path, taken: Callable[[Path], bool], *, folder: bool 
 
 def _numbered_folder(path: Path, n: int) -> Path:
     return path if n == 1 else path.with_name(f"{path.name} ({n})")
+
+
+# --- taken folders --------------------------------------------------------------------------------
+
+#: Files operating systems leave in folders on their own; they do not keep a taken folder alive.
+OS_LITTER = ("@eaDir", ".DS_Store", "Thumbs.db", "desktop.ini", "._*")
+
+
+def prune_taken_folder(root: Path, litter: Callable[[str], bool]) -> bool:
+    """Remove a folder job's now-empty tree from the inbox, so people see it was taken.
+
+    Only empty folders and operating-system litter (``litter(name)`` true, regular
+    files only) are removed; anything else — a file that arrived late, a link —
+    keeps its folder, and the watcher picks it up as new work. Returns True when
+    ``root`` itself is gone.
+    """
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        folder = Path(dirpath)
+        in_litter_dir = any(litter(part) for part in folder.relative_to(root).parts)
+        for name in filenames:
+            path = folder / name
+            if (in_litter_dir or litter(name)) and _is_regular(path):
+                _unlink_quiet(path)
+        try:
+            os.rmdir(folder)
+        except OSError:
+            continue  # not empty: something real is still in there
+    if root.exists():
+        return False
+    fsync_dir(root.parent)
+    return True

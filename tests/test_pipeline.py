@@ -1,0 +1,457 @@
+"""Tests for watchd.pipeline: decoding rules, real inference, outcome mapping and the real pool.
+
+The model is the real u2netp through rembg/onnxruntime. ``process`` runs in the
+pytest process after ``init_worker`` (as a worker would); ``LocalPool`` spawns
+real worker processes, which are killed with real signals.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pebble import ProcessExpired
+from PIL import EpsImagePlugin, Image, ImageChops
+
+from watchd.errors import InputRejected, UnsafePath
+from watchd.models import ModelStore
+from watchd.pipeline import (
+    AttemptFailed,
+    LocalPool,
+    Result,
+    Task,
+    decode,
+    init_worker,
+    outcome,
+    process,
+)
+
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
+    b"0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
+)
+PDF = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n"
+
+
+def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def rejected(data: bytes) -> str:
+    """The message decode() rejects ``data`` with, under the worker's warning rules."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(InputRejected) as info:
+            decode(data)
+    return str(info.value)
+
+
+def size_of(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+def noise_jpeg(width: int, height: int) -> bytes:
+    """A valid JPEG of random pixels: slow to encode as PNG, so a task on it runs a while."""
+    pixels = random.Random(width * height).randbytes(width * height * 3)
+    return encode(Image.frombytes("RGB", (width, height), pixels), "JPEG", quality=90)
+
+
+# --- decode: refusals ----------------------------------------------------------------------------
+
+
+def test_empty_file_is_rejected() -> None:
+    assert "empty" in rejected(b"")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        random.Random(1).randbytes(4096),
+        b"Dear scanner,\nthis is a text file, not a photo.\n" * 20,
+        b"\x89PNG\r\n\x1a\n",  # a PNG signature and nothing else
+        b"<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'/>",
+    ],
+    ids=["random", "text", "png-signature-only", "svg"],
+)
+def test_not_an_image_is_rejected(data: bytes) -> None:
+    message = rejected(data)
+    assert "not an image" in message
+    assert "JPEG, PNG, WebP" in message
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "ICO", "TGA", "PCX", "SGI"])
+def test_formats_outside_the_allow_list_are_rejected(fmt: str) -> None:
+    data = encode(Image.new("RGB", (16, 16), (200, 10, 10)), fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt  # Pillow itself would read it
+    assert "not an image" in rejected(data)
+
+
+@pytest.mark.parametrize("name", ["astronaut.jpg", "coffee.png", "chelsea.webp"])
+def test_truncated_image_is_rejected(name: str, photos: dict[str, Path]) -> None:
+    data = photos[name].read_bytes()
+    assert "damaged or truncated" in rejected(data[: len(data) // 2])
+
+
+def test_eps_and_pdf_never_reach_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def record(*args: Any, **_kwargs: Any) -> Any:
+        calls.append(args)
+        raise AssertionError("Ghostscript or a subprocess was started")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", record)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    monkeypatch.setattr(subprocess, "Popen", record)
+
+    # Control: without the allow-list Pillow takes the EPS and load() would run Ghostscript.
+    opened = Image.open(io.BytesIO(EPS))
+    assert opened.format == "EPS"
+    with pytest.raises(AssertionError):
+        opened.load()
+    assert calls
+    calls.clear()
+
+    for data in (EPS, PDF, b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"):
+        assert "not an image" in rejected(data)
+    assert calls == []
+
+
+def test_decompression_bomb_is_rejected(tmp_path: Path) -> None:
+    # 30000 x 30000 = 900 Mpixel, beyond twice Pillow's limit; mode "1" keeps it to ~110 MB
+    # while building and a few hundred kB as a PNG. decode() refuses it from the header.
+    data = encode(Image.new("1", (30000, 30000)), "PNG", compress_level=1)
+    assert len(data) < 5_000_000
+    message = rejected(data)
+    assert "too large" in message
+
+
+def test_image_over_the_warning_limit_is_rejected_in_a_worker() -> None:
+    # Between 1x and 2x MAX_IMAGE_PIXELS Pillow only warns; init_worker turns that into an error.
+    side = int((Image.MAX_IMAGE_PIXELS or 89_478_485) ** 0.5) + 100
+    data = encode(Image.new("1", (side, side)), "PNG", compress_level=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as outside a worker: the warning scrolls past
+        assert decode(data).size == (side, side)
+        init_worker({}, 1, ())  # installs the worker's rule inside this catch_warnings block
+        with pytest.raises(InputRejected, match="too large"):
+            decode(data)
+
+
+# --- decode: conversions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"])
+def test_allowed_formats_decode(fmt: str) -> None:
+    image = decode(encode(Image.new("RGB", (33, 21), (20, 120, 220)), fmt))
+    assert image.size == (33, 21)
+    assert image.mode in ("RGB", "RGBA")
+
+
+@pytest.mark.parametrize("name", ["astronaut.jpg", "coffee.png", "chelsea.webp", "cat.png"])
+def test_real_photos_decode_to_rgb(name: str, photos: dict[str, Path]) -> None:
+    image = decode(photos[name].read_bytes())
+    assert image.mode == "RGB"
+    assert image.size == size_of(photos[name])
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    data = encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG", quality=95)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    image = decode(data)
+    assert image.mode == "RGB"
+    red, green, blue = image.getpixel((16, 16))  # type: ignore[misc]
+    assert red > 240 and green < 15 and blue < 15
+
+
+def test_16_bit_png_becomes_rgb_without_clipping() -> None:
+    gradient = Image.linear_gradient("L").resize((256, 64))  # left to right: 0 .. 255
+    sixteen = gradient.convert("I").point(lambda v: v * 257).convert("I;16")
+    data = encode(sixteen, "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    image = decode(data)
+    assert image.mode == "RGB"
+    assert image.size == (256, 64)
+    # the full 16-bit range maps onto 0..255, not clipped to white above 255
+    assert ImageChops.difference(image, gradient.convert("RGB")).getbbox() is None
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_32_bit_tiff_is_stretched_to_8_bits(mode: str) -> None:
+    gradient = Image.linear_gradient("L").resize((64, 64))
+    scale = 1 / 255 if mode == "F" else 1000  # float 0..1, or int 0..255000
+    deep = gradient.convert(mode).point(lambda v: v * scale)
+    image = decode(encode(deep, "TIFF"))
+    assert image.mode == "RGB"
+    low, high = image.convert("L").getextrema()  # type: ignore[misc]
+    assert (low, high) == (0, 255)
+
+
+def test_grayscale_becomes_rgb() -> None:
+    image = decode(encode(Image.new("L", (10, 10), 77), "PNG"))
+    assert image.mode == "RGB"
+    assert image.getpixel((5, 5)) == (77, 77, 77)
+
+
+def test_one_bit_becomes_rgb() -> None:
+    image = decode(encode(Image.new("1", (10, 10), 1), "TIFF"))
+    assert image.mode == "RGB"
+    assert image.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_palette_with_transparency_becomes_rgba() -> None:
+    palette_image = Image.new("P", (10, 10), 0)
+    palette_image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette_image.paste(1, (0, 0, 5, 10))
+    data = encode(palette_image, "PNG", transparency=0)
+    image = decode(data)
+    assert image.mode == "RGBA"
+    assert image.getpixel((2, 5)) == (0, 0, 255, 255)
+    assert image.getpixel((8, 5))[3] == 0  # type: ignore[index]
+
+
+def test_palette_without_transparency_becomes_rgb() -> None:
+    palette_image = Image.new("P", (10, 10), 0)
+    palette_image.putpalette([0, 200, 0] * 256)
+    image = decode(encode(palette_image, "GIF"))
+    assert image.mode == "RGB"
+    assert image.getpixel((1, 1)) == (0, 200, 0)
+
+
+def test_grayscale_with_alpha_becomes_rgba() -> None:
+    image = decode(encode(Image.new("LA", (10, 10), (90, 30)), "PNG"))
+    assert image.mode == "RGBA"
+    assert image.getpixel((3, 3)) == (90, 90, 90, 30)
+
+
+def test_exif_rotated_jpeg_comes_out_upright() -> None:
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 10))  # a red mark at the stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    data = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    assert Image.open(io.BytesIO(data)).size == (40, 20)
+    image = decode(data)
+    assert image.size == (20, 40)
+    red, _, blue = image.getpixel((15, 4))  # type: ignore[misc]
+    assert red > 200 and blue < 60  # the mark is now at the top-right
+    assert image.getpixel((4, 4))[2] > 200  # type: ignore[index]
+    assert image.getexif().get(0x0112) in (None, 1)
+
+
+# --- process: real inference in this process -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker(model_store: ModelStore) -> None:
+    """Make this process a worker: the real u2netp session, loaded once."""
+    init_worker(model_store.worker_env(), 1, ("u2netp",))
+
+
+@pytest.fixture(scope="module")
+def astronaut_cutouts(worker: None, photos: dict[str, Path]) -> dict[int, Result]:
+    data = photos["astronaut.jpg"].read_bytes()
+    return {
+        level: process(Task(file_id=level, data=data, model="u2netp", png_compress_level=level))
+        for level in (0, 9)
+    }
+
+
+@pytest.mark.parametrize("name", ["astronaut.jpg", "chelsea.webp", "rocket.jpg"])
+def test_process_returns_a_png_cutout(name: str, worker: None, photos: dict[str, Path]) -> None:
+    result = process(Task(file_id=7, data=photos[name].read_bytes(), model="u2netp"))
+    assert result.file_id == 7
+    assert result.data.startswith(b"\x89PNG\r\n\x1a\n")
+    cutout = Image.open(io.BytesIO(result.data))
+    assert cutout.format == "PNG"
+    assert cutout.mode == "RGBA"
+    assert cutout.size == size_of(photos[name]) == (result.width, result.height)
+    low, high = cutout.getchannel("A").getextrema()  # type: ignore[misc]
+    assert low < 50 and high > 200  # a real mask: some background gone, some subject kept
+    assert set(result.timings) == {"decode", "infer", "encode"}
+    assert all(seconds >= 0 for seconds in result.timings.values())
+
+
+def test_process_keeps_an_exif_rotated_photo_upright(worker: None, photos: dict[str, Path]) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with Image.open(photos["rocket.jpg"]) as rocket:
+        data = encode(rocket, "JPEG", exif=exif.tobytes())
+        width, height = rocket.size
+    result = process(Task(file_id=1, data=data, model="u2netp"))
+    assert (result.width, result.height) == (height, width)
+
+
+def test_compress_level_changes_size_not_pixels(astronaut_cutouts: dict[int, Result]) -> None:
+    fast, small = astronaut_cutouts[0], astronaut_cutouts[9]
+    assert len(fast.data) > len(small.data)
+    assert (
+        Image.open(io.BytesIO(fast.data)).tobytes() == Image.open(io.BytesIO(small.data)).tobytes()
+    )
+
+
+def test_process_rejects_bad_input(worker: None) -> None:
+    with pytest.raises(InputRejected, match="not an image"):
+        process(Task(file_id=1, data=b"hello", model="u2netp"))
+
+
+# --- outcome -------------------------------------------------------------------------------------
+
+
+def finished(*, result: Result | None = None, error: BaseException | None = None) -> Any:
+    future: concurrent.futures.Future[Result] = concurrent.futures.Future()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)
+    return future
+
+
+def test_outcome_passes_a_result_through() -> None:
+    result = Result(file_id=3, data=b"png", width=1, height=2)
+    assert outcome(finished(result=result)) is result
+
+
+@pytest.mark.parametrize("error", [InputRejected("the file is empty"), UnsafePath("a symlink")])
+def test_outcome_keeps_a_rejected_input(error: InputRejected) -> None:
+    assert outcome(finished(error=error)) is error
+
+
+def test_outcome_maps_a_timeout() -> None:
+    failed = outcome(finished(error=concurrent.futures.TimeoutError()))
+    assert isinstance(failed, AttemptFailed)
+    assert "file_timeout" in str(failed)
+
+
+def test_outcome_maps_a_dead_worker() -> None:
+    failed = outcome(finished(error=ProcessExpired("Abnormal termination", code=-9, pid=1234)))
+    assert isinstance(failed, AttemptFailed)
+    assert "worker process died" in str(failed)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("onnxruntime exploded"), MemoryError(), ValueError("bad"), KeyError("x")],
+)
+def test_outcome_maps_anything_else_to_a_retryable_failure(error: Exception) -> None:
+    failed = outcome(finished(error=error))
+    assert isinstance(failed, AttemptFailed)
+    assert type(error).__name__ in str(failed)
+    assert not isinstance(failed, InputRejected)
+
+
+def test_outcome_of_a_cancelled_future() -> None:
+    future: concurrent.futures.Future[Result] = concurrent.futures.Future()
+    assert future.cancel()
+    assert isinstance(outcome(future), AttemptFailed)
+
+
+# --- LocalPool: real spawned workers -------------------------------------------------------------
+
+
+_children_before_pool: set[int | None] = set()
+
+
+@pytest.fixture(scope="module")
+def pool(model_store: ModelStore) -> Iterator[LocalPool]:
+    """One spawned worker with the real model, shared by the pool tests (each leaves it healthy)."""
+    _children_before_pool.update(child.pid for child in multiprocessing.active_children())
+    local = LocalPool(
+        workers=1,
+        threads_per_worker=1,
+        env=model_store.worker_env(),
+        models=("u2netp",),
+        file_timeout=120,
+    )
+    try:
+        yield local
+    finally:
+        local.close(cancel=True)
+
+
+def pool_workers() -> list[multiprocessing.process.BaseProcess]:
+    """The pool's worker processes: children of this process started after the pool."""
+    return [
+        child
+        for child in multiprocessing.active_children()
+        if child.pid not in _children_before_pool
+    ]
+
+
+def wait_running(future: concurrent.futures.Future[Result], timeout: float = 120) -> None:
+    """Until a worker has acknowledged the task (pebble marks the future running)."""
+    deadline = time.monotonic() + timeout
+    while not future.running():
+        assert not future.done(), f"task finished before it could be interrupted: {future}"
+        assert time.monotonic() < deadline, "no worker took the task"
+        time.sleep(0.005)
+
+
+def small_task(photos: dict[str, Path], file_id: int = 1) -> Task:
+    return Task(file_id=file_id, data=photos["coffee.png"].read_bytes(), model="u2netp")
+
+
+def test_pool_check_model_and_process(pool: LocalPool, photos: dict[str, Path]) -> None:
+    assert pool.check_model("u2netp", 120) == "CPUExecutionProvider"
+    result = outcome(pool.submit(small_task(photos, file_id=11)))
+    assert isinstance(result, Result)
+    assert result.file_id == 11
+    assert Image.open(io.BytesIO(result.data)).mode == "RGBA"
+    assert len(pool_workers()) == 1
+
+
+def test_pool_rejects_bad_input_without_losing_the_worker(
+    pool: LocalPool, photos: dict[str, Path]
+) -> None:
+    before = {child.pid for child in pool_workers()}
+    rejection = outcome(pool.submit(Task(file_id=2, data=b"", model="u2netp")))
+    assert isinstance(rejection, InputRejected)
+    assert "empty" in str(rejection)
+    assert isinstance(outcome(pool.submit(small_task(photos))), Result)
+    assert {child.pid for child in pool_workers()} == before
+
+
+def test_pool_survives_a_killed_worker(pool: LocalPool, photos: dict[str, Path]) -> None:
+    # compress level 9 on 6 Mpixel of noise takes seconds: the worker is killed mid-task
+    big = Task(file_id=5, data=noise_jpeg(3000, 2000), model="u2netp", png_compress_level=9)
+    future = pool.submit(big)
+    wait_running(future)
+    (victim,) = pool_workers()
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    failed = outcome(future)
+    assert isinstance(failed, AttemptFailed), failed
+    assert "worker process died" in str(failed)
+    # pebble starts a fresh worker (its initializer loads the model again) for the next task
+    result = outcome(pool.submit(small_task(photos, file_id=6)))
+    assert isinstance(result, Result), result
+    assert result.file_id == 6
+    assert victim.pid not in {child.pid for child in pool_workers()}
+
+
+def test_pool_stops_a_task_past_file_timeout(
+    pool: LocalPool, photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "file_timeout", 1.0)
+    big = Task(file_id=8, data=noise_jpeg(3000, 2000), model="u2netp", png_compress_level=9)
+    started = time.monotonic()
+    failed = outcome(pool.submit(big))
+    assert isinstance(failed, AttemptFailed), failed
+    assert "file_timeout" in str(failed)
+    assert time.monotonic() - started < 60
+    monkeypatch.setattr(pool, "file_timeout", 120.0)
+    assert isinstance(outcome(pool.submit(small_task(photos, file_id=9))), Result)
