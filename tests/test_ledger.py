@@ -5,9 +5,12 @@ Time is injected through ``Ledger.open(path, clock=...)``: nothing here sleeps.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,10 +19,13 @@ from watchd.errors import LedgerError
 from watchd.ledger import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    Conflict,
     FileRecord,
+    JobState,
     Ledger,
     NewFile,
     NewJob,
+    NotFound,
 )
 
 OPTIONS = {"model": "u2netp", "after": "archive", "png_compress_level": 6, "max_file_bytes": 1000}
@@ -65,8 +71,10 @@ def new_file(rel: str, *, out: str = "/out", size: int = 10, mtime_ns: int = 1) 
     )
 
 
-def new_job(files: Sequence[NewFile], *, name: str = "drop", kind: str = "loose") -> NewJob:
-    return NewJob(watch="photos", name=name, kind=kind, options=OPTIONS, files=files)
+def new_job(
+    files: Sequence[NewFile], *, name: str = "drop", kind: str = "loose", watch: str = "photos"
+) -> NewJob:
+    return NewJob(watch=watch, name=name, kind=kind, options=OPTIONS, files=files)
 
 
 def add_queued(ledger: Ledger, *rels: str) -> list[int]:
@@ -133,7 +141,14 @@ def test_reopening_is_idempotent_and_keeps_data(db_path: Path, clock: Clock) -> 
         assert ids_of(again.job_files(job_id)) == ids
         again.close()
     tables = raw(db_path, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-    assert tables == [("files",), ("jobs",)]
+    assert tables == [
+        ("file_counts",),
+        ("files",),
+        ("job_counts",),
+        ("jobs",),
+        ("settings",),
+        ("totals",),
+    ]
 
 
 def test_newer_schema_is_refused_and_connection_closed(db_path: Path, clock: Clock) -> None:
@@ -619,3 +634,756 @@ def test_uncommitted_work_is_rolled_back_by_a_crash(db_path: Path, clock: Clock)
     reopened = Ledger.open(db_path, clock=clock)
     assert reopened.file(file_id).state == "queued"
     reopened.close()
+
+
+# --- the operators' view: counters kept by triggers -----------------------------------------------
+
+WATCHES = ("photos", "scans", "shop")
+
+
+def grouped_counts(db_path: Path) -> dict[str, dict[str, dict[str, int]]]:
+    """What ``counts()`` must say, computed the slow way: GROUP BY over the rows."""
+    result: dict[str, dict[str, dict[str, int]]] = {"files": {}, "jobs": {}}
+    queries = {
+        "files": "SELECT j.watch, f.state, COUNT(*) FROM files f JOIN jobs j ON j.id = f.job_id "
+        "GROUP BY j.watch, f.state",
+        "jobs": "SELECT watch, state, COUNT(*) FROM jobs GROUP BY watch, state",
+    }
+    for key, sql in queries.items():
+        for watch, state, n in raw(db_path, sql):
+            result[key].setdefault(str(watch), {})[str(state)] = int(str(n))
+    return result
+
+
+def job_state_violations(db_path: Path) -> list[tuple[object, ...]]:
+    """Jobs whose state disagrees with their files (empty when the ledger is consistent)."""
+    return raw(
+        db_path,
+        "SELECT j.id, j.state, j.cancelled, "
+        "SUM(f.state NOT IN ('done', 'failed')) AS open, SUM(f.state = 'failed') AS failed "
+        "FROM jobs j JOIN files f ON f.job_id = j.id GROUP BY j.id HAVING "
+        "(open > 0 AND j.state != 'active') OR (open = 0 AND j.state != CASE "
+        "WHEN j.cancelled THEN 'cancelled' WHEN failed > 0 THEN 'failed' ELSE 'done' END)",
+    )
+
+
+def as_totals(expected: dict[str, Counter[str]]) -> dict[str, dict[str, int]]:
+    keys = ("files_done", "files_failed", "bytes_in", "bytes_out")
+    return {watch: {key: counts[key] for key in keys} for watch, counts in expected.items()}
+
+
+class RandomWalk:
+    """Drives a ledger through random transitions and keeps the totals it must report."""
+
+    def __init__(self, ledger: Ledger, db_path: Path, clock: Clock, seed: int) -> None:
+        self.ledger, self.db_path, self.clock = ledger, db_path, clock
+        self.rng = random.Random(seed)
+        self.size: dict[int, int] = {}
+        self.written: dict[int, int] = {}
+        self.watch_of: dict[int, str] = {}
+        self.expected: dict[str, Counter[str]] = {}
+        self.done: Counter[str] = Counter()  # what the walk did, to prove it went everywhere
+
+    def step(self, number: int) -> None:
+        self.clock.now += 1.0
+        rows = raw(self.db_path, "SELECT id, state, job_id FROM files ORDER BY id")
+        action = self.rng.random()
+        if action < 0.1 or not rows:
+            self.create(number)
+        elif action < 0.13:
+            try:
+                job_id = int(str(self.rng.choice(rows)[2]))
+                self.done["cancel"] += len(self.ledger.cancel_job(job_id)) + 1
+            except Conflict:
+                self.done["cancel_refused"] += 1
+        elif action < 0.14:
+            limit = self.rng.randint(1, 5)
+            self.done["pruned"] += self.ledger.prune(self.clock.now - 100.0, limit=limit)
+        elif action < 0.145:
+            self.ledger.recover()
+            self.done["recover"] += 1
+        else:
+            file_id, state, _ = self.rng.choice(rows)
+            getattr(self, f"from_{state}")(int(str(file_id)), self.rng.random())
+
+    def create(self, number: int) -> None:
+        watch = self.rng.choice(WATCHES)
+        items = [
+            new_file(f"s{number}/{k}.jpg", size=self.rng.randint(1, 10_000))
+            for k in range(self.rng.randint(1, 6))
+        ]
+        _, ids = self.ledger.create_job(new_job(items, watch=watch))
+        for file_id, item in zip(ids, items, strict=True):
+            self.size[file_id], self.watch_of[file_id] = item.size, watch
+        self.done["create"] += 1
+
+    def from_pending(self, file_id: int, choice: float) -> None:
+        if choice < 0.8:
+            self.ledger.mark_queued([file_id])
+            self.done["queue"] += 1
+        else:
+            self.ledger.mark_failing(file_id, "gone")
+            self.done["fail_pending"] += 1
+
+    def from_queued(self, file_id: int, choice: float) -> None:
+        if choice < 0.85:
+            self.ledger.claim(self.rng.randint(1, 4))  # the oldest queued, maybe not this one
+            self.done["claim"] += 1
+        else:
+            self.ledger.mark_failing(file_id, "too big")
+            self.done["fail_queued"] += 1
+
+    def from_running(self, file_id: int, choice: float) -> None:
+        if choice < 0.55:
+            self.written[file_id] = self.rng.randint(1, 5000)
+            self.ledger.mark_written(file_id, self.written[file_id])
+            self.done["write"] += 1
+        elif choice < 0.8:
+            self.ledger.requeue(file_id, "worker crashed", refund=self.rng.random() < 0.5)
+            self.done["requeue"] += 1
+        else:
+            self.ledger.mark_failing(file_id, "not an image")
+            self.done["fail_running"] += 1
+
+    def from_written(self, file_id: int, _choice: float) -> None:
+        self.ledger.mark_done(file_id)
+        totals = self.expected.setdefault(self.watch_of[file_id], Counter())
+        totals["files_done"] += 1
+        totals["bytes_in"] += self.size[file_id]
+        totals["bytes_out"] += self.written[file_id]
+        self.done["done"] += 1
+
+    def from_failing(self, file_id: int, _choice: float) -> None:
+        self.ledger.mark_failed(file_id)
+        self.expected.setdefault(self.watch_of[file_id], Counter())["files_failed"] += 1
+        self.done["failed"] += 1
+
+    def from_failed(self, file_id: int, choice: float) -> None:
+        if choice < 0.3:
+            self.done["retry"] += 1
+            n = self.done["retry"]
+            self.ledger.requeue_failed(
+                file_id,
+                Path(f"/failed/{file_id}"),
+                Path(f"/out/r{n}.png"),
+                Path(f"/archive/r{n}"),
+                Path(f"/failed/r{n}"),
+            )
+        else:
+            self.from_done(file_id, choice)
+
+    def from_done(self, file_id: int, _choice: float) -> None:
+        with pytest.raises(LedgerError):  # a refused transition changes no counter
+            self.ledger.mark_done(file_id)
+        self.done["refused"] += 1
+
+
+def test_counters_match_group_by_after_random_transitions(
+    ledger: Ledger, db_path: Path, clock: Clock
+) -> None:
+    walk = RandomWalk(ledger, db_path, clock, seed=20240601)
+    for number in range(1500):
+        walk.step(number)
+        assert ledger.counts() == grouped_counts(db_path), f"step {number}"
+        assert ledger.totals() == as_totals(walk.expected), f"step {number}"
+
+    assert job_state_violations(db_path) == []
+    flat: Counter[str] = Counter()
+    for by_state in grouped_counts(db_path)["files"].values():
+        flat.update(by_state)
+    assert ledger.file_counts() == {state: n for state, n in flat.items() if n}
+    assert ledger.unfinished() == sum(n for s, n in flat.items() if s not in ("done", "failed"))
+    # The walk really went everywhere (a change of seed or weights must not hollow it out).
+    for what in ("create", "queue", "claim", "write", "requeue", "done", "failed", "retry"):
+        assert walk.done[what] >= 10, (what, walk.done)
+    for what in ("cancel", "cancel_refused", "pruned", "recover", "refused", "fail_pending"):
+        assert walk.done[what] >= 1, (what, walk.done)
+
+
+def finish_files(ledger: Ledger, ok: Sequence[int], bad: Sequence[int] = ()) -> None:
+    """Take pending files (and no others queued) to done (``ok``) or failed (``bad``)."""
+    ledger.mark_queued([*ok, *bad])
+    claimed = ids_of(ledger.claim(len(ok) + len(bad)))
+    assert sorted(claimed) == sorted([*ok, *bad])
+    for file_id in ok:
+        ledger.mark_written(file_id, 10 * file_id)
+        ledger.mark_done(file_id)
+    for file_id in bad:
+        ledger.mark_failing(file_id, "broken")
+        ledger.mark_failed(file_id)
+
+
+def test_totals_grow_on_done_and_failed_and_survive_prune(
+    ledger: Ledger, db_path: Path, clock: Clock
+) -> None:
+    assert ledger.totals() == {}
+    _, [a, b] = ledger.create_job(new_job([new_file("a.jpg", size=100), new_file("b.jpg")]))
+    _, [c] = ledger.create_job(new_job([new_file("c.jpg", size=7)], watch="scans"))
+    ledger.mark_queued([a, b, c])
+    ledger.claim(3)
+    ledger.mark_written(a, 40)
+    assert ledger.totals() == {}  # written is not yet done
+    ledger.mark_done(a)
+    ledger.mark_failing(b, "broken")
+    ledger.mark_failed(b)
+    ledger.mark_written(c, 3)
+    ledger.mark_done(c)
+    expected = {
+        "photos": {"files_done": 1, "files_failed": 1, "bytes_in": 100, "bytes_out": 40},
+        "scans": {"files_done": 1, "files_failed": 0, "bytes_in": 7, "bytes_out": 3},
+    }
+    assert ledger.totals() == expected
+
+    clock.now += 1000
+    assert ledger.prune(clock.now) == 2
+    assert raw(db_path, "SELECT COUNT(*) FROM files") == [(0,)]
+    assert ledger.counts() == {"files": {}, "jobs": {}}
+    assert ledger.totals() == expected  # lifetime: history is forgotten, the sums are not
+
+
+# --- upgrading a version-1 ledger -----------------------------------------------------------------
+
+
+def make_v1_ledger(db_path: Path) -> None:
+    """A ledger as the first release left it: migration 1 only, with rows in every state."""
+    db_path.parent.mkdir(exist_ok=True)
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            connection.execute(statement)
+    connection.execute("PRAGMA user_version=1")
+    options = json.dumps(OPTIONS)
+    jobs = [
+        (1, "photos", "one", "folder", "done", 2, 10.0, 20.0),
+        (2, "photos", "two", "loose", "failed", 2, 11.0, 21.0),
+        (3, "scans", "three", "folder", "active", 5, 12.0, None),
+        (4, "scans", "four", "loose", "done", 1, 13.0, 23.0),
+    ]
+    for job in jobs:
+        connection.execute(
+            "INSERT INTO jobs (id, watch, name, kind, state, total, created_at, finished_at, "
+            "options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*job, options),
+        )
+    files = [  # (job, state, size, output_bytes)
+        (1, "done", 100, 40),
+        (1, "done", 200, 70),
+        (2, "done", 50, 20),
+        (2, "failed", 30, None),
+        (3, "pending", 1, None),
+        (3, "queued", 2, None),
+        (3, "running", 3, None),
+        (3, "written", 4, 5),
+        (3, "failing", 5, None),
+        (4, "done", 7, 3),
+    ]
+    for number, (job_id, state, size, output_bytes) in enumerate(files, start=1):
+        connection.execute(
+            "INSERT INTO files (job_id, rel_path, source_path, output_path, archive_path, "
+            "failed_path, state, size, mtime_ns, output_bytes, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 10.0)",
+            (
+                job_id,
+                f"f{number}.jpg".encode(),
+                f"/in/f{number}.jpg".encode(),
+                f"/out/f{number}.png".encode(),
+                f"/archive/f{number}.jpg".encode(),
+                f"/failed/f{number}.jpg".encode(),
+                state,
+                size,
+                output_bytes,
+            ),
+        )
+    connection.close()
+
+
+def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: Clock) -> None:
+    make_v1_ledger(db_path)
+    before = raw(db_path, "SELECT * FROM files ORDER BY id")
+    ledger = Ledger.open(db_path, clock=clock)
+    try:
+        assert ledger.schema_version() == SCHEMA_VERSION == 2
+        assert raw(db_path, "SELECT * FROM files ORDER BY id") == before  # rows untouched
+        assert ledger.integrity_check() == "ok"
+        assert ledger.counts() == grouped_counts(db_path)
+        assert ledger.counts()["files"] == {
+            "photos": {"done": 3, "failed": 1},
+            "scans": {
+                "pending": 1,
+                "queued": 1,
+                "running": 1,
+                "written": 1,
+                "failing": 1,
+                "done": 1,
+            },
+        }
+        assert ledger.counts()["jobs"] == {
+            "photos": {"done": 1, "failed": 1},
+            "scans": {"active": 1, "done": 1},
+        }
+        assert ledger.totals() == {
+            "photos": {"files_done": 3, "files_failed": 1, "bytes_in": 350, "bytes_out": 130},
+            "scans": {"files_done": 1, "files_failed": 0, "bytes_in": 7, "bytes_out": 3},
+        }
+        assert raw(db_path, "SELECT DISTINCT cancelled FROM jobs") == [(0,)]
+        assert ledger.get_setting("paused") is None
+        assert [s.id for s in ledger.list_jobs()] == [4, 3, 2, 1]
+        assert ledger.unfinished() == 5
+
+        # And the triggers carry on from the backfilled numbers.
+        ledger.recover()  # the running file goes back to the queue
+        ledger.mark_done(8)  # the written one
+        ledger.mark_failed(9)  # the failing one
+        assert ledger.counts() == grouped_counts(db_path)
+        assert ledger.totals()["scans"] == {
+            "files_done": 2,
+            "files_failed": 1,
+            "bytes_in": 11,
+            "bytes_out": 8,
+        }
+    finally:
+        ledger.close()
+    # Reopening does not migrate (or backfill) a second time.
+    again = Ledger.open(db_path, clock=clock)
+    assert again.totals()["scans"]["files_done"] == 2
+    assert again.counts() == grouped_counts(db_path)
+    again.close()
+
+
+# --- listing jobs ---------------------------------------------------------------------------------
+
+
+def test_list_jobs_filters_and_keyset_paging(ledger: Ledger, clock: Clock) -> None:
+    made: dict[int, tuple[str, str]] = {}  # job id -> (watch, state)
+    for k in range(30):
+        clock.now = 100.0 + k
+        watch = WATCHES[k % 2]
+        job_id, ids = ledger.create_job(
+            new_job([new_file(f"{k}/a.jpg"), new_file(f"{k}/b.jpg")], watch=watch, name=f"j{k}")
+        )
+        if k % 3 == 0:
+            finish_files(ledger, ids)
+            made[job_id] = (watch, "done")
+        elif k % 3 == 1:
+            finish_files(ledger, ids[:1], ids[1:])
+            made[job_id] = (watch, "failed")
+        else:
+            made[job_id] = (watch, "active")  # its files stay pending
+
+    def pages(**filters: str) -> list[list[int]]:
+        result: list[list[int]] = []
+        before: int | None = None
+        while True:
+            page = ledger.list_jobs(limit=4, before_id=before, **filters)
+            if not page:
+                return result
+            result.append([s.id for s in page])
+            before = page[-1].id
+
+    cases: list[dict[str, str]] = [
+        {},
+        {"state": "done"},
+        {"watch": "scans"},
+        {"state": "failed", "watch": "photos"},
+        {"state": "active", "watch": "scans"},
+    ]
+    for filters in cases:
+        expected = sorted(
+            (
+                job_id
+                for job_id, (watch, state) in made.items()
+                if filters.get("watch", watch) == watch and filters.get("state", state) == state
+            ),
+            reverse=True,
+        )
+        got = pages(**filters)
+        assert [job_id for page in got for job_id in page] == expected, filters
+        assert all(len(page) == 4 for page in got[:-1])
+
+    summaries = {s.id: s for s in ledger.list_jobs(limit=100)}
+    assert len(summaries) == 30
+    for job_id, (watch, state) in made.items():
+        summary = summaries[job_id]
+        assert (summary.watch, summary.state, summary.total) == (watch, state, 2)
+        assert (summary.done, summary.failed) == {
+            "done": (2, 0),
+            "failed": (1, 1),
+            "active": (0, 0),
+        }[state]
+        assert summary.cancelled is False
+        assert (summary.finished_at is None) == (state == "active")
+
+    # Jobs arriving between two pages neither repeat nor shift what the next page shows.
+    first = ledger.list_jobs(limit=5)
+    ledger.create_job(new_job([new_file("late.jpg")]))
+    second = ledger.list_jobs(limit=5, before_id=first[-1].id)
+    assert [s.id for s in first + second] == sorted(made, reverse=True)[:10]
+
+    assert ledger.list_jobs(limit=0) == []
+    assert ledger.list_jobs(watch="nowhere") == []
+    with pytest.raises(ValueError, match="unknown job state"):
+        ledger.list_jobs(state="finished")
+    assert [s.id for s in ledger.list_jobs(state=JobState.DONE, limit=2)] == [
+        job_id for job_id in sorted(made, reverse=True) if made[job_id][1] == "done"
+    ][:2]
+
+
+# --- job detail -----------------------------------------------------------------------------------
+
+
+def test_job_detail_counts_options_and_every_file(ledger: Ledger, clock: Clock) -> None:
+    clock.now = 500.0
+    job_id, [a, b, c, d, e] = ledger.create_job(
+        new_job(
+            [new_file(f"{n}.jpg", size=i + 1) for i, n in enumerate("abcde")],
+            name="scan",
+            kind="folder",
+        )
+    )
+    ledger.mark_queued([a, b, c, d])
+    clock.now = 510.0
+    ledger.claim(2)
+    ledger.mark_written(a, 77)
+    clock.now = 520.0
+    ledger.mark_done(a)
+    ledger.mark_failing(b, "broken")
+    ledger.mark_failed(b)
+    ledger.claim(1)  # c
+
+    detail = ledger.job_detail(job_id)
+    assert (detail.id, detail.watch, detail.name, detail.kind, detail.state) == (
+        job_id,
+        "photos",
+        "scan",
+        "folder",
+        "active",
+    )
+    assert (detail.total, detail.done, detail.failed, detail.queued, detail.running) == (
+        5,
+        1,
+        1,
+        1,
+        1,
+    )
+    assert (detail.created_at, detail.finished_at, detail.cancelled) == (500.0, None, False)
+    assert dict(detail.options) == OPTIONS
+    assert [(f.id, f.rel, f.state) for f in detail.files] == [
+        (a, "a.jpg", "done"),
+        (b, "b.jpg", "failed"),
+        (c, "c.jpg", "running"),
+        (d, "d.jpg", "queued"),
+        (e, "e.jpg", "pending"),
+    ]
+    fa, fb, fc = detail.files[:3]
+    assert (fa.output, fa.size, fa.output_bytes, fa.attempts) == (Path("/out/a.png"), 1, 77, 1)
+    assert (fa.created_at, fa.started_at, fa.finished_at, fa.error) == (500.0, 510.0, 520.0, None)
+    assert (fb.error, fb.output_bytes) == ("broken", None)
+    assert (fc.started_at, fc.finished_at) == (520.0, None)
+
+    short = ledger.job_detail(job_id, file_limit=2)
+    assert [f.id for f in short.files] == [a, b]
+    assert (short.total, short.done, short.failed, short.queued, short.running) == (5, 1, 1, 1, 1)
+
+    with pytest.raises(NotFound):
+        ledger.job_detail(999)
+    with pytest.raises(LedgerError):  # NotFound is a LedgerError: old callers still catch it
+        ledger.job_detail(999)
+
+
+# --- cancel ---------------------------------------------------------------------------------------
+
+
+def test_cancel_fails_waiting_files_and_lets_running_ones_finish(
+    ledger: Ledger, db_path: Path, clock: Clock
+) -> None:
+    job_id, [r, w, q, p] = ledger.create_job(
+        new_job([new_file("r.jpg"), new_file("w.jpg"), new_file("q.jpg"), new_file("p.jpg")])
+    )
+    ledger.mark_queued([r, w, q])
+    ledger.claim(2)  # r and w
+    ledger.mark_written(w, 5)
+
+    cancelled = ledger.cancel_job(job_id)
+    assert ids_of(cancelled) == [q, p]
+    assert all(rec.state == "failing" and rec.error == "cancelled" for rec in cancelled)
+    assert cancelled[0].failed == Path("/failed/q.jpg")  # the daemon moves the original there
+    assert states(ledger, [r, w, q, p]) == ["running", "written", "failing", "failing"]
+    assert ledger.file(q).error == "cancelled"
+    summary = ledger.list_jobs()[0]
+    assert (summary.state, summary.cancelled) == ("active", True)
+    assert ledger.claim(10) == []  # nothing of it runs any more
+    assert ledger.cancel_job(job_id) == []  # asking again changes nothing
+
+    assert ledger.mark_failed(q) is None
+    assert ledger.mark_failed(p) is None
+    assert ledger.mark_done(w) is None  # already written: kept
+    # The running file comes back for a retry: it must not run again.
+    assert ledger.requeue(r, "worker crashed") == "failing"
+    assert (ledger.file(r).state, ledger.file(r).error) == ("failing", "cancelled")
+    clock.now += 2.0
+    finished = ledger.mark_failed(r)
+    assert finished is not None
+    assert (finished.id, finished.state, finished.total, finished.failed) == (
+        job_id,
+        "cancelled",
+        4,
+        3,
+    )
+    job = ledger.job(job_id)
+    assert (job.state, job.finished_at) == ("cancelled", clock.now)
+    assert ledger.counts() == grouped_counts(db_path)
+    assert ledger.counts()["jobs"] == {"photos": {"cancelled": 1}}
+
+    with pytest.raises(Conflict, match="already cancelled"):
+        ledger.cancel_job(job_id)
+    with pytest.raises(NotFound):
+        ledger.cancel_job(999)
+
+
+def test_cancelled_job_whose_running_file_succeeds_still_ends_cancelled(ledger: Ledger) -> None:
+    [a, b] = add_queued(ledger, "a.jpg", "b.jpg")
+    job_id = ledger.file(a).job_id
+    ledger.claim(1)  # a
+    assert ids_of(ledger.cancel_job(job_id)) == [b]
+    ledger.mark_failed(b)
+    ledger.mark_written(a, 3)
+    finished = ledger.mark_done(a)
+    assert finished is not None and (finished.state, finished.failed) == ("cancelled", 1)
+
+
+def test_cancel_refuses_finished_jobs(ledger: Ledger) -> None:
+    job_id, ids = ledger.create_job(new_job([new_file("a.jpg")]))
+    finish_files(ledger, ids)
+    with pytest.raises(Conflict, match=f"job {job_id} is already done"):
+        ledger.cancel_job(job_id)
+    assert ledger.job(job_id).state == "done"
+
+
+def test_recover_fails_running_files_of_a_cancelled_job(ledger: Ledger) -> None:
+    [a, b] = add_queued(ledger, "a.jpg", "b.jpg")
+    [other] = add_queued(ledger, "other.jpg")
+    ledger.claim(3)
+    ledger.cancel_job(ledger.file(a).job_id)  # both running: nothing waiting to fail
+    recovery = ledger.recover()  # the daemon died before they came back
+    assert ids_of(recovery.requeued) == [other]
+    assert ids_of(recovery.failing) == [a, b]
+    assert {rec.error for rec in recovery.failing} == {"cancelled"}
+
+
+# --- retry ----------------------------------------------------------------------------------------
+
+
+def test_retry_puts_failed_files_back_with_new_paths(
+    ledger: Ledger, db_path: Path, clock: Clock
+) -> None:
+    job_id, [a, b, c] = ledger.create_job(
+        new_job([new_file("a.jpg", size=5), new_file("b.jpg", size=6), new_file("c.jpg")])
+    )
+    finish_files(ledger, [a], [b, c])
+    assert ledger.job(job_id).state == "failed"
+    totals = ledger.totals()["photos"]
+    assert (totals["files_done"], totals["files_failed"]) == (1, 2)
+
+    failed = ledger.retry_job(job_id)
+    assert ids_of(failed) == [b, c]
+    assert failed[0].failed == Path("/failed/b.jpg")  # where the daemon finds the original
+    assert ledger.file(b).state == "failed"  # retry_job itself changes nothing
+
+    clock.now = 5000.0
+    record = ledger.requeue_failed(
+        b,
+        Path("/failed/b.jpg"),
+        Path("/out/b-2.png"),
+        Path("/archive/b-2.jpg"),
+        Path("/failed/b-2.jpg"),
+    )
+    assert (record.id, record.state, record.attempts, record.error) == (b, "pending", 0, None)
+    # The original is taken from where it waits now, the failed folder, into the spool.
+    assert (record.source, record.output, record.archive, record.failed) == (
+        Path("/failed/b.jpg"),
+        Path("/out/b-2.png"),
+        Path("/archive/b-2.jpg"),
+        Path("/failed/b-2.jpg"),
+    )
+    assert raw(
+        db_path,
+        "SELECT retry_at, started_at, finished_at, output_bytes FROM files WHERE id = ?",
+        (b,),
+    ) == [(None, None, None, None)]
+    job = ledger.job(job_id)
+    assert (job.state, job.finished_at) == ("active", None)
+    assert ledger.path_in_use(Path("/out/b-2.png"))
+    assert not ledger.path_in_use(Path("/out/b.png"))
+    assert ids_of(ledger.retry_job(job_id)) == [c]  # c is still failed
+    with pytest.raises(Conflict, match="not failed"):
+        ledger.requeue_failed(b, Path("/w"), Path("/x"), Path("/y"), Path("/z"))
+    with pytest.raises(NotFound):
+        ledger.requeue_failed(999, Path("/w"), Path("/x"), Path("/y"), Path("/z"))
+
+    finish_files(ledger, [b])
+    job = ledger.job(job_id)
+    assert (job.state, job.finished_at) == ("failed", 5000.0)  # c is still failed
+    ledger.requeue_failed(
+        c, Path("/failed/c.jpg"), Path("/out/c-2.png"), Path("/archive/c-2"), Path("/failed/c-2")
+    )
+    finish_files(ledger, [c])
+    assert ledger.job(job_id).state == "done"
+    totals = ledger.totals()["photos"]
+    assert (totals["files_done"], totals["files_failed"]) == (3, 2)  # failures stay counted
+    assert totals["bytes_in"] == 5 + 6 + 10
+    assert ledger.counts() == grouped_counts(db_path)
+
+    with pytest.raises(Conflict, match="no failed files"):
+        ledger.retry_job(job_id)
+    with pytest.raises(NotFound):
+        ledger.retry_job(999)
+
+
+def test_retry_of_a_cancelled_job_clears_the_cancel(ledger: Ledger) -> None:
+    [a] = add_queued(ledger, "a.jpg")
+    job_id = ledger.file(a).job_id
+    [cancelled] = ledger.cancel_job(job_id)
+    ledger.mark_failed(cancelled.id)
+    assert ledger.job(job_id).state == "cancelled"
+    [failed] = ledger.retry_job(job_id)
+    ledger.requeue_failed(
+        failed.id, failed.failed, Path("/out/a-2.png"), Path("/ar/a-2"), Path("/fa/a-2")
+    )
+    assert ledger.list_jobs()[0].cancelled is False
+    finish_files(ledger, [a])
+    assert ledger.job(job_id).state == "done"
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+def test_settings_round_trip_and_persist(ledger: Ledger, db_path: Path, clock: Clock) -> None:
+    assert ledger.get_setting("paused") is None
+    ledger.set_setting("paused", "1")
+    assert ledger.get_setting("paused") == "1"
+    ledger.set_setting("paused", "0")
+    assert ledger.get_setting("paused") == "0"
+    ledger.set_setting("note", "snow ☃")
+    again = Ledger.open(db_path, clock=clock)
+    assert (again.get_setting("paused"), again.get_setting("note")) == ("0", "snow ☃")
+    again.close()
+
+
+# --- prune ----------------------------------------------------------------------------------------
+
+
+def test_prune_deletes_old_finished_jobs_only(ledger: Ledger, db_path: Path, clock: Clock) -> None:
+    clock.now = 50.0
+    active, [open_file] = ledger.create_job(new_job([new_file("open.jpg")]))
+    clock.now = 100.0
+    old_done, ids = ledger.create_job(new_job([new_file("a.jpg"), new_file("b.jpg")]))
+    finish_files(ledger, ids)
+    clock.now = 150.0
+    old_cancelled, _ = ledger.create_job(new_job([new_file("x.jpg")], watch="scans"))
+    [rec] = ledger.cancel_job(old_cancelled)
+    ledger.mark_failed(rec.id)
+    clock.now = 200.0
+    recent, ids = ledger.create_job(new_job([new_file("c.jpg")]))
+    finish_files(ledger, [], ids)
+    totals = ledger.totals()
+
+    assert ledger.prune(150.0) == 1  # strictly older than: the cancelled job stays
+    assert ledger.prune(160.0) == 1
+    assert {s.id for s in ledger.list_jobs()} == {active, recent}
+    assert raw(
+        db_path, "SELECT COUNT(*) FROM files WHERE job_id IN (?, ?)", (old_done, old_cancelled)
+    ) == [(0,)]
+    assert ledger.counts() == grouped_counts(db_path)
+    assert ledger.counts()["jobs"] == {"photos": {"active": 1, "failed": 1}}
+    assert ledger.totals() == totals
+    assert ledger.prune(1e12) == 1  # never the active job, however old
+    assert ledger.file(open_file).state == "pending"
+    assert ledger.prune(1e12) == 0
+    with pytest.raises(NotFound):
+        ledger.job(recent)
+
+
+def test_prune_limit_takes_the_oldest_first(ledger: Ledger, clock: Clock) -> None:
+    finished_order = []
+    for k in range(5):
+        clock.now = 100.0 + k
+        job_id, ids = ledger.create_job(new_job([new_file(f"{k}.jpg")]))
+        finish_files(ledger, ids)
+        finished_order.append(job_id)
+    assert ledger.prune(1000.0, limit=2) == 2
+    assert sorted(s.id for s in ledger.list_jobs()) == finished_order[2:]
+    assert ledger.prune(1000.0, limit=0) == 0
+    assert ledger.prune(1000.0) == 3
+
+
+# --- ETA inputs -----------------------------------------------------------------------------------
+
+
+def test_oldest_unfinished_and_finished_since(ledger: Ledger, clock: Clock) -> None:
+    assert ledger.oldest_unfinished_created_at() is None
+    assert ledger.finished_since(0.0) == 0
+    clock.now = 100.0
+    _, [a] = ledger.create_job(new_job([new_file("a.jpg")]))
+    clock.now = 200.0
+    _, [b, c] = ledger.create_job(new_job([new_file("b.jpg"), new_file("c.jpg")]))
+    assert ledger.oldest_unfinished_created_at() == 100.0
+    clock.now = 300.0
+    finish_files(ledger, [a])
+    assert ledger.oldest_unfinished_created_at() == 200.0
+    assert (ledger.finished_since(300.0), ledger.finished_since(300.5)) == (1, 0)
+    ledger.mark_queued([b])
+    ledger.claim(1)  # b runs, c waits: both unfinished
+    assert ledger.oldest_unfinished_created_at() == 200.0
+    clock.now = 400.0
+    ledger.mark_failing(b, "x")
+    ledger.mark_failed(b)
+    ledger.mark_failing(c, "y")
+    ledger.mark_failed(c)
+    assert ledger.oldest_unfinished_created_at() is None
+    assert (ledger.finished_since(0.0), ledger.finished_since(350.0)) == (3, 2)
+
+
+# --- costs stay flat ------------------------------------------------------------------------------
+
+
+def traced(ledger: Ledger, calls: Callable[[], object]) -> list[str]:
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
+    try:
+        calls()
+    finally:
+        ledger._db.set_trace_callback(None)
+    return statements
+
+
+def test_status_queries_never_scan_files_or_jobs(ledger: Ledger) -> None:
+    for k in range(3):
+        job_id, ids = ledger.create_job(new_job([new_file(f"{k}/a.jpg"), new_file(f"{k}/b.jpg")]))
+        finish_files(ledger, ids[:1], ids[1:])
+    add_queued(ledger, "q.jpg")
+
+    def status() -> None:
+        ledger.counts()
+        ledger.totals()
+        ledger.file_counts()
+        ledger.unfinished()
+        ledger.oldest_unfinished_created_at()
+        ledger.finished_since(0.0)
+        ledger.list_jobs(limit=20)
+        ledger.list_jobs(state="done", limit=20)
+        ledger.list_jobs(watch="photos", limit=20, before_id=3)
+        ledger.list_jobs(state="failed", watch="photos", limit=20, before_id=3)
+        ledger.job_detail(job_id)
+        ledger.prune(0.0)
+
+    statements = [s for s in traced(ledger, status) if s.lstrip().upper().startswith("SELECT")]
+    assert len(statements) >= 12
+    for sql in statements:
+        plan = [str(row[3]) for row in ledger._db.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        if plan == ["SCAN jobs"] and "ORDER BY id DESC LIMIT" in sql:
+            continue  # the newest jobs, in rowid order: the LIMIT stops the walk
+        scans = [step for step in plan if step.startswith(("SCAN files", "SCAN jobs"))]
+        # Sorting one job's files is bounded by the job, not by the history.
+        one_job = "WHERE job_id = " in sql
+        sorts = [step for step in plan if "TEMP B-TREE FOR ORDER BY" in step and not one_job]
+        assert scans == [] and sorts == [], (sql, plan)

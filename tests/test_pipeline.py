@@ -18,11 +18,11 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pebble import ProcessExpired
-from PIL import EpsImagePlugin, Image, ImageChops
+from PIL import EpsImagePlugin, Image, ImageChops, ImageOps
 
 from watchd.errors import InputRejected, UnsafePath
 from watchd.models import ModelStore
@@ -130,7 +130,7 @@ def test_eps_and_pdf_never_reach_ghostscript(monkeypatch: pytest.MonkeyPatch) ->
     assert calls == []
 
 
-def test_decompression_bomb_is_rejected(tmp_path: Path) -> None:
+def test_decompression_bomb_is_rejected() -> None:
     # 30000 x 30000 = 900 Mpixel, beyond twice Pillow's limit; mode "1" keeps it to ~110 MB
     # while building and a few hundred kB as a PNG. decode() refuses it from the header.
     data = encode(Image.new("1", (30000, 30000)), "PNG", compress_level=1)
@@ -196,8 +196,7 @@ def test_32_bit_tiff_is_stretched_to_8_bits(mode: str) -> None:
     deep = gradient.convert(mode).point(lambda v: v * scale)
     image = decode(encode(deep, "TIFF"))
     assert image.mode == "RGB"
-    low, high = image.convert("L").getextrema()  # type: ignore[misc]
-    assert (low, high) == (0, 255)
+    assert image.convert("L").getextrema() == (0, 255)
 
 
 def test_grayscale_becomes_rgb() -> None:
@@ -250,6 +249,40 @@ def test_exif_rotated_jpeg_comes_out_upright() -> None:
     assert red > 200 and blue < 60  # the mark is now at the top-right
     assert image.getpixel((4, 4))[2] > 200  # type: ignore[index]
     assert image.getexif().get(0x0112) in (None, 1)
+    # rembg's remove() runs exif_transpose again: the orientation must not apply twice
+    assert ImageOps.exif_transpose(image).size == (20, 40)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow(orientation: int) -> None:
+    stored = Image.linear_gradient("L").resize((40, 20)).convert("RGB")
+    stored.paste((255, 0, 0), (0, 0, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(stored, "PNG", exif=exif.tobytes())
+    with Image.open(io.BytesIO(data)) as opened:
+        expected = ImageOps.exif_transpose(opened).convert("RGB")
+    image = decode(data)
+    assert image.size == expected.size
+    assert ImageChops.difference(image, expected).getbbox() is None
+    assert ImageOps.exif_transpose(image).size == image.size
+
+
+# An EXIF block whose first tag (0x0152, ExtraSamples, a SHORT tag) holds ASCII "Camera":
+# Pillow reads it, but rewriting it (which ImageOps.exif_transpose does) raises struct.error.
+CORRUPT_EXIF = bytes.fromhex(
+    "4578696600004d4d002a0000000800020152000200000007000000260112000300000001"
+    "000600000000000043616d6572610000"
+)
+
+
+def test_corrupt_exif_is_still_decoded_upright() -> None:
+    data = encode(Image.new("RGB", (40, 20), (9, 99, 199)), "JPEG", exif=CORRUPT_EXIF)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pillow warns about the odd tag
+        image = decode(data)
+        assert image.size == (20, 40)
+        assert ImageOps.exif_transpose(image).size == (20, 40)  # as rembg calls it
 
 
 # --- process: real inference in this process -----------------------------------------------------
@@ -279,7 +312,7 @@ def test_process_returns_a_png_cutout(name: str, worker: None, photos: dict[str,
     assert cutout.format == "PNG"
     assert cutout.mode == "RGBA"
     assert cutout.size == size_of(photos[name]) == (result.width, result.height)
-    low, high = cutout.getchannel("A").getextrema()  # type: ignore[misc]
+    low, high = cast("tuple[int, int]", cutout.getchannel("A").getextrema())
     assert low < 50 and high > 200  # a real mask: some background gone, some subject kept
     assert set(result.timings) == {"decode", "infer", "encode"}
     assert all(seconds >= 0 for seconds in result.timings.values())
@@ -293,6 +326,14 @@ def test_process_keeps_an_exif_rotated_photo_upright(worker: None, photos: dict[
         width, height = rocket.size
     result = process(Task(file_id=1, data=data, model="u2netp"))
     assert (result.width, result.height) == (height, width)
+
+
+def test_process_a_photo_with_corrupt_exif(worker: None) -> None:
+    data = encode(Image.new("RGB", (60, 30), (200, 30, 30)), "JPEG", exif=CORRUPT_EXIF)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = process(Task(file_id=4, data=data, model="u2netp"))
+    assert (result.width, result.height) == (30, 60)
 
 
 def test_compress_level_changes_size_not_pixels(astronaut_cutouts: dict[int, Result]) -> None:
@@ -338,7 +379,8 @@ def test_outcome_maps_a_timeout() -> None:
 
 
 def test_outcome_maps_a_dead_worker() -> None:
-    failed = outcome(finished(error=ProcessExpired("Abnormal termination", code=-9, pid=1234)))
+    died = ProcessExpired("Abnormal termination", code=-9, pid=1234)  # type: ignore[no-untyped-call]
+    failed = outcome(finished(error=died))
     assert isinstance(failed, AttemptFailed)
     assert "worker process died" in str(failed)
 
@@ -392,13 +434,30 @@ def pool_workers() -> list[multiprocessing.process.BaseProcess]:
     ]
 
 
-def wait_running(future: concurrent.futures.Future[Result], timeout: float = 120) -> None:
-    """Until a worker has acknowledged the task (pebble marks the future running)."""
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_busy(future: concurrent.futures.Future[Result], pid: int, timeout: float = 120) -> None:
+    """Until the worker is well inside the task.
+
+    pebble marks the future running when the worker's acknowledgement arrives; the worker
+    sends it while holding the pool's channel lock. A kill in that instant would leave the
+    lock held for pebble's 60 s lock timeout, so wait for CPU time spent *after* the
+    acknowledgement: then the lock is released and the worker is processing.
+    """
     deadline = time.monotonic() + timeout
     while not future.running():
         assert not future.done(), f"task finished before it could be interrupted: {future}"
         assert time.monotonic() < deadline, "no worker took the task"
         time.sleep(0.005)
+    acknowledged = cpu_seconds(pid)
+    while cpu_seconds(pid) < acknowledged + 0.2:
+        assert not future.done(), f"task finished before it could be interrupted: {future}"
+        assert time.monotonic() < deadline, "the worker does not work on the task"
+        time.sleep(0.01)
 
 
 def small_task(photos: dict[str, Path], file_id: int = 1) -> Task:
@@ -417,7 +476,9 @@ def test_pool_check_model_and_process(pool: LocalPool, photos: dict[str, Path]) 
 def test_pool_rejects_bad_input_without_losing_the_worker(
     pool: LocalPool, photos: dict[str, Path]
 ) -> None:
+    assert isinstance(outcome(pool.submit(small_task(photos))), Result)  # a worker is up
     before = {child.pid for child in pool_workers()}
+    assert len(before) == 1
     rejection = outcome(pool.submit(Task(file_id=2, data=b"", model="u2netp")))
     assert isinstance(rejection, InputRejected)
     assert "empty" in str(rejection)
@@ -428,10 +489,11 @@ def test_pool_rejects_bad_input_without_losing_the_worker(
 def test_pool_survives_a_killed_worker(pool: LocalPool, photos: dict[str, Path]) -> None:
     # compress level 9 on 6 Mpixel of noise takes seconds: the worker is killed mid-task
     big = Task(file_id=5, data=noise_jpeg(3000, 2000), model="u2netp", png_compress_level=9)
-    future = pool.submit(big)
-    wait_running(future)
+    assert isinstance(outcome(pool.submit(small_task(photos))), Result)  # a worker is up
     (victim,) = pool_workers()
     assert victim.pid is not None
+    future = pool.submit(big)
+    wait_busy(future, victim.pid)
     os.kill(victim.pid, signal.SIGKILL)
     failed = outcome(future)
     assert isinstance(failed, AttemptFailed), failed
@@ -440,6 +502,23 @@ def test_pool_survives_a_killed_worker(pool: LocalPool, photos: dict[str, Path])
     result = outcome(pool.submit(small_task(photos, file_id=6)))
     assert isinstance(result, Result), result
     assert result.file_id == 6
+    assert victim.pid not in {child.pid for child in pool_workers()}
+
+
+def test_pool_survives_a_worker_killed_while_idle(pool: LocalPool, photos: dict[str, Path]) -> None:
+    # pebble breaks the whole pool when a worker dies outside a task (the OOM killer, kill -9);
+    # LocalPool replaces it, so this costs at most one retryable attempt, never the daemon.
+    assert isinstance(outcome(pool.submit(small_task(photos))), Result)
+    (victim,) = pool_workers()
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(30)
+    first = outcome(pool.submit(small_task(photos, file_id=21)))
+    assert isinstance(first, Result | AttemptFailed), first
+    second = outcome(pool.submit(small_task(photos, file_id=22)))
+    assert isinstance(second, Result), second
+    assert second.file_id == 22
+    assert pool.check_model("u2netp", 120) == "CPUExecutionProvider"
     assert victim.pid not in {child.pid for child in pool_workers()}
 
 

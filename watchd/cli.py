@@ -1,7 +1,8 @@
 """The ``watchd`` command.
 
-Exit codes: 0 success; 1 the command ran and reports a failure; 2 usage or
-configuration error (the message says which file and key).
+Exit codes: 0 success; 1 the command ran and reports a failure (a job that
+finished with failures); 2 usage or configuration error (the message says
+which file and key); 3 the daemon cannot be reached.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from watchd import __version__
+from watchd.cli_ops import add_operator_commands, run_operator_command
 from watchd.config import Config, load_config
 from watchd.errors import ConfigError, ModelError
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     path = model_commands.add_parser("path", help="print where a model file is")
     path.add_argument("name", metavar="NAME")
     _config_arg(path)
+    add_operator_commands(commands, _config_arg)
     return parser
 
 
@@ -69,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(config)
         if args.command == "check-config":
             return _check_config(config)
-        return _models(args, config)
+        if args.command == "models":
+            return _models(args, config)
+        return run_operator_command(args, config)
     except (ConfigError, ModelError) as exc:
         print(f"watchd: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -87,24 +92,35 @@ def _check_config(config: Config) -> int:
     print(f"# configuration from {config.source or 'the built-in default'} (defaults filled in)")
     print("[daemon]")
     for key, value in vars(config.daemon).items():
-        print(f"{key} = {_toml(value)}")
+        _print_key(key, value)
     print("\n[pool]")
     for key, value in vars(config.pool).items():
-        print(f"{key} = {_toml(value)}")
+        _print_key(key, value)
     for watch in config.watches:
         print("\n[[watch]]")
         for key, value in vars(watch).items():
-            print(f"{key} = {_toml(value)}")
+            _print_key(key, value)
     return EXIT_OK
 
 
-def _toml(value: object) -> str:
+def _print_key(key: str, value: object) -> None:
+    if value is None:
+        print(f"# {key} = (not set)")
+    else:
+        print(f"{key} = {_toml(value, key)}")
+
+
+def _toml(value: object, key: str = "") -> str:
+    if key == "socket_mode" and isinstance(value, int):
+        return f'"{value:04o}"'
+    return _plain_toml(value)
+
+
+def _plain_toml(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if value is None:
-        return '""  # not set'
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
 

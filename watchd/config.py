@@ -46,6 +46,13 @@ class DaemonConfig:
     log_level: str
     drain_seconds: float
     rescan_interval: float
+    socket: Path
+    socket_mode: int
+    socket_group: str | None
+    stats_file: Path
+    stats_interval: float
+    metrics_file: Path | None
+    keep_days: float
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,13 @@ def _watch_name(value: Any) -> str:
     return name
 
 
+def _octal_mode(value: Any) -> int:
+    """A file mode written as an octal string ("0660"), as in chmod; 0..0777."""
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+        raise _Bad(f'expected an octal mode like "0660", got {_describe(value)}')
+    return int(value, 8)
+
+
 def _path(value: Any) -> str:
     return _string(value)
 
@@ -170,6 +184,13 @@ _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "log_level": (_choice("debug", "info", "warning", "error"), "info"),
     "drain_seconds": (_number(0), 30.0),
     "rescan_interval": (_number(1), 60.0),
+    "socket": (_path, None),
+    "socket_mode": (_octal_mode, 0o660),
+    "socket_group": (_string, None),
+    "stats_file": (_path, None),
+    "stats_interval": (_number(1, 86400), 10.0),
+    "metrics_file": (_path, None),
+    "keep_days": (_number(0), 90.0),
 }
 
 _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -276,13 +297,27 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
         return Path(os.path.abspath(base / Path(value).expanduser()))
 
     daemon_raw = reader.table("daemon", raw.get("daemon", {}), _DAEMON_KEYS)
+    state_dir = resolve(daemon_raw["state_dir"])
     daemon = DaemonConfig(
-        state_dir=resolve(daemon_raw["state_dir"]),
+        state_dir=state_dir,
         models_dir=resolve(daemon_raw["models_dir"]) if daemon_raw["models_dir"] else None,
         log_format=daemon_raw["log_format"],
         log_level=daemon_raw["log_level"],
         drain_seconds=daemon_raw["drain_seconds"],
         rescan_interval=daemon_raw["rescan_interval"],
+        socket=resolve(daemon_raw["socket"])
+        if daemon_raw["socket"]
+        else state_dir / "control.sock",
+        socket_mode=daemon_raw["socket_mode"],
+        socket_group=daemon_raw["socket_group"],
+        stats_file=(
+            resolve(daemon_raw["stats_file"])
+            if daemon_raw["stats_file"]
+            else state_dir / "stats.json"
+        ),
+        stats_interval=daemon_raw["stats_interval"],
+        metrics_file=resolve(daemon_raw["metrics_file"]) if daemon_raw["metrics_file"] else None,
+        keep_days=daemon_raw["keep_days"],
     )
     pool_raw = reader.table("pool", raw.get("pool", {}), _POOL_KEYS)
     pool = PoolConfig(

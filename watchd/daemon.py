@@ -14,13 +14,17 @@ import queue
 import random
 import signal
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
-from watchd.config import Config
+from watchd import __version__
+from watchd.commands import Commands
+from watchd.config import Config, WatchConfig
+from watchd.control import ControlServer, ProtocolError, Request
 from watchd.dispatcher import Dispatcher
 from watchd.errors import ModelError, WatchdError
 from watchd.files import ensure_dir
@@ -28,6 +32,7 @@ from watchd.intake import Intake
 from watchd.ledger import Ledger
 from watchd.models import ModelStore
 from watchd.pipeline import LocalPool
+from watchd.stats import Activity, DaemonInfo, build_snapshot, write_metrics_file, write_stats_file
 from watchd.watcher import InboxWatcher
 
 log = structlog.get_logger()
@@ -36,6 +41,9 @@ log = structlog.get_logger()
 BUSY_TICK = 0.2
 #: Finished futures wake the loop themselves; this is only a safety net (seconds).
 SAFETY_TICK = 5.0
+#: How often retention (keep_days) runs, and how many jobs one pass may delete.
+PRUNE_INTERVAL = 3600.0
+PRUNE_BATCH = 1000
 #: How long a worker may take to load a model at start-up (seconds).
 MODEL_LOAD_TIMEOUT = 300.0
 
@@ -45,13 +53,22 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.paused = False
         self._wakeups: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[Request, Future[dict[str, Any]]]] = (
+            queue.SimpleQueue()
+        )
         self._stop_signal: int | None = None
         self._stop_count = 0
         self._hup = False
         self._state_dir = config.daemon.state_dir
         self._spool_dir = self._state_dir / "spool"
         self._lock: TextIO | None = None
+        self._started_at = time.time()
+        self._providers: dict[str, str] = {}
+        self._activity = Activity()
+        self._watchers: list[InboxWatcher] = []
+        self._control: ControlServer | None = None
 
     # --- the runbook ------------------------------------------------------------------------------
 
@@ -71,61 +88,70 @@ class Daemon:
             for folder in (watch.inbox, watch.outbox, watch.archive, watch.failed):
                 ensure_dir(folder)
 
-        ledger = Ledger.open(self._state_dir / "ledger.sqlite3")
+        self.ledger = Ledger.open(self._state_dir / "ledger.sqlite3")
         log.info("ledger.opened", path=str(self._state_dir / "ledger.sqlite3"))
-        pool = LocalPool(
+        self.pool = LocalPool(
             workers=config.pool.workers,
             threads_per_worker=config.pool.threads_per_worker,
             env=store.worker_env(),
             models=tuple(models),
             file_timeout=config.pool.file_timeout,
         )
-        dispatcher = Dispatcher(
-            ledger,
-            pool,
+        self.dispatcher = Dispatcher(
+            self.ledger,
+            self.pool,
             self._spool_dir,
             max_attempts=config.pool.max_attempts,
             wake=self._wake,
             clock=time.time,
             rng=random.Random(),
+            activity=self._activity,
+            monotonic=time.monotonic,
         )
-        intake = Intake(ledger, self._spool_dir, fail=dispatcher.fail)
-        watchers: list[InboxWatcher] = []
+        self.intake = Intake(self.ledger, self._spool_dir, fail=self.dispatcher.fail)
+        self.commands = Commands(
+            self, self.ledger, self.intake, self.dispatcher.dispose_failed, self._spool_dir
+        )
         try:
             self._install_signal_handlers()
-            self._recover(ledger, intake, dispatcher)
+            self._recover()
+            self.paused = self.dispatcher.paused = self.ledger.get_setting("paused") == "1"
             for model in models:
-                log.info("model.loaded", model=model, provider=load_in_worker(pool, model))
-            watchers = self._start_watchers()
+                self._providers[model] = load_in_worker(self.pool, model)
+                log.info("model.loaded", model=model, provider=self._providers[model])
+            self._start_watchers()
+            self._start_control()
+            self._write_stats()
             log.info(
                 "daemon.ready",
                 pid=os.getpid(),
                 workers=config.pool.workers,
+                paused=self.paused,
+                socket=str(config.daemon.socket),
                 watches=[
                     {"name": w.name, "inbox": str(w.inbox), "outbox": str(w.outbox)}
                     for w in config.watches
                 ],
             )
-            self._loop(watchers, intake, dispatcher, ledger)
+            self._loop()
         finally:
-            self._shutdown(watchers, dispatcher, pool, ledger)
+            self._shutdown()
         return 0
 
-    def _recover(self, ledger: Ledger, intake: Intake, dispatcher: Dispatcher) -> None:
-        recovery = ledger.recover()
-        dispatcher.finish_interrupted(recovery)
-        intake.finish_pending(list(recovery.pending))
+    def _recover(self) -> None:
+        recovery = self.ledger.recover()
+        self.dispatcher.finish_interrupted(recovery)
+        self.intake.finish_pending(list(recovery.pending))
         log.info(
             "recovery.done",
             requeued=len(recovery.requeued),
             pending=len(recovery.pending),
             written=len(recovery.written),
             failing=len(recovery.failing),
-            unfinished=ledger.unfinished(),
+            unfinished=self.ledger.unfinished(),
         )
 
-    def _start_watchers(self) -> list[InboxWatcher]:
-        watchers = []
+    def _start_watchers(self) -> None:
         now = time.monotonic()
         for watch in self.config.watches:
             watcher = InboxWatcher(
@@ -145,29 +171,34 @@ class Daemon:
                 method=watch.method,
                 entries=found,
             )
-            watchers.append(watcher)
-        return watchers
+            self._watchers.append(watcher)
+
+    def _start_control(self) -> None:
+        daemon = self.config.daemon
+        self._control = ControlServer(
+            daemon.socket, self._handle_request, mode=daemon.socket_mode, group=daemon.socket_group
+        )
+        self._control.start()
+        log.info("control.listening", socket=str(daemon.socket))
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def _loop(
-        self,
-        watchers: list[InboxWatcher],
-        intake: Intake,
-        dispatcher: Dispatcher,
-        ledger: Ledger,
-    ) -> None:
-        rescan_interval = self.config.daemon.rescan_interval
-        next_rescan = time.monotonic() + rescan_interval
+    def _loop(self) -> None:
+        now = time.monotonic()
+        next_rescan = now + self.config.daemon.rescan_interval
+        next_stats = now + self.config.daemon.stats_interval
+        next_prune = now
+        jobs_seen = self.dispatcher.jobs_finished
         by_name = {watch.name: watch for watch in self.config.watches}
         while self._stop_signal is None:
-            self._wait(self._timeout(watchers, dispatcher, ledger, next_rescan))
+            self._wait(self._timeout(min(next_rescan, next_stats, next_prune)))
             now = time.monotonic()
-            for watcher in watchers:
+            for watcher in self._watchers:
                 for batch in watcher.poll(now):
-                    intake.accept(batch, by_name[batch.watch])
-            dispatcher.collect()
-            dispatcher.fill()
+                    self.intake.accept(batch, by_name[batch.watch])
+            self.dispatcher.collect()
+            self._serve_requests()
+            self.dispatcher.fill()
             if self._hup:
                 self._hup = False
                 log.warning(
@@ -175,26 +206,27 @@ class Daemon:
                     message="configuration reload is not implemented yet; restart to apply changes",
                 )
             if now >= next_rescan:
-                for watch, watcher in zip(self.config.watches, watchers, strict=True):
+                for watch, watcher in zip(self.config.watches, self._watchers, strict=True):
                     rescan(watcher, watch.name, now)
-                self._finish_stuck(ledger, intake, dispatcher)
-                next_rescan = now + rescan_interval
+                self._finish_stuck()
+                next_rescan = now + self.config.daemon.rescan_interval
+            if now >= next_prune:
+                self._prune()
+                next_prune = now + PRUNE_INTERVAL
+            if now >= next_stats or self.dispatcher.jobs_finished != jobs_seen:
+                jobs_seen = self.dispatcher.jobs_finished
+                self._write_stats()
+                next_stats = now + self.config.daemon.stats_interval
 
-    def _timeout(
-        self,
-        watchers: list[InboxWatcher],
-        dispatcher: Dispatcher,
-        ledger: Ledger,
-        next_rescan: float,
-    ) -> float:
+    def _timeout(self, next_timer: float) -> float:
         """Sleep long when idle (events wake us), tick often while something is settling."""
-        if any(w.pending() for w in watchers):
+        if any(w.pending() for w in self._watchers):
             return BUSY_TICK
-        timeout = max(0.0, next_rescan - time.monotonic())
-        retry_at = ledger.next_retry_at()
+        timeout = max(0.0, next_timer - time.monotonic())
+        retry_at = self.ledger.next_retry_at()
         if retry_at is not None:
             timeout = min(timeout, max(0.0, retry_at - time.time()))
-        if dispatcher.in_flight:
+        if self.dispatcher.in_flight:
             timeout = min(timeout, SAFETY_TICK)
         return timeout
 
@@ -209,12 +241,93 @@ class Daemon:
             except queue.Empty:
                 return
 
-    def _finish_stuck(self, ledger: Ledger, intake: Intake, dispatcher: Dispatcher) -> None:
+    def _finish_stuck(self) -> None:
         """Retry side effects that failed with an I/O error earlier (files left written/failing)."""
-        recovery = ledger.stuck()
+        recovery = self.ledger.stuck()
         if recovery.pending or recovery.written or recovery.failing:
-            dispatcher.finish_interrupted(recovery)
-            intake.finish_pending(list(recovery.pending))
+            self.dispatcher.finish_interrupted(recovery)
+            self.intake.finish_pending(list(recovery.pending))
+
+    def _prune(self) -> None:
+        """Retention: forget finished jobs older than keep_days, a bounded slice at a time."""
+        keep_days = self.config.daemon.keep_days
+        if keep_days <= 0:
+            return
+        deleted = self.ledger.prune(time.time() - keep_days * 86400, limit=PRUNE_BATCH)
+        if deleted:
+            log.info("ledger.pruned", jobs=deleted, keep_days=keep_days)
+
+    # --- operators: control requests and stats ----------------------------------------------------
+
+    def _handle_request(self, request: Request) -> Future[dict[str, Any]]:
+        """Called in the control server's thread: hand the request to the main thread."""
+        future: Future[dict[str, Any]] = Future()
+        self._requests.put((request, future))
+        self._wake("control")
+        return future
+
+    def _serve_requests(self) -> None:
+        while True:
+            self.dispatcher.paused = self.paused  # pause/resume take effect in this same pass
+            try:
+                request, future = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self.commands.execute(request))
+            except ProtocolError as exc:
+                future.set_exception(exc)
+            except Exception as exc:  # a bug must cost one request, never the daemon
+                log.exception("control.failed", command=request.command)
+                future.set_exception(ProtocolError("internal", f"{type(exc).__name__}: {exc}"))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything ``watchd status`` and the stats file show (cheap: no table scans)."""
+        config = self.config
+        info = DaemonInfo(
+            version=__version__,
+            pid=os.getpid(),
+            started_at=self._started_at,
+            paused=self.paused,
+            workers_total=self.pool.size,
+            workers_busy=min(self.pool.size, len(self.dispatcher.in_flight)),
+            backend="local",
+            models=tuple(sorted({w.model for w in config.watches})),
+            providers=dict(self._providers),
+            watches={
+                w.name: {"inbox": str(w.inbox), "outbox": str(w.outbox), "model": w.model}
+                for w in config.watches
+            },
+        )
+        return build_snapshot(
+            info,
+            self.ledger.counts(),
+            self.ledger.totals(),
+            self._activity,
+            self.dispatcher.last_error,
+            now_wall=time.time(),
+            now_mono=time.monotonic(),
+        )
+
+    def _write_stats(self) -> None:
+        snapshot = self.snapshot()
+        daemon = self.config.daemon
+        try:
+            write_stats_file(daemon.stats_file, snapshot)
+            if daemon.metrics_file is not None:
+                write_metrics_file(daemon.metrics_file, snapshot, self._activity)
+        except OSError as exc:
+            log.error("stats.write_failed", error=str(exc))
+
+    def request_reload(self) -> None:
+        raise ProtocolError(
+            "unavailable", "configuration reload is not implemented yet; restart to apply changes"
+        )
+
+    def watches(self) -> tuple[WatchConfig, ...]:
+        return self.config.watches
 
     # --- signals and shutdown ---------------------------------------------------------------------
 
@@ -235,18 +348,18 @@ class Daemon:
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
 
-    def _shutdown(
-        self,
-        watchers: list[InboxWatcher],
-        dispatcher: Dispatcher,
-        pool: LocalPool,
-        ledger: Ledger,
-    ) -> None:
+    def _shutdown(self) -> None:
+        """Stop intake and the socket, drain within drain_seconds, close pool and ledger."""
         signame = signal.Signals(self._stop_signal).name if self._stop_signal else None
+        dispatcher = self.dispatcher
         log.info("shutdown.begin", signal=signame, in_flight=len(dispatcher.in_flight))
-        for watcher in watchers:
+        for watcher in self._watchers:
             watcher.stop()
         log.info("shutdown.intake_stopped")
+        if self._control is not None:
+            self._control.stop()
+            self._serve_requests()  # anything queued before the socket closed gets its answer
+            log.info("shutdown.control_stopped")
         deadline = time.monotonic() + self.config.daemon.drain_seconds
         signals_seen = self._stop_count
         while (
@@ -257,10 +370,11 @@ class Daemon:
             self._wait(min(BUSY_TICK, max(0.0, deadline - time.monotonic())))
             dispatcher.collect()
         requeued = dispatcher.abandon_in_flight()
-        log.info("shutdown.drained", requeued=requeued, queued=ledger.unfinished())
-        pool.close(cancel=True)
+        log.info("shutdown.drained", requeued=requeued, queued=self.ledger.unfinished())
+        self.pool.close(cancel=True)
         log.info("shutdown.pool_closed")
-        ledger.close()
+        self._write_stats()
+        self.ledger.close()
         log.info("shutdown.done")
 
 

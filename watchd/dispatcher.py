@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -28,8 +29,9 @@ from watchd.files import (
     write_error_note,
 )
 from watchd.intake import spool_path
-from watchd.ledger import FileRecord, FinishedJob, Ledger, Recovery
+from watchd.ledger import CANCELLED_REASON, FileRecord, FinishedJob, Ledger, Recovery
 from watchd.pipeline import AttemptFailed, LocalPool, Result, Task, outcome
+from watchd.stats import Activity
 
 log = structlog.get_logger()
 
@@ -51,6 +53,8 @@ class Dispatcher:
         wake: Callable[[], None],
         clock: Callable[[], float],
         rng: random.Random,
+        activity: Activity,
+        monotonic: Callable[[], float],
     ) -> None:
         self._ledger = ledger
         self._pool = pool
@@ -59,6 +63,11 @@ class Dispatcher:
         self._wake = wake
         self._clock = clock
         self._rng = rng
+        self._activity = activity
+        self._monotonic = monotonic
+        self.paused = False
+        self.jobs_finished = 0
+        self.last_error: dict[str, Any] | None = None
         self.capacity = pool.size * 2
         self.in_flight: dict[Future[Result], FileRecord] = {}
         self._write_failures = 0
@@ -68,7 +77,7 @@ class Dispatcher:
     def fill(self) -> int:
         """Claim queued files up to the in-flight cap and hand them to the pool."""
         started = 0
-        while len(self.in_flight) < self.capacity:
+        while not self.paused and len(self.in_flight) < self.capacity:
             records = self._ledger.claim(self.capacity - len(self.in_flight))
             if not records:
                 break
@@ -95,7 +104,7 @@ class Dispatcher:
 
     def original(self, record: FileRecord) -> Path:
         """Where the input is while it waits: the spool, or the inbox with ``after = "keep"``."""
-        if record.options["after"] == "keep":
+        if record.options.get("in_place"):
             return record.source
         return spool_path(self._spool, record.id)
 
@@ -124,7 +133,8 @@ class Dispatcher:
         log.warning(
             "file.retry", file=record.id, job=record.job_id, attempt=record.attempts, error=reason
         )
-        self._ledger.requeue(record.id, reason)
+        if self._ledger.requeue(record.id, reason) == "failing":  # its job was cancelled
+            self.dispose_failed(record, "cancelled")
 
     def _complete(self, record: FileRecord, result: Result) -> None:
         try:
@@ -141,10 +151,16 @@ class Dispatcher:
                 error=reason,
                 retry_in=round(delay, 1),
             )
-            self._ledger.requeue(record.id, reason, retry_at=self._clock() + delay, refund=True)
+            state = self._ledger.requeue(
+                record.id, reason, retry_at=self._clock() + delay, refund=True
+            )
+            if state == "failing":
+                self.dispose_failed(record, "cancelled")
             return
         self._write_failures = 0
         self._ledger.mark_written(record.id, len(result.data))
+        latency = self._clock() - record.created_at
+        self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())
         log.info(
             "file.done",
             file=record.id,
@@ -156,7 +172,7 @@ class Dispatcher:
             height=result.height,
             attempt=record.attempts,
             **{f"{k}_s": round(v, 3) for k, v in result.timings.items()},
-            latency_s=round(self._clock() - record.created_at, 3),
+            latency_s=round(latency, 3),
         )
         self.dispose_done(record)
 
@@ -165,10 +181,12 @@ class Dispatcher:
         after = record.options["after"]
         original = self.original(record)
         try:
-            if after == "archive" and os.path.lexists(original):
+            if record.options.get("in_place"):
+                pass  # after = "keep" on an inbox: the original stays where it was dropped
+            elif after == "delete" or (after == "keep" and record.options.get("intake") == "copy"):
+                remove_file(original)  # (a submitted copy: the original was never touched)
+            elif os.path.lexists(original):
                 move_file(original, record.archive, record.id)
-            elif after == "delete":
-                remove_file(original)
         except OSError as exc:
             log.error("file.archive_failed", file=record.id, path=str(original), error=str(exc))
             return  # stays 'written'; the periodic finishing pass tries again
@@ -177,6 +195,14 @@ class Dispatcher:
     def fail(self, record: FileRecord, reason: str) -> None:
         """Record the reason, then put the original and a readable note in the failed folder."""
         self._ledger.mark_failing(record.id, reason)
+        if reason != CANCELLED_REASON:
+            self.last_error = {
+                "at": self._clock(),
+                "watch": record.watch,
+                "job": record.job_id,
+                "file": record.id,
+                "message": f"{record.rel}: {reason}",
+            }
         log.error(
             "file.failed",
             file=record.id,
@@ -191,17 +217,20 @@ class Dispatcher:
         """failing -> failed (idempotent, for recovery too)."""
         original = self.original(record)
         try:
-            keep = record.options["after"] == "keep"
+            keep = bool(record.options.get("in_place"))
             write_error_note(record.failed, reason, record.rel, record.id, left_in_inbox=keep)
             if os.path.lexists(original) and not keep:
                 move_file(original, record.failed, record.id)
         except OSError as exc:
             log.error("file.quarantine_failed", file=record.id, error=str(exc))
             return  # stays 'failing'; the periodic finishing pass tries again
+        latency = self._clock() - record.created_at
+        self._activity.record(record.watch, ok=False, latency=latency, now=self._monotonic())
         self._job_finished(self._ledger.mark_failed(record.id))
 
     def _job_finished(self, job: FinishedJob | None) -> None:
         if job is not None:
+            self.jobs_finished += 1
             log.info(
                 "job.done",
                 job=job.id,
@@ -238,7 +267,7 @@ class Dispatcher:
         count = 0
         for future, record in list(self.in_flight.items()):
             future.cancel()
-            self._ledger.requeue(record.id, "interrupted by shutdown", refund=True)
+            self._ledger.requeue(record.id, "interrupted by shutdown", refund=True)  # or failing
             count += 1
         self.in_flight.clear()
         return count

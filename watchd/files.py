@@ -147,6 +147,29 @@ def _open_new(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
 
 
+def copy_file(src: Path, dst: Path, file_id: int) -> None:
+    """Copy a plain file durably (``submit`` without ``move``): the source is left untouched."""
+    ensure_dir(dst.parent)
+    temp = dst.parent / temp_name(file_id)
+    _unlink_quiet(temp)
+    fd = os.open(src, _READ_FLAGS)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePath("not a regular file")
+        with open(fd, "rb", closefd=False) as reader, open(temp, "xb", opener=_open_new) as writer:
+            shutil.copyfileobj(reader, writer, _CHUNK)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.replace(temp, dst)
+    except BaseException:
+        _unlink_quiet(temp)
+        raise
+    finally:
+        os.close(fd)
+    fsync_dir(dst.parent)
+
+
 def remove_file(path: Path) -> None:
     """Delete an original (``after = "delete"``); already gone counts as done."""
     try:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
 from watchd.config import WatchConfig
 from watchd.files import (
     OS_LITTER,
+    copy_file,
     error_note_path,
     move_file,
     prune_taken_folder,
@@ -41,13 +43,23 @@ def spool_path(spool_dir: Path, file_id: int) -> Path:
     return spool_dir / str(file_id)
 
 
-def job_options(watch: WatchConfig) -> dict[str, object]:
-    """The options a job is processed with, frozen when it is accepted."""
+IntakeMode = Literal["inbox", "copy", "move"]
+
+
+def job_options(watch: WatchConfig, intake: IntakeMode = "inbox") -> dict[str, object]:
+    """The options a job is processed with, frozen when it is accepted.
+
+    ``in_place`` marks inputs that are never moved (``after = "keep"`` on an
+    inbox): they are read where they were dropped. Every other input waits in
+    the spool: moved there from the inbox, or copied/moved there by ``submit``.
+    """
     return {
         "model": watch.model,
         "after": watch.after,
         "png_compress_level": watch.png_compress_level,
         "max_file_bytes": watch.max_file_bytes,
+        "intake": intake,
+        "in_place": intake == "inbox" and watch.after == "keep",
     }
 
 
@@ -59,31 +71,21 @@ class Intake:
         self._spool = spool_dir
         self._fail = fail
 
-    def accept(self, batch: Batch, watch: WatchConfig) -> int | None:
+    def accept(self, batch: Batch, watch: WatchConfig, intake: IntakeMode = "inbox") -> int | None:
         """Record ``batch`` as a job of ``watch``; returns the job id (None if nothing was new)."""
+        options = job_options(watch, intake)
         files = batch.files
-        if watch.after == "keep":
+        if options["in_place"]:
             files = tuple(
                 c for c in files if not self._ledger.is_known_source(c.path, c.size, c.mtime_ns)
             )
         if not files:
             return None
-        reserved: set[Path] = set()
-
-        def taken(path: Path) -> bool:
-            return path in reserved or os.path.lexists(path) or self._ledger.path_in_use(path)
-
-        def failed_taken(path: Path) -> bool:
-            return taken(path) or os.path.lexists(error_note_path(path))
-
-        def claim(path: Path) -> Path:
-            reserved.add(path)
-            return path
-
+        taken, claim = self._name_checker()
         if batch.kind == "folder":
             out_root = claim(unique_path(watch.outbox / batch.name, taken, folder=True))
             archive_root = claim(unique_path(watch.archive / batch.name, taken, folder=True))
-            failed_root = claim(unique_path(watch.failed / batch.name, failed_taken, folder=True))
+            failed_root = claim(unique_path(watch.failed / batch.name, taken, folder=True))
         else:
             out_root, archive_root, failed_root = watch.outbox, watch.archive, watch.failed
         new_files = [
@@ -92,7 +94,7 @@ class Intake:
                 source=c.path,
                 output=claim(unique_path(out_root / with_suffix(c.rel, OUTPUT_SUFFIX), taken)),
                 archive=claim(unique_path(archive_root / c.rel, taken)),
-                failed=claim(unique_path(failed_root / c.rel, failed_taken)),
+                failed=claim(unique_path(failed_root / c.rel, taken)),
                 size=c.size,
                 mtime_ns=c.mtime_ns,
             )
@@ -100,11 +102,7 @@ class Intake:
         ]
         job_id, file_ids = self._ledger.create_job(
             NewJob(
-                watch=watch.name,
-                name=batch.name,
-                kind=batch.kind,
-                options=job_options(watch),
-                files=new_files,
+                watch=watch.name, name=batch.name, kind=batch.kind, options=options, files=new_files
             )
         )
         log.info(
@@ -113,13 +111,42 @@ class Intake:
             watch=watch.name,
             name=batch.name,
             kind=batch.kind,
+            intake=intake,
             files=len(file_ids),
             bytes=sum(f.size for f in new_files),
         )
         self.finish_pending(self._ledger.job_files(job_id))
-        if batch.kind == "folder" and watch.after != "keep":
+        if batch.kind == "folder" and intake != "copy" and not options["in_place"]:
             prune_taken_folder(batch.root, _is_litter)
         return job_id
+
+    def reassign(self, record: FileRecord) -> tuple[Path, Path, Path]:
+        """New output and archive paths for a retried file (its old names may be taken now).
+
+        The failed path stays: the original sits there and leaves it for the spool.
+        """
+        taken, claim = self._name_checker()
+        output = claim(unique_path(record.output, taken))
+        archive = claim(unique_path(record.archive, taken))
+        return output, archive, record.failed
+
+    def _name_checker(self) -> tuple[Callable[[Path], bool], Callable[[Path], Path]]:
+        """``taken(path)``: on disk, assigned to an unfinished file, or claimed here."""
+        reserved: set[Path] = set()
+
+        def taken(path: Path) -> bool:
+            return (
+                path in reserved
+                or os.path.lexists(path)
+                or os.path.lexists(error_note_path(path))
+                or self._ledger.path_in_use(path)
+            )
+
+        def claim(path: Path) -> Path:
+            reserved.add(path)
+            return path
+
+        return taken, claim
 
     def finish_pending(self, records: list[FileRecord]) -> None:
         """Move recorded inputs into the spool and mark them queued (idempotent, for recovery)."""
@@ -127,7 +154,7 @@ class Intake:
         for record in records:
             if record.state != "pending":
                 continue
-            if record.options["after"] == "keep":
+            if record.options.get("in_place"):
                 if os.path.lexists(record.source):
                     queued.append(record.id)
                 else:
@@ -138,7 +165,10 @@ class Intake:
                 queued.append(record.id)
                 continue
             try:
-                move_file(record.source, target, record.id)
+                if record.options.get("intake") == "copy":
+                    copy_file(record.source, target, record.id)
+                else:
+                    move_file(record.source, target, record.id)
             except FileNotFoundError:
                 self._disappeared(record)
                 continue

@@ -24,6 +24,18 @@ paths that were fixed before the side effect began.
 
 Paths are stored as BLOBs of their file-system bytes, so names that are not
 valid UTF-8 survive the round trip.
+
+A job is ``active`` until its last file is terminal; it then ends ``done`` (no failed
+file), ``failed`` (at least one) or ``cancelled`` (an operator cancelled it: the files it
+had not started were failed with the reason "cancelled", running ones were let finish).
+Retrying its failed files makes it ``active`` again.
+
+The operators' view must cost the same with ten rows or ten million, so nothing it asks
+scans ``files`` (migration 2): triggers keep counters of files and jobs per watch and
+state (``file_counts``, ``job_counts``) and lifetime totals per watch (``totals``) in the
+same transaction as the change they count, so they can never disagree with the rows.
+Totals count arrivals in ``done`` / ``failed`` and never go down, neither when old
+history is pruned nor when a failed file is retried: they back Prometheus counters.
 """
 
 from __future__ import annotations
@@ -34,12 +46,20 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from watchd.errors import LedgerError
+
+
+class NotFound(LedgerError):
+    """No job (or file) with that id: a mistyped id from an operator, not a broken ledger."""
+
+
+class Conflict(LedgerError):
+    """The request does not fit the current state (cancel a finished job, retry nothing)."""
 
 
 class FileState(str, Enum):
@@ -59,6 +79,12 @@ class JobState(str, Enum):
     ACTIVE = "active"
     DONE = "done"
     FAILED = "failed"  # finished, with at least one failed file
+    CANCELLED = "cancelled"  # finished after an operator cancelled it
+
+
+UNFINISHED = tuple(s.value for s in FileState if s.value not in TERMINAL)
+JOB_STATES = tuple(s.value for s in JobState)
+CANCELLED_REASON = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -126,6 +152,51 @@ class FinishedJob:
 
 
 @dataclass(frozen=True)
+class JobSummary:
+    """One line of ``watchd jobs``."""
+
+    id: int
+    watch: str
+    name: str
+    kind: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    created_at: float
+    finished_at: float | None
+    cancelled: bool  # an operator cancelled it (it may still be active while files finish)
+
+
+@dataclass(frozen=True)
+class FileDetail:
+    """One file of ``watchd job ID``."""
+
+    id: int
+    rel: str
+    state: str
+    attempts: int
+    error: str | None
+    output: Path
+    size: int
+    output_bytes: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    retry_at: float | None
+
+
+@dataclass(frozen=True)
+class JobDetail(JobSummary):
+    """``watchd job ID``: the summary, the files still waiting or running, and every file."""
+
+    queued: int
+    running: int
+    options: Mapping[str, Any]
+    files: tuple[FileDetail, ...]
+
+
+@dataclass(frozen=True)
 class Recovery:
     """What a crash left behind, for the daemon to finish."""
 
@@ -177,6 +248,108 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX files_failed ON files(failed_path);
     CREATE INDEX files_source ON files(source_path);
     """,
+    # 2: the operators' view. Counters kept by triggers (status never scans files),
+    # cancelled jobs, settings, and indexes for listing and pruning jobs.
+    """
+    ALTER TABLE jobs ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_state_watch ON jobs(state, watch, id);
+    CREATE INDEX jobs_watch ON jobs(watch, id);
+    CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX files_finished ON files(finished_at) WHERE finished_at IS NOT NULL;
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE file_counts (
+        watch TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n     INTEGER NOT NULL,
+        PRIMARY KEY (watch, state)
+    ) WITHOUT ROWID;
+    CREATE TABLE job_counts (
+        watch TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n     INTEGER NOT NULL,
+        PRIMARY KEY (watch, state)
+    ) WITHOUT ROWID;
+    CREATE TABLE totals (
+        watch        TEXT NOT NULL PRIMARY KEY,
+        files_done   INTEGER NOT NULL,
+        files_failed INTEGER NOT NULL,
+        bytes_in     INTEGER NOT NULL,
+        bytes_out    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    INSERT INTO file_counts (watch, state, n)
+        SELECT j.watch, f.state, COUNT(*) FROM files f JOIN jobs j ON j.id = f.job_id
+        GROUP BY j.watch, f.state;
+    INSERT INTO job_counts (watch, state, n)
+        SELECT watch, state, COUNT(*) FROM jobs GROUP BY watch, state;
+    INSERT INTO totals (watch, files_done, files_failed, bytes_in, bytes_out)
+        SELECT j.watch, SUM(f.state = 'done'), SUM(f.state = 'failed'),
+               SUM(f.size * (f.state = 'done')),
+               SUM(COALESCE(f.output_bytes, 0) * (f.state = 'done'))
+        FROM files f JOIN jobs j ON j.id = f.job_id
+        WHERE f.state IN ('done', 'failed')
+        GROUP BY j.watch;
+
+    CREATE TRIGGER files_count_insert AFTER INSERT ON files BEGIN
+        INSERT INTO file_counts (watch, state, n)
+        VALUES ((SELECT watch FROM jobs WHERE id = NEW.job_id), NEW.state, 1)
+        ON CONFLICT (watch, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER files_count_update AFTER UPDATE OF state ON files
+    WHEN OLD.state IS NOT NEW.state BEGIN
+        UPDATE file_counts SET n = n - 1
+        WHERE watch = (SELECT watch FROM jobs WHERE id = OLD.job_id) AND state = OLD.state;
+        INSERT INTO file_counts (watch, state, n)
+        VALUES ((SELECT watch FROM jobs WHERE id = NEW.job_id), NEW.state, 1)
+        ON CONFLICT (watch, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER files_count_delete AFTER DELETE ON files BEGIN
+        UPDATE file_counts SET n = n - 1
+        WHERE watch = (SELECT watch FROM jobs WHERE id = OLD.job_id) AND state = OLD.state;
+    END;
+    CREATE TRIGGER files_totals_insert AFTER INSERT ON files
+    WHEN NEW.state IN ('done', 'failed') BEGIN
+        INSERT INTO totals (watch, files_done, files_failed, bytes_in, bytes_out)
+        VALUES ((SELECT watch FROM jobs WHERE id = NEW.job_id),
+                NEW.state = 'done', NEW.state = 'failed',
+                NEW.size * (NEW.state = 'done'),
+                COALESCE(NEW.output_bytes, 0) * (NEW.state = 'done'))
+        ON CONFLICT (watch) DO UPDATE SET
+            files_done = files_done + excluded.files_done,
+            files_failed = files_failed + excluded.files_failed,
+            bytes_in = bytes_in + excluded.bytes_in,
+            bytes_out = bytes_out + excluded.bytes_out;
+    END;
+    CREATE TRIGGER files_totals_update AFTER UPDATE OF state ON files
+    WHEN NEW.state IN ('done', 'failed') AND OLD.state IS NOT NEW.state BEGIN
+        INSERT INTO totals (watch, files_done, files_failed, bytes_in, bytes_out)
+        VALUES ((SELECT watch FROM jobs WHERE id = NEW.job_id),
+                NEW.state = 'done', NEW.state = 'failed',
+                NEW.size * (NEW.state = 'done'),
+                COALESCE(NEW.output_bytes, 0) * (NEW.state = 'done'))
+        ON CONFLICT (watch) DO UPDATE SET
+            files_done = files_done + excluded.files_done,
+            files_failed = files_failed + excluded.files_failed,
+            bytes_in = bytes_in + excluded.bytes_in,
+            bytes_out = bytes_out + excluded.bytes_out;
+    END;
+    CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_counts (watch, state, n) VALUES (NEW.watch, NEW.state, 1)
+        ON CONFLICT (watch, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs
+    WHEN OLD.state IS NOT NEW.state BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE watch = OLD.watch AND state = OLD.state;
+        INSERT INTO job_counts (watch, state, n) VALUES (NEW.watch, NEW.state, 1)
+        ON CONFLICT (watch, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE watch = OLD.watch AND state = OLD.state;
+    END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -206,6 +379,19 @@ def _text(value: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
+_JOB_COLUMNS = "id, watch, name, kind, state, total, created_at, finished_at, cancelled"
+_FILE_DETAIL_COLUMNS = (
+    "id, rel_path, state, attempts, error, output_path, size, output_bytes, created_at, "
+    "started_at, finished_at, retry_at"
+)
+_IN_CHUNK = 500  # ids bound per IN (...) list, far below SQLite's limit on variables
+_UNFINISHED_SQL = ", ".join(f"'{state}'" for state in UNFINISHED)
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
 def _file_record(row: sqlite3.Row) -> FileRecord:
     return FileRecord(
         id=row[0],
@@ -221,6 +407,22 @@ def _file_record(row: sqlite3.Row) -> FileRecord:
         error=row[10],
         options=json.loads(row[11]),
         created_at=row[12],
+    )
+
+
+def _job_summary(row: sqlite3.Row, by_state: Mapping[str, int]) -> JobSummary:
+    return JobSummary(
+        id=row[0],
+        watch=row[1],
+        name=row[2],
+        kind=row[3],
+        state=row[4],
+        total=row[5],
+        done=by_state.get(FileState.DONE.value, 0),
+        failed=by_state.get(FileState.FAILED.value, 0),
+        created_at=row[6],
+        finished_at=row[7],
+        cancelled=bool(row[8]),
     )
 
 
@@ -389,19 +591,38 @@ class Ledger:
 
     def requeue(
         self, file_id: int, error: str, retry_at: float | None = None, *, refund: bool = False
-    ) -> None:
+    ) -> str:
         """running -> queued after a retryable failure; the error is kept for status.
 
         ``refund`` gives the attempt back when the file was not at fault (shutdown,
         a full disk), so only the file's own failures count towards ``max_attempts``.
+
+        If an operator cancelled the job while the file was running, it must not run
+        again: it goes to ``failing`` with the reason "cancelled" instead, and the daemon
+        finishes it like any failing file (at once, or in its periodic pass over
+        ``stuck()``). Returns the state the file is now in.
         """
-        self._transition(
-            file_id,
-            "running",
-            "UPDATE files SET state = 'queued', error = ?, retry_at = ?, "
-            "attempts = attempts - ? WHERE id = ? AND state = 'running'",
-            (_text(error), retry_at, 1 if refund else 0, file_id),
-        )
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT j.cancelled FROM files f JOIN jobs j ON j.id = f.job_id "
+                "WHERE f.id = ? AND f.state = 'running'",
+                (file_id,),
+            ).fetchone()
+            if row is None:
+                raise LedgerError(f"file {file_id} is not running")
+            if row[0]:
+                db.execute(
+                    "UPDATE files SET state = 'failing', error = ?, retry_at = NULL, "
+                    "attempts = attempts - ? WHERE id = ? AND state = 'running'",
+                    (CANCELLED_REASON, 1 if refund else 0, file_id),
+                )
+                return FileState.FAILING.value
+            db.execute(
+                "UPDATE files SET state = 'queued', error = ?, retry_at = ?, "
+                "attempts = attempts - ? WHERE id = ? AND state = 'running'",
+                (_text(error), retry_at, 1 if refund else 0, file_id),
+            )
+        return FileState.QUEUED.value
 
     def mark_written(self, file_id: int, output_bytes: int) -> None:
         """running -> written: the output is complete in the outbox."""
@@ -447,23 +668,28 @@ class Ledger:
     def _close_job_if_finished(
         self, db: sqlite3.Connection, job_id: int, now: float
     ) -> FinishedJob | None:
-        open_files = db.execute(
-            "SELECT COUNT(*) FROM files WHERE job_id = ? AND state NOT IN ('done', 'failed')",
+        # One index probe per unfinished state: the cost of finishing a file does not grow
+        # with the size of its job (a COUNT over the job's files would, quadratically).
+        open_file = db.execute(
+            f"SELECT 1 FROM files WHERE job_id = ? AND state IN ({_UNFINISHED_SQL}) LIMIT 1",
             (job_id,),
-        ).fetchone()[0]
-        if open_files:
+        ).fetchone()
+        if open_file:
             return None
         failed = db.execute(
             "SELECT COUNT(*) FROM files WHERE job_id = ? AND state = 'failed'", (job_id,)
         ).fetchone()[0]
-        state = JobState.FAILED.value if failed else JobState.DONE.value
+        row = db.execute(
+            "SELECT watch, name, total, created_at, cancelled FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row[4]:
+            state = JobState.CANCELLED.value
+        else:
+            state = JobState.FAILED.value if failed else JobState.DONE.value
         db.execute(
             "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ? AND state = 'active'",
             (state, now, job_id),
         )
-        row = db.execute(
-            "SELECT watch, name, total, created_at FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
         return FinishedJob(
             id=job_id,
             watch=row[0],
@@ -482,9 +708,18 @@ class Ledger:
     # --- recovery and queries ---------------------------------------------------------------------
 
     def recover(self) -> Recovery:
-        """After a crash: running files go back to the queue; report what needs finishing."""
+        """After a crash: running files go back to the queue; report what needs finishing.
+
+        Running files of a cancelled job do not run again: they become ``failing``
+        ("cancelled") and are reported with the other failing files.
+        """
         with self._transaction() as db:
-            running = self._files_where(db, "f.state = 'running'")
+            running = self._files_where(db, "f.state = 'running' AND j.cancelled = 0")
+            db.execute(
+                "UPDATE files SET state = 'failing', error = ? WHERE state = 'running' "
+                "AND (SELECT cancelled FROM jobs WHERE id = files.job_id) = 1",
+                (CANCELLED_REASON,),
+            )
             # The daemon died, not (as far as we know) because of these files: refund the attempt.
             db.execute(
                 "UPDATE files SET state = 'queued', attempts = MAX(attempts - 1, 0) "
@@ -509,17 +744,20 @@ class Ledger:
         )
 
     @staticmethod
-    def _files_where(db: sqlite3.Connection, condition: str) -> list[FileRecord]:
+    def _files_where(
+        db: sqlite3.Connection, condition: str, params: tuple[Any, ...] = ()
+    ) -> list[FileRecord]:
         rows = db.execute(
             f"SELECT {_FILE_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id "
-            f"WHERE {condition} ORDER BY f.id"
+            f"WHERE {condition} ORDER BY f.id",
+            params,
         ).fetchall()
         return [_file_record(row) for row in rows]
 
     def file(self, file_id: int) -> FileRecord:
         rows = self._files_where_params("f.id = ?", (file_id,))
         if not rows:
-            raise LedgerError(f"no file {file_id}")
+            raise NotFound(f"no file {file_id}")
         return rows[0]
 
     def job_files(self, job_id: int) -> list[FileRecord]:
@@ -540,7 +778,7 @@ class Ledger:
             (job_id,),
         ).fetchone()
         if row is None:
-            raise LedgerError(f"no job {job_id}")
+            raise NotFound(f"no job {job_id}")
         return JobRecord(*row)
 
     def jobs(self, limit: int = 100) -> list[JobRecord]:
@@ -552,21 +790,320 @@ class Ledger:
         return [JobRecord(*row) for row in rows]
 
     def file_counts(self) -> dict[str, int]:
-        """Files by state (states with no files are absent)."""
-        rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
-        return {state: count for state, count in rows}
+        """Files by state, all watches together (states with no files are absent).
+
+        Read from the trigger-kept counters: constant cost however long the history.
+        """
+        rows = self._db.execute(
+            "SELECT state, SUM(n) FROM file_counts GROUP BY state HAVING SUM(n) != 0"
+        ).fetchall()
+        return {state: int(count) for state, count in rows}
 
     def unfinished(self) -> int:
-        """Files not yet in a terminal state."""
+        """Files not yet in a terminal state (from the counters, constant cost)."""
         row = self._db.execute(
-            "SELECT COUNT(*) FROM files WHERE state NOT IN ('done', 'failed')"
+            "SELECT COALESCE(SUM(n), 0) FROM file_counts WHERE state NOT IN ('done', 'failed')"
         ).fetchone()
         return int(row[0])
+
+    # --- the operators' view: counters, listing, control ------------------------------------------
+    # Everything here costs the same however long the history is: counters come from the
+    # trigger-kept tables, lists are keyset-paged through indexes, and per-job aggregates
+    # only touch the files of the jobs returned.
+
+    def counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Files and jobs per watch and state, for ``watchd status``, stats and metrics.
+
+        ``{"files": {watch: {state: n}}, "jobs": {watch: {state: n}}}``; states with
+        nothing in them are absent. Read from the counter tables: never scans ``files``.
+        """
+        result: dict[str, dict[str, dict[str, int]]] = {"files": {}, "jobs": {}}
+        for key, table in (("files", "file_counts"), ("jobs", "job_counts")):
+            for watch, state, n in self._db.execute(
+                f"SELECT watch, state, n FROM {table} WHERE n != 0 ORDER BY watch, state"
+            ):
+                result[key].setdefault(watch, {})[state] = int(n)
+        return result
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Lifetime totals per watch: files_done, files_failed, bytes_in, bytes_out.
+
+        They only ever grow (Prometheus counters): pruning history or retrying a failed
+        file does not take anything back, so a retried file that then succeeds is counted
+        once as failed and once as done.
+        """
+        rows = self._db.execute(
+            "SELECT watch, files_done, files_failed, bytes_in, bytes_out FROM totals ORDER BY watch"
+        ).fetchall()
+        return {
+            row[0]: {
+                "files_done": int(row[1]),
+                "files_failed": int(row[2]),
+                "bytes_in": int(row[3]),
+                "bytes_out": int(row[4]),
+            }
+            for row in rows
+        }
+
+    def oldest_unfinished_created_at(self) -> float | None:
+        """When the oldest file not yet terminal was recorded (None: nothing is waiting).
+
+        One index probe per unfinished state (files are recorded in id order), not a scan
+        of the backlog, which may be 100,000 files right after a big drop.
+        """
+        probes = " UNION ALL ".join(
+            f"SELECT (SELECT created_at FROM files WHERE state = '{state}' "
+            "ORDER BY id LIMIT 1) AS c"
+            for state in UNFINISHED
+        )
+        row = self._db.execute(f"SELECT MIN(c) FROM ({probes})").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def finished_since(self, since: float) -> int:
+        """How many files became done or failed at or after ``since``: the recent rate.
+
+        With ``unfinished()`` this gives an ETA that is right just after a restart too.
+        An index range over ``finished_at``: the cost is the number of files counted
+        (the chosen window times the throughput), not the history.
+        """
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM files WHERE finished_at >= ?", (since,)
+        ).fetchone()
+        return int(row[0])
+
+    def list_jobs(
+        self,
+        *,
+        state: str | None = None,
+        watch: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[JobSummary]:
+        """Jobs newest first, optionally of one state and/or watch, ``limit`` at a time.
+
+        Paged by key (``before_id``: the last id of the previous page), not by OFFSET,
+        so page 1000 costs what page 1 costs and rows arriving meanwhile neither repeat
+        nor skip anything. Each filter combination has an index that yields rows in id
+        order. Raises ValueError for a state that jobs never have.
+        """
+        if state is not None and state not in JOB_STATES:
+            raise ValueError(f"unknown job state {state!r}; one of {', '.join(JOB_STATES)}")
+        if limit <= 0:
+            return []
+        conditions: list[str] = []
+        params: list[Any] = []
+        if state is not None:
+            conditions.append("state = ?")
+            params.append(JobState(state).value)  # a JobState member binds as its value
+        if watch is not None:
+            conditions.append("watch = ?")
+            params.append(watch)
+        if before_id is not None:
+            conditions.append("id < ?")
+            params.append(before_id)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        rows = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs {where}ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        tallies = self._tallies([row[0] for row in rows])
+        return [_job_summary(row, tallies.get(row[0], {})) for row in rows]
+
+    def _tallies(self, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """done/failed counts of these jobs: one aggregate over the (job_id, state) index."""
+        tallies: dict[int, dict[str, int]] = {}
+        for start in range(0, len(job_ids), _IN_CHUNK):
+            chunk = job_ids[start : start + _IN_CHUNK]
+            for job_id, state, n in self._db.execute(
+                f"SELECT job_id, state, COUNT(*) FROM files WHERE job_id IN ({_marks(len(chunk))}) "
+                "AND state IN ('done', 'failed') GROUP BY job_id, state",
+                chunk,
+            ):
+                tallies.setdefault(job_id, {})[state] = int(n)
+        return tallies
+
+    def job_detail(self, job_id: int, *, file_limit: int | None = None) -> JobDetail:
+        """``watchd job ID``: the job, its counts by state, its options and its files.
+
+        ``file_limit`` caps the file list (first files by id) for very large jobs; the
+        counts always cover every file. Unknown id: NotFound.
+        """
+        row = self._db.execute(
+            f"SELECT {_JOB_COLUMNS}, options FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        by_state = {
+            state: int(n)
+            for state, n in self._db.execute(
+                "SELECT state, COUNT(*) FROM files WHERE job_id = ? GROUP BY state", (job_id,)
+            )
+        }
+        files = self._db.execute(
+            f"SELECT {_FILE_DETAIL_COLUMNS} FROM files WHERE job_id = ? ORDER BY id LIMIT ?",
+            (job_id, -1 if file_limit is None else max(file_limit, 0)),
+        ).fetchall()
+        summary = _job_summary(row, by_state)
+        return JobDetail(
+            **{field.name: getattr(summary, field.name) for field in fields(JobSummary)},
+            queued=by_state.get(FileState.QUEUED.value, 0),
+            running=by_state.get(FileState.RUNNING.value, 0),
+            options=json.loads(row[9]),
+            files=tuple(
+                FileDetail(
+                    id=f[0],
+                    rel=os.fsdecode(f[1]),
+                    state=f[2],
+                    attempts=f[3],
+                    error=f[4],
+                    output=_path(f[5]),
+                    size=f[6],
+                    output_bytes=f[7],
+                    created_at=f[8],
+                    started_at=f[9],
+                    finished_at=f[10],
+                    retry_at=f[11],
+                )
+                for f in files
+            ),
+        )
+
+    def cancel_job(self, job_id: int) -> list[FileRecord]:
+        """Cancel an active job: its files not yet started fail with the reason "cancelled".
+
+        One transaction marks the job cancelled and moves its ``pending``/``queued`` files
+        to ``failing``; the daemon then moves those originals to the failed folder and
+        calls ``mark_failed`` as for any failure. Running files are let finish (a worker
+        cannot be interrupted cleanly); should one come back for a retry, ``requeue`` fails
+        it instead. The job ends ``cancelled`` when its last file is terminal.
+
+        Returns the files moved to ``failing`` (none when the job was already cancelled and
+        only running files remain). Unknown job: NotFound; finished job: Conflict.
+        """
+        now = self._clock()
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id}")
+            if row[0] != JobState.ACTIVE.value:
+                raise Conflict(
+                    f"job {job_id} is already {row[0]}: only an active job can be cancelled"
+                )
+            waiting = "f.job_id = ? AND f.state IN ('pending', 'queued')"
+            records = self._files_where(db, waiting, (job_id,))
+            db.execute("UPDATE jobs SET cancelled = 1 WHERE id = ?", (job_id,))
+            db.execute(
+                "UPDATE files SET state = 'failing', error = ?, retry_at = NULL "
+                "WHERE job_id = ? AND state IN ('pending', 'queued')",
+                (CANCELLED_REASON, job_id),
+            )
+            self._close_job_if_finished(db, job_id, now)  # only a job without files closes here
+        return [replace(r, state=FileState.FAILING.value, error=CANCELLED_REASON) for r in records]
+
+    def retry_job(self, job_id: int) -> list[FileRecord]:
+        """The failed files of a job, for the daemon to put back one by one.
+
+        Reads only: each file needs fresh output/archive/failed names (the old output name
+        may have been taken meanwhile), which the daemon chooses and passes, with the
+        original's place in the failed folder, to ``requeue_failed``.
+        Unknown job: NotFound; no failed file: Conflict.
+        """
+        if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+            raise NotFound(f"no job {job_id}")
+        records = self._files_where_params("f.job_id = ? AND f.state = 'failed'", (job_id,))
+        if not records:
+            raise Conflict(f"job {job_id} has no failed files to retry")
+        return records
+
+    def requeue_failed(
+        self, file_id: int, source: Path, output: Path, archive: Path, failed: Path
+    ) -> FileRecord:
+        """failed -> pending with fresh paths and a clean slate; reopens its job.
+
+        ``source`` is where the original waits now (its place in the failed folder), so
+        that the usual pending -> spool move (``finish_pending``, also after a crash)
+        starts from there; ``output``/``archive``/``failed`` are fresh names, because the
+        old output name may have been taken by someone else meanwhile. Attempts, error,
+        back-off and timings are reset; the job becomes ``active`` again (no finish time,
+        no longer cancelled). The lifetime totals keep the failure.
+        Unknown file: NotFound; a file that is not failed: Conflict.
+        """
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE files SET state = 'pending', attempts = 0, error = NULL, "
+                "retry_at = NULL, started_at = NULL, finished_at = NULL, output_bytes = NULL, "
+                "source_path = ?, output_path = ?, archive_path = ?, failed_path = ? "
+                "WHERE id = ? AND state = 'failed'",
+                (_blob(source), _blob(output), _blob(archive), _blob(failed), file_id),
+            )
+            if cursor.rowcount != 1:
+                row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
+                if row is None:
+                    raise NotFound(f"no file {file_id}")
+                raise Conflict(f"file {file_id} is {row[0]}, not failed: nothing to retry")
+            db.execute(
+                "UPDATE jobs SET state = 'active', finished_at = NULL, cancelled = 0 "
+                "WHERE id = (SELECT job_id FROM files WHERE id = ?)",
+                (file_id,),
+            )
+        return self.file(file_id)
+
+    def prune(self, older_than: float, *, limit: int | None = None) -> int:
+        """Forget finished jobs (and their files) that finished before ``older_than``.
+
+        One transaction; ``limit`` caps how many jobs it deletes, oldest first, so a
+        daemon can prune a long history in short steps between other work. The counters
+        of files and jobs go down with the rows; the lifetime totals do not.
+        Returns how many jobs were deleted.
+        """
+        with self._transaction() as db:
+            job_ids = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM jobs WHERE finished_at < ? AND state != 'active' "
+                    "ORDER BY finished_at, id LIMIT ?",
+                    (older_than, -1 if limit is None else max(limit, 0)),
+                )
+            ]
+            # Files first: their counters find the watch through the job row.
+            db.executemany("DELETE FROM files WHERE job_id = ?", [(i,) for i in job_ids])
+            db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
+        return len(job_ids)
+
+    def get_setting(self, key: str) -> str | None:
+        """A persisted setting (``paused``, ...): survives restarts with the ledger."""
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, key: str, value: str) -> None:
+        """Store a setting (one transaction; replaces an earlier value)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
 
 def _split_sql(script: str) -> list[str]:
-    """Split a migration into statements (they contain no semicolons inside literals)."""
-    return [part.strip() for part in script.split(";") if part.strip()]
+    """Split a migration into statements.
+
+    A trigger's body holds semicolons of its own, so pieces between semicolons are joined
+    until SQLite says the statement is complete. (``executescript`` would do the split,
+    but it commits first, and a migration must be one transaction with its version.)
+    """
+    statements: list[str] = []
+    buffer = ""
+    for part in script.split(";"):
+        buffer += part + ";"
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            if statement != ";":
+                statements.append(statement)
+            buffer = ""
+    if buffer.strip(" \t\n;"):
+        raise LedgerError(f"incomplete statement in a migration: {buffer.strip()[:60]}")
+    return statements

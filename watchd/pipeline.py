@@ -25,7 +25,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from watchd.errors import InputRejected, WatchdError
 
@@ -120,13 +120,46 @@ def decode(data: bytes) -> Image.Image:
         raise InputRejected(f"the image is too large to process safely: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputRejected(f"the image is damaged or truncated: {exc}") from None
-    image = ImageOps.exif_transpose(opened)
+    image = _upright(opened)
     if image.mode in ("RGB", "RGBA"):
         return image
     if image.mode.startswith("I") or image.mode == "F":
         image = _to_8bit(image)
     has_alpha = image.mode in ("LA", "PA") or "transparency" in image.info
     return image.convert("RGBA" if has_alpha else "RGB")
+
+
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+#: Where Pillow finds EXIF/XMP metadata (and the orientation in it) in ``Image.info``.
+_METADATA_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation and drop the EXIF/XMP metadata (the cutout carries none).
+
+    Like ``ImageOps.exif_transpose``, but that one rewrites the EXIF block, which raises
+    (struct.error) on some corrupt EXIF data; rembg's ``remove`` runs exif_transpose again
+    on what it is given, so the metadata must go, or it would rotate twice or raise there.
+    """
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # unreadable EXIF: the pixels are still good, keep them as stored
+        orientation = 1
+    method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
+    upright = image.transpose(method) if method is not None else image.copy()
+    for key in _METADATA_KEYS:
+        upright.info.pop(key, None)
+    return upright
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -185,33 +218,53 @@ class LocalPool:
         models: tuple[str, ...],
         file_timeout: float,
     ) -> None:
-        from pebble import ProcessPool
-
         self.size = workers
         self.file_timeout = file_timeout
-        self._pool: Any = ProcessPool(
-            max_workers=workers,
+        self._initargs = (dict(env), threads_per_worker, models)
+        self._closed = False
+        self._pool: Any = self._new_pool()
+
+    def _new_pool(self) -> Any:
+        from pebble import ProcessPool
+
+        return ProcessPool(
+            max_workers=self.size,
             initializer=init_worker,
-            initargs=(dict(env), threads_per_worker, models),
+            initargs=self._initargs,
             context=multiprocessing.get_context("spawn"),
         )
 
+    def _live_pool(self) -> Any:
+        """The pebble pool, replaced if it broke.
+
+        pebble gives up for good when a worker dies outside a task (the OOM killer or
+        ``kill -9`` on an idle worker, a failing initializer): every later ``schedule``
+        raises RuntimeError. The futures it held were already failed (BrokenProcessPool:
+        :class:`AttemptFailed`, retried), so a fresh pool is all that is needed.
+        """
+        if not self._closed and not self._pool.active:
+            broken, self._pool = self._pool, self._new_pool()
+            broken.stop()
+            broken.join()
+        return self._pool
+
     def check_model(self, model: str, timeout: float) -> str:
         """Prove in a real worker that ``model`` loads; returns the execution provider."""
-        future = self._pool.schedule(load_model, args=(model,), timeout=timeout)
+        future = self._live_pool().schedule(load_model, args=(model,), timeout=timeout)
         try:
             return str(future.result())
         except FutureTimeout:
             raise AttemptFailed(f"loading model {model!r} took longer than {timeout:g} s") from None
 
     def submit(self, task: Task) -> Future[Result]:
-        future: Future[Result] = self._pool.schedule(
+        future: Future[Result] = self._live_pool().schedule(
             process, args=(task,), timeout=self.file_timeout
         )
         return future
 
     def close(self, *, cancel: bool) -> None:
         """Stop the workers: wait for running files, or kill them when ``cancel``."""
+        self._closed = True
         if cancel:
             self._pool.stop()
         else:

@@ -1,0 +1,274 @@
+"""What each control command does. Runs in the daemon's main thread, the ledger's only owner.
+
+:mod:`watchd.control` has already checked the request's shape and types; here
+the request meets the daemon's state. Errors a client can act on are raised as
+:class:`~watchd.control.ProtocolError` (``not_found``, ``conflict``,
+``bad_request``); they never stop the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from watchd.config import WatchConfig
+from watchd.control import ProtocolError, Request
+from watchd.errors import LedgerError
+from watchd.files import error_note_path, remove_file
+from watchd.intake import Intake
+from watchd.ledger import Conflict, Ledger, NotFound
+from watchd.watcher import Batch, Candidate, is_ignored
+
+log = structlog.get_logger()
+
+DAY = 86400.0
+
+
+class DaemonControls(Protocol):
+    """The parts of the daemon a command may read or steer."""
+
+    paused: bool
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def request_reload(self) -> None: ...
+
+    def watches(self) -> tuple[WatchConfig, ...]: ...
+
+
+class Commands:
+    """Executes validated control requests against the ledger and the daemon."""
+
+    def __init__(
+        self,
+        daemon: DaemonControls,
+        ledger: Ledger,
+        intake: Intake,
+        dispose_failed: Callable[[Any, str], None],
+        spool_dir: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._daemon = daemon
+        self._ledger = ledger
+        self._intake = intake
+        self._dispose_failed = dispose_failed
+        self._spool = spool_dir
+        self._clock = clock
+
+    def execute(self, request: Request) -> dict[str, Any]:
+        handler = getattr(self, f"_cmd_{request.command}", None)
+        if handler is None:  # control.py only lets known commands through
+            raise ProtocolError("unknown_command", f"unknown command {request.command!r}")
+        try:
+            result: dict[str, Any] = handler(request.args)
+        except NotFound as exc:
+            raise ProtocolError("not_found", str(exc)) from None
+        except Conflict as exc:
+            raise ProtocolError("conflict", str(exc)) from None
+        return result
+
+    # --- read-only ---
+
+    def _cmd_ping(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        from watchd import __version__
+
+        return {"pong": True, "pid": os.getpid(), "version": __version__}
+
+    def _cmd_status(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        return self._daemon.snapshot()
+
+    def _cmd_jobs(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        limit = int(args.get("limit", 50))
+        jobs = self._ledger.list_jobs(
+            state=args.get("state"),
+            watch=args.get("watch"),
+            limit=limit,
+            before_id=args.get("before"),
+        )
+        return {
+            "jobs": [_job_dict(asdict(job)) for job in jobs],
+            "next_before": jobs[-1].id if len(jobs) == limit else None,
+        }
+
+    def _cmd_job(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        detail = asdict(self._ledger.job_detail(int(args["id"])))
+        now = self._clock()
+        job = _job_dict(detail)
+        files = detail.get("files", [])
+        job["files"] = [_file_dict(f) for f in files]
+        job["progress"] = _progress(job, files, now)
+        return job
+
+    # --- steering ---
+
+    def _cmd_pause(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        self._daemon.paused = True
+        self._ledger.set_setting("paused", "1")
+        return {"paused": True}
+
+    def _cmd_resume(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        self._daemon.paused = False
+        self._ledger.set_setting("paused", "0")
+        return {"paused": False}
+
+    def _cmd_reload(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        self._daemon.request_reload()
+        return {"reloading": True}
+
+    def _cmd_cancel(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        records = self._ledger.cancel_job(int(args["id"]))
+        for record in records:
+            self._dispose_failed(record, "cancelled")
+        return {"id": int(args["id"]), "cancelled_files": len(records)}
+
+    def _cmd_retry(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        job_id = int(args["id"])
+        records = self._ledger.retry_job(job_id)
+        requeued = 0
+        missing = 0
+        for record in records:
+            if not os.path.lexists(record.failed):
+                missing += 1  # nothing to retry: the original never reached failed/
+                continue
+            output, archive, failed = self._intake.reassign(record)
+            # The original now waits in failed/: that is the source the spool move starts from.
+            self._ledger.requeue_failed(record.id, record.failed, output, archive, failed)
+            remove_file(error_note_path(record.failed))
+            requeued += 1
+        self._intake.finish_pending(self._ledger.job_files(job_id))
+        return {"id": job_id, "requeued_files": requeued, "missing_originals": missing}
+
+    def _cmd_prune(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        cutoff = self._clock() - float(args["older_than_days"]) * DAY
+        return {"jobs_deleted": self._ledger.prune(cutoff)}
+
+    def _cmd_submit(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        watch = self._pick_watch(args.get("watch"))
+        move = bool(args.get("move", False))
+        paths = [Path(p) for p in args["paths"]]
+        batch = submitted_batch(watch.name, paths, args.get("name"))
+        job_id = self._intake.accept(batch, watch, intake="move" if move else "copy")
+        if job_id is None:
+            raise ProtocolError("conflict", "nothing new to submit: every file was taken before")
+        return {"id": job_id, "watch": watch.name, "files": len(batch.files)}
+
+    def _pick_watch(self, name: str | None) -> WatchConfig:
+        watches = self._daemon.watches()
+        if name is None:
+            return watches[0]
+        for watch in watches:
+            if watch.name == name:
+                return watch
+        known = ", ".join(w.name for w in watches)
+        raise ProtocolError("not_found", f"no watch named {name!r} (configured: {known})")
+
+
+def submitted_batch(watch: str, paths: list[Path], name: str | None) -> Batch:
+    """Turn paths on the daemon's host into one batch; refuse anything but plain files/folders.
+
+    One folder alone keeps folder-job semantics (outputs under ``outbox/<folder>/``);
+    otherwise files land at the top of the outbox and folders keep their name as a prefix.
+    """
+    candidates: list[Candidate] = []
+    for path in paths:
+        if not path.is_absolute():
+            raise ProtocolError("bad_request", f"{path}: paths must be absolute")
+        try:
+            info = os.lstat(path)
+        except OSError as exc:
+            raise ProtocolError("bad_request", f"{path}: {exc.strerror}") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise ProtocolError("bad_request", f"{path}: is a symbolic link; give the real path")
+        if stat.S_ISREG(info.st_mode):
+            candidates.append(Candidate(path, path.name, info.st_size, info.st_mtime_ns))
+        elif stat.S_ISDIR(info.st_mode):
+            prefix = "" if len(paths) == 1 else path.name + "/"
+            candidates.extend(_folder_candidates(path, prefix))
+        else:
+            raise ProtocolError("bad_request", f"{path}: not a regular file or folder")
+    if not candidates:
+        raise ProtocolError("bad_request", "no files to submit (folders were empty)")
+    rels = [c.rel for c in candidates]
+    if len(set(rels)) != len(rels):
+        raise ProtocolError("bad_request", "two submitted files have the same name")
+    folder = len(paths) == 1 and paths[0].is_dir()
+    job_name = name or (paths[0].name if folder else _loose_name(candidates))
+    return Batch(
+        watch=watch,
+        kind="folder" if folder else "loose",
+        root=paths[0] if folder else paths[0].parent,
+        name=job_name,
+        files=tuple(sorted(candidates, key=lambda c: c.rel)),
+    )
+
+
+def _folder_candidates(root: Path, prefix: str) -> list[Candidate]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not is_ignored(d)]
+        for filename in filenames:
+            if is_ignored(filename):
+                continue
+            path = Path(dirpath) / filename
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                rel = prefix + path.relative_to(root).as_posix()
+                found.append(Candidate(path, rel, info.st_size, info.st_mtime_ns))
+    return found
+
+
+def _loose_name(candidates: list[Candidate]) -> str:
+    first = min(c.rel for c in candidates)
+    return first if len(candidates) == 1 else f"{first} +{len(candidates) - 1} more"
+
+
+def _job_dict(job: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("id", "watch", "name", "kind", "state", "total", "done", "failed", "queued", "running")
+    out = {k: job[k] for k in keys if k in job}
+    out["created_at"] = job.get("created_at")
+    out["finished_at"] = job.get("finished_at")
+    return out
+
+
+def _file_dict(file: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in file.items():
+        out[key] = os.fsdecode(value) if isinstance(value, Path | bytes) else value
+        if isinstance(out[key], str):
+            out[key] = out[key].encode("utf-8", "replace").decode("utf-8")  # valid JSON always
+    return out
+
+
+def _progress(job: Mapping[str, Any], files: list[Mapping[str, Any]], now: float) -> dict[str, Any]:
+    """processed/failed/total, elapsed seconds, the job's own rate and an ETA from it."""
+    total = int(job.get("total", 0))
+    done = int(job.get("done", 0))
+    failed = int(job.get("failed", 0))
+    processed = done + failed
+    started = [f["started_at"] for f in files if f.get("started_at")]
+    first_start = min(started) if started else None
+    end = job.get("finished_at") or now
+    elapsed = (end - first_start) if first_start else 0.0
+    rate = processed / elapsed if elapsed > 0 and processed else None
+    remaining = total - processed
+    eta = remaining / rate if rate and remaining > 0 and not job.get("finished_at") else None
+    return {
+        "processed": processed,
+        "done": done,
+        "failed": failed,
+        "total": total,
+        "elapsed_seconds": round(elapsed, 3),
+        "files_per_second": round(rate, 4) if rate else None,
+        "eta_seconds": round(eta, 1) if eta is not None else (0.0 if remaining == 0 else None),
+    }
+
+
+__all__ = ["Commands", "LedgerError", "submitted_batch"]
