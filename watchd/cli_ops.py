@@ -259,15 +259,16 @@ def follow(
     from tqdm import tqdm
 
     job = client.call("job", id=job_id)
+    seen = job["progress"]["processed"]
     bar = tqdm(
         total=job["total"],
+        initial=seen,
         desc=f"job {job_id}",
         unit="file",
         file=sys.stderr,
         disable=as_json,
         dynamic_ncols=True,
     )
-    seen = 0
     try:
         while True:
             processed = job["progress"]["processed"]
