@@ -39,6 +39,8 @@ class DaemonProcess:
         self.log_path = root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        for folder in ("inbox", "outbox", "archive", "failed"):  # as an operator creates them
+            (root / folder).mkdir(exist_ok=True)
 
     def start(self, wait_ready: bool = True) -> DaemonProcess:
         self.starts += 1

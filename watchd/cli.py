@@ -89,6 +89,20 @@ def _run(config: Config) -> int:
 
 
 def _check_config(config: Config) -> int:
+    _print_config(config)
+    from watchd import preflight
+
+    problems = preflight.check(config, missing="ignore" if config.source is None else "error")
+    where = config.source or "the built-in default configuration"
+    for problem in problems:
+        print(f"watchd: {where}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"watchd: {len(problems)} problem(s) found", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _print_config(config: Config) -> None:
     print(f"# configuration from {config.source or 'the built-in default'} (defaults filled in)")
     print("[daemon]")
     for key, value in vars(config.daemon).items():
@@ -100,7 +114,6 @@ def _check_config(config: Config) -> int:
         print("\n[[watch]]")
         for key, value in vars(watch).items():
             _print_key(key, value)
-    return EXIT_OK
 
 
 def _print_key(key: str, value: object) -> None:
@@ -117,6 +130,8 @@ def _toml(value: object, key: str = "") -> str:
 
 
 def _plain_toml(value: object) -> str:
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_plain_toml(item) for item in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

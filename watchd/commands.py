@@ -38,7 +38,7 @@ class DaemonControls(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
 
-    def request_reload(self) -> None: ...
+    def request_reload(self) -> dict[str, Any]: ...
 
     def watches(self) -> tuple[WatchConfig, ...]: ...
 
@@ -120,8 +120,7 @@ class Commands:
         return {"paused": False}
 
     def _cmd_reload(self, _args: Mapping[str, Any]) -> dict[str, Any]:
-        self._daemon.request_reload()
-        return {"reloading": True}
+        return self._daemon.request_reload()
 
     def _cmd_cancel(self, args: Mapping[str, Any]) -> dict[str, Any]:
         records = self._ledger.cancel_job(int(args["id"]))

@@ -63,6 +63,8 @@ class PoolConfig:
     threads_per_worker: int
     max_attempts: int
     file_timeout: float
+    providers: tuple[str, ...]
+    require_accelerator: bool
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,26 @@ def _watch_name(value: Any) -> str:
     return name
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _providers(value: Any) -> tuple[str, ...]:
+    """onnxruntime execution providers in order of preference, e.g. CUDA then CPU."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) and v.endswith("ExecutionProvider") for v in value)
+    ):
+        raise _Bad(
+            'expected a non-empty list of provider names such as ["CUDAExecutionProvider", '
+            f'"CPUExecutionProvider"], got {_describe(value)}'
+        )
+    return tuple(value)
+
+
 def _octal_mode(value: Any) -> int:
     """A file mode written as an octal string ("0660"), as in chmod; 0..0777."""
     if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
@@ -198,6 +220,8 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "threads_per_worker": (_integer(1, 256), 1),
     "max_attempts": (_integer(1, 100), 3),
     "file_timeout": (_number(1), 300.0),
+    "providers": (_providers, ("CPUExecutionProvider",)),
+    "require_accelerator": (_boolean, False),
 }
 
 _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -325,6 +349,8 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
         threads_per_worker=pool_raw["threads_per_worker"],
         max_attempts=pool_raw["max_attempts"],
         file_timeout=pool_raw["file_timeout"],
+        providers=pool_raw["providers"],
+        require_accelerator=pool_raw["require_accelerator"],
     )
     watches_raw = raw.get("watch", [DEFAULT_WATCH] if source is None else None)
     if not isinstance(watches_raw, list) or not watches_raw:

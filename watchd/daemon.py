@@ -8,6 +8,8 @@ and wake it, nothing more.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fcntl
 import os
 import queue
@@ -21,12 +23,12 @@ from typing import Any, TextIO
 
 import structlog
 
-from watchd import __version__
+from watchd import __version__, preflight
 from watchd.commands import Commands
-from watchd.config import Config, WatchConfig
+from watchd.config import Config, WatchConfig, load_config
 from watchd.control import ControlServer, ProtocolError, Request
 from watchd.dispatcher import Dispatcher
-from watchd.errors import ModelError, WatchdError
+from watchd.errors import ConfigError, ModelError, WatchdError
 from watchd.files import ensure_dir
 from watchd.intake import Intake
 from watchd.ledger import Ledger
@@ -69,34 +71,25 @@ class Daemon:
         self._activity = Activity()
         self._watchers: list[InboxWatcher] = []
         self._control: ControlServer | None = None
+        self._retired_pools: list[LocalPool] = []
 
     # --- the runbook ------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, drain, stop. Returns the exit code."""
         config = self.config
-        models = sorted({watch.model for watch in config.watches})
+        models = models_of(config)
         store = ModelStore(config.daemon.models_dir)
-        for model in models:
-            store.verify(
-                model
-            )  # a missing or corrupt model is a start-up error, not a worker crash
+        # Folders, permissions, models, a local state disk: refuse to start, saying why.
+        missing: preflight.Missing = "create" if config.source is None else "error"
+        refuse_problems(preflight.check(config, missing=missing))
         for path in (self._state_dir, self._spool_dir):
             ensure_dir(path)
         self._lock = hold_state_lock(self._state_dir)
-        for watch in config.watches:
-            for folder in (watch.inbox, watch.outbox, watch.archive, watch.failed):
-                ensure_dir(folder)
 
         self.ledger = Ledger.open(self._state_dir / "ledger.sqlite3")
         log.info("ledger.opened", path=str(self._state_dir / "ledger.sqlite3"))
-        self.pool = LocalPool(
-            workers=config.pool.workers,
-            threads_per_worker=config.pool.threads_per_worker,
-            env=store.worker_env(),
-            models=tuple(models),
-            file_timeout=config.pool.file_timeout,
-        )
+        self.pool = new_pool(config, store)
         self.dispatcher = Dispatcher(
             self.ledger,
             self.pool,
@@ -118,7 +111,7 @@ class Daemon:
             self.paused = self.dispatcher.paused = self.ledger.get_setting("paused") == "1"
             for model in models:
                 self._providers[model] = load_in_worker(self.pool, model)
-                log.info("model.loaded", model=model, provider=self._providers[model])
+                self._check_provider(model, self._providers[model])
             self._start_watchers()
             self._start_control()
             self._write_stats()
@@ -149,6 +142,22 @@ class Daemon:
             written=len(recovery.written),
             failing=len(recovery.failing),
             unfinished=self.ledger.unfinished(),
+        )
+
+    def _check_provider(self, model: str, active: str) -> None:
+        """Say which provider runs; loudly if not the one asked for (rembg's top complaint)."""
+        wanted = self.config.pool.providers[0]
+        if active == wanted:
+            log.info("model.loaded", model=model, provider=active)
+            return
+        message = (
+            f"{wanted} was asked for but model {model!r} runs on {active}: onnxruntime could "
+            "not load it (is onnxruntime-gpu installed, with the CUDA/cuDNN libraries it needs?)"
+        )
+        if self.config.pool.require_accelerator:
+            raise ModelError(message + "; refusing to start because require_accelerator = true")
+        log.warning(
+            "model.provider_fallback", model=model, provider=active, wanted=wanted, message=message
         )
 
     def _start_watchers(self) -> None:
@@ -189,22 +198,19 @@ class Daemon:
         next_stats = now + self.config.daemon.stats_interval
         next_prune = now
         jobs_seen = self.dispatcher.jobs_finished
-        by_name = {watch.name: watch for watch in self.config.watches}
         while self._stop_signal is None:
             self._wait(self._timeout(min(next_rescan, next_stats, next_prune)))
             now = time.monotonic()
             for watcher in self._watchers:
                 for batch in watcher.poll(now):
-                    self.intake.accept(batch, by_name[batch.watch])
+                    self.intake.accept(batch, self.config.watch(batch.watch))
             self.dispatcher.collect()
             self._serve_requests()
-            self.dispatcher.fill()
             if self._hup:
                 self._hup = False
-                log.warning(
-                    "daemon.reload_unsupported",
-                    message="configuration reload is not implemented yet; restart to apply changes",
-                )
+                with contextlib.suppress(ConfigError):  # logged; the old config stays
+                    self.reload()
+            self.dispatcher.fill()
             if now >= next_rescan:
                 for watch, watcher in zip(self.config.watches, self._watchers, strict=True):
                     rescan(watcher, watch.name, now)
@@ -321,10 +327,56 @@ class Daemon:
         except OSError as exc:
             log.error("stats.write_failed", error=str(exc))
 
-    def request_reload(self) -> None:
-        raise ProtocolError(
-            "unavailable", "configuration reload is not implemented yet; restart to apply changes"
-        )
+    def request_reload(self) -> dict[str, Any]:
+        """The ``reload`` command: like SIGHUP, but the caller hears whether it took."""
+        try:
+            return {"reloaded": True, "changes": self.reload()}
+        except ConfigError as exc:
+            raise ProtocolError("conflict", f"{exc} (the running configuration stays)") from None
+
+    def reload(self) -> list[str]:
+        """Re-read the config file; apply it, or reject it whole and keep the old one.
+
+        Queued files keep the options they were accepted with (frozen in the
+        ledger). Changed watches restart their observers (the start-up scan
+        catches anything dropped meanwhile); changed pool settings or models get
+        a new pool, while files already running finish in the old one.
+        """
+        old = self.config
+        log.info("reload.begin", config=str(old.source) if old.source else None)
+        try:
+            new = keep_fixed(old, load_config(old.source)) if old.source else old
+            refuse_problems(preflight.check(new, missing="error"))
+            store = ModelStore(new.daemon.models_dir)
+        except (WatchdError, OSError) as exc:
+            log.error("reload.rejected", error=str(exc), message="the running configuration stays")
+            raise ConfigError(str(exc)) from None
+        changes = describe_changes(old, new)
+        if pool_settings(new) != pool_settings(old):
+            self._replace_pool(new, store)
+        if new.watches != old.watches:
+            for watcher in self._watchers:
+                watcher.stop()
+            self._watchers = []
+            self.config = new
+            self._start_watchers()
+        self.config = new
+        self.dispatcher.use_pool(self.pool, new.pool.max_attempts)
+        log.info("reload.done", changes=changes)
+        return changes
+
+    def _replace_pool(self, config: Config, store: ModelStore) -> None:
+        pool = new_pool(config, store)
+        try:
+            providers = {m: load_in_worker(pool, m) for m in models_of(config)}
+        except WatchdError as exc:
+            pool.close(cancel=True)
+            log.error("reload.rejected", error=str(exc), message="the running configuration stays")
+            raise ConfigError(str(exc)) from None
+        old, self.pool = self.pool, pool
+        old.close(cancel=False, wait=False)  # its running files finish and are collected as usual
+        self._retired_pools.append(old)
+        self._providers = providers
 
     def watches(self) -> tuple[WatchConfig, ...]:
         return self.config.watches
@@ -372,10 +424,74 @@ class Daemon:
         requeued = dispatcher.abandon_in_flight()
         log.info("shutdown.drained", requeued=requeued, queued=self.ledger.unfinished())
         self.pool.close(cancel=True)
+        for retired in self._retired_pools:
+            retired.close(cancel=True)
         log.info("shutdown.pool_closed")
         self._write_stats()
         self.ledger.close()
         log.info("shutdown.done")
+
+
+def refuse_problems(problems: list[preflight.Problem]) -> None:
+    if problems:
+        raise ConfigError("; ".join(str(p) for p in problems))
+
+
+def keep_fixed(old: Config, new: Config) -> Config:
+    """Settings a reload cannot move (the ledger's folder, the socket) keep their old values."""
+    fixed = ("state_dir", "socket", "socket_mode", "socket_group")
+    moved = [k for k in fixed if getattr(old.daemon, k) != getattr(new.daemon, k)]
+    if moved:
+        log.warning("reload.needs_restart", keys=[f"daemon.{k}" for k in moved])
+    daemon = dataclasses.replace(new.daemon, **{k: getattr(old.daemon, k) for k in fixed})
+    return dataclasses.replace(new, daemon=daemon)
+
+
+def pool_settings(config: Config) -> tuple[Any, ...]:
+    pool = config.pool
+    return (
+        pool.workers,
+        pool.threads_per_worker,
+        pool.file_timeout,
+        pool.providers,
+        models_of(config),
+        config.daemon.models_dir,
+    )
+
+
+def describe_changes(old: Config, new: Config) -> list[str]:
+    """Readable list of what a reload changes, for the log and the ``reload`` answer."""
+    changes = []
+    for section in ("daemon", "pool"):
+        before, after = getattr(old, section), getattr(new, section)
+        for field in dataclasses.fields(before):
+            if getattr(before, field.name) != getattr(after, field.name):
+                changes.append(f"{section}.{field.name}")
+    old_watches = {w.name: w for w in old.watches}
+    new_watches = {w.name: w for w in new.watches}
+    changes += [f"watch {n} added" for n in new_watches.keys() - old_watches.keys()]
+    changes += [f"watch {n} removed" for n in old_watches.keys() - new_watches.keys()]
+    changes += [
+        f"watch {n} changed"
+        for n in new_watches.keys() & old_watches.keys()
+        if new_watches[n] != old_watches[n]
+    ]
+    return sorted(changes)
+
+
+def new_pool(config: Config, store: ModelStore) -> LocalPool:
+    return LocalPool(
+        workers=config.pool.workers,
+        threads_per_worker=config.pool.threads_per_worker,
+        env=store.worker_env(),
+        models=models_of(config),
+        file_timeout=config.pool.file_timeout,
+        providers=config.pool.providers,
+    )
+
+
+def models_of(config: Config) -> tuple[str, ...]:
+    return tuple(sorted({watch.model for watch in config.watches}))
 
 
 def load_in_worker(pool: LocalPool, model: str) -> str:

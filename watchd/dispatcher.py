@@ -68,9 +68,15 @@ class Dispatcher:
         self.paused = False
         self.jobs_finished = 0
         self.last_error: dict[str, Any] | None = None
-        self.capacity = pool.size * 2
+        self.capacity = pool.size * 2  # bounded in-flight: two files per worker keep it busy
         self.in_flight: dict[Future[Result], FileRecord] = {}
         self._write_failures = 0
+
+    def use_pool(self, pool: LocalPool, max_attempts: int) -> None:
+        """Send new work to ``pool`` (after a reload); running files finish where they are."""
+        self._pool = pool
+        self._max_attempts = max_attempts
+        self.capacity = pool.size * 2
 
     # --- dispatching ------------------------------------------------------------------------------
 

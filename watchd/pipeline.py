@@ -68,15 +68,24 @@ class AttemptFailed(WatchdError):
 
 # --- worker side ---------------------------------------------------------------------------------
 
+DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+
 _sessions: dict[str, Any] = {}
 _threads = 1
+_providers: tuple[str, ...] = DEFAULT_PROVIDERS
 
 
-def init_worker(env: Mapping[str, str], threads: int, models: tuple[str, ...]) -> None:
+def init_worker(
+    env: Mapping[str, str],
+    threads: int,
+    models: tuple[str, ...],
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS,
+) -> None:
     """Worker initializer: point rembg at the model store and load the models once."""
-    global _threads  # noqa: PLW0603 - per-process worker state, set once
+    global _threads, _providers  # noqa: PLW0603 - per-process worker state, set once
     os.environ.update(env)
     _threads = threads
+    _providers = providers
     # Decompression bombs: Pillow warns between 1x and 2x MAX_IMAGE_PIXELS and raises above;
     # a warning must stop the file too, not just scroll past in a log.
     warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -93,13 +102,18 @@ def _session(model: str) -> Any:
         options = ort.SessionOptions()
         options.intra_op_num_threads = _threads
         options.inter_op_num_threads = 1
-        session = new_session(model, sess_opts=options, providers=["CPUExecutionProvider"])
+        session = new_session(model, sess_opts=options, providers=list(_providers))
         _sessions[model] = session
     return session
 
 
 def load_model(model: str) -> str:
-    """Load ``model`` in a worker; returns the provider in use (start-up check)."""
+    """Load ``model`` in a worker; returns the execution provider actually in use.
+
+    onnxruntime falls back to the CPU silently when a GPU provider cannot load
+    (missing CUDA/cuDNN libraries): the daemon compares this answer with what
+    was asked for and logs it, or refuses to start with ``require_accelerator``.
+    """
     session = _session(model)
     providers = session.inner_session.get_providers()
     return str(providers[0])
@@ -217,10 +231,12 @@ class LocalPool:
         env: Mapping[str, str],
         models: tuple[str, ...],
         file_timeout: float,
+        *,
+        providers: tuple[str, ...] = DEFAULT_PROVIDERS,
     ) -> None:
         self.size = workers
         self.file_timeout = file_timeout
-        self._initargs = (dict(env), threads_per_worker, models)
+        self._initargs = (dict(env), threads_per_worker, models, providers)
         self._closed = False
         self._pool: Any = self._new_pool()
 
@@ -262,14 +278,19 @@ class LocalPool:
         )
         return future
 
-    def close(self, *, cancel: bool) -> None:
-        """Stop the workers: wait for running files, or kill them when ``cancel``."""
+    def close(self, *, cancel: bool, wait: bool = True) -> None:
+        """Stop the workers: let running files finish, or kill them when ``cancel``.
+
+        ``wait=False`` retires the pool (after a reload replaced it): its running
+        files finish and their futures complete as usual, without blocking the caller.
+        """
         self._closed = True
         if cancel:
             self._pool.stop()
         else:
             self._pool.close()
-        self._pool.join()
+        if wait:
+            self._pool.join()
 
 
 def outcome(future: Future[Result]) -> Result | InputRejected | AttemptFailed:
