@@ -385,7 +385,13 @@ class ModelStore:
         not one failure per image.
         """
         _check_name(name)
-        path = self._existing(name)
+        try:
+            path = self._existing(name)
+        except PermissionError as exc:
+            raise ModelError(
+                f"model {name!r}: permission denied reading {exc.filename} as uid {os.geteuid()}; "
+                "the service user must be able to read the models folder"
+            ) from None
         if path is None:
             raise ModelError(self._missing_message(name))
         expected = KNOWN_MD5.get(name)
