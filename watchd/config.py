@@ -30,7 +30,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 AfterAction = Literal["archive", "delete", "keep"]
-WatchMethod = Literal["inotify", "poll"]
+WatchMethod = Literal["auto", "inotify", "poll"]
 LogFormat = Literal["auto", "console", "json"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -233,7 +233,7 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "model": (_string, "u2netp"),
     "settle_seconds": (_number(0, 3600), 2.0),
     "after": (_choice("archive", "delete", "keep"), "archive"),
-    "method": (_choice("inotify", "poll"), "inotify"),
+    "method": (_choice("auto", "inotify", "poll"), "auto"),
     "poll_interval": (_number(0.1, 3600), 5.0),
     "png_compress_level": (_integer(0, 9), 1),
     "max_file_bytes": (_integer(1), 200 * 1024 * 1024),

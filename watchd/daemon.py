@@ -19,7 +19,7 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -30,6 +30,7 @@ from watchd.control import ControlServer, ProtocolError, Request
 from watchd.dispatcher import Dispatcher
 from watchd.errors import ConfigError, ModelError, WatchdError
 from watchd.files import ensure_dir
+from watchd.fsinfo import filesystem_type, is_network
 from watchd.intake import Intake
 from watchd.ledger import Ledger
 from watchd.models import ModelStore
@@ -163,12 +164,13 @@ class Daemon:
     def _start_watchers(self) -> None:
         now = time.monotonic()
         for watch in self.config.watches:
+            method, fstype = watch_method(watch)
             watcher = InboxWatcher(
                 watch.name,
                 watch.inbox,
                 watch.settle_seconds,
                 wake=self._wake,
-                method=watch.method,
+                method=method,
                 poll_interval=watch.poll_interval,
             )
             watcher.start()  # events first, then the scan: nothing dropped in between is missed
@@ -177,7 +179,10 @@ class Daemon:
                 "watch.started",
                 watch=watch.name,
                 inbox=str(watch.inbox),
-                method=watch.method,
+                method=method,
+                configured=watch.method,
+                filesystem=fstype,
+                poll_interval=watch.poll_interval if method == "poll" else None,
                 entries=found,
             )
             self._watchers.append(watcher)
@@ -430,6 +435,14 @@ class Daemon:
         self._write_stats()
         self.ledger.close()
         log.info("shutdown.done")
+
+
+def watch_method(watch: WatchConfig) -> tuple[Literal["inotify", "poll"], str]:
+    """``auto``: poll on network and FUSE mounts, where inotify never hears other clients."""
+    fstype = filesystem_type(watch.inbox)
+    if watch.method == "auto":
+        return ("poll" if is_network(fstype) else "inotify"), fstype
+    return watch.method, fstype
 
 
 def refuse_problems(problems: list[preflight.Problem]) -> None:
