@@ -101,7 +101,7 @@ def test_default_is_rooted_at_the_cwd(tmp_path: Path, monkeypatch: pytest.Monkey
     assert watch.model == "u2netp"
     assert watch.settle_seconds == 2.0
     assert watch.after == "archive"
-    assert watch.method == "inotify"
+    assert watch.method == "auto"
     assert watch.png_compress_level == 1
     assert config.watch("default") is watch
     with pytest.raises(KeyError):
@@ -174,7 +174,7 @@ def test_full_file_parses_to_typed_values(tmp_path: Path, monkeypatch: pytest.Mo
     assert scans.model == "u2netp"
     assert scans.settle_seconds == 2.0
     assert scans.after == "archive"
-    assert scans.method == "inotify"
+    assert scans.method == "auto"
     assert scans.poll_interval == 5.0
     assert scans.png_compress_level == 1
     assert scans.max_file_bytes == 200 * 1024 * 1024
