@@ -20,7 +20,6 @@ import structlog
 
 from watchd.config import WatchConfig
 from watchd.control import ProtocolError, Request
-from watchd.errors import LedgerError
 from watchd.files import error_note_path, remove_file
 from watchd.intake import Intake
 from watchd.ledger import Conflict, Ledger, NotFound
@@ -268,6 +267,3 @@ def _progress(job: Mapping[str, Any], files: list[Mapping[str, Any]], now: float
         "files_per_second": round(rate, 4) if rate else None,
         "eta_seconds": round(eta, 1) if eta is not None else (0.0 if remaining == 0 else None),
     }
-
-
-__all__ = ["Commands", "LedgerError", "submitted_batch"]
