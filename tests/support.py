@@ -42,10 +42,15 @@ class DaemonProcess:
         for folder in ("inbox", "outbox", "archive", "failed"):  # as an operator creates them
             (root / folder).mkdir(exist_ok=True)
 
-    def start(self, wait_ready: bool = True) -> DaemonProcess:
+    def start(
+        self, wait_ready: bool = True, extra_env: dict[str, str] | None = None
+    ) -> DaemonProcess:
         self.starts += 1
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHD_")}
+        # Not systemd's variables of whatever runs the tests (CI may itself be a unit).
+        inherited = ("WATCHD_", "NOTIFY_SOCKET", "WATCHDOG_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
+        env.update(extra_env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "watchd", "run", "--config", str(self.config)],
             stdout=log,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -295,3 +296,49 @@ def test_reload_command_reports_changes_or_the_reason_it_was_refused(
         client.call("reload")
     assert refused.value.code == "conflict" and "nope" in refused.value.message
     assert client.call("ping")["pong"] is True
+
+
+# --- systemd notify ---
+
+
+def test_daemon_speaks_systemd_notify(
+    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    """READY only once serving; WATCHDOG from the loop; RELOADING then READY; STOPPING."""
+    import socket as socketlib
+
+    address = str(tmp_path / "notify.sock")
+    sink = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+    sink.bind(address)
+    sink.settimeout(60)
+    daemon = daemon_factory()
+    try:
+        daemon.start(
+            wait_ready=False, extra_env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}
+        )
+
+        def receive() -> str:
+            return sink.recv(4096).decode()
+
+        first = receive()
+        assert first.startswith("READY=1\nSTATUS=")
+        assert daemon.count("daemon.ready") == 1  # ledger open, recovery done, watches live
+        pings = [receive() for _ in range(2)]
+        assert pings == ["WATCHDOG=1", "WATCHDOG=1"]
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        messages = [receive() for _ in range(4)]
+        reloading = [m for m in messages if m.startswith("RELOADING=1")]
+        assert reloading and "\nMONOTONIC_USEC=" in reloading[0]
+        after = messages[messages.index(reloading[0]) + 1 :]
+        while not any(m.startswith("READY=1") for m in after):
+            after.append(receive())
+        assert daemon.stop() == 0
+        rest = []
+        sink.settimeout(5)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                rest.append(receive())
+        assert "STOPPING=1" in rest
+    finally:
+        sink.close()

@@ -34,6 +34,7 @@ from watchd.fsinfo import filesystem_type, is_network
 from watchd.intake import Intake
 from watchd.ledger import Ledger
 from watchd.models import ModelStore
+from watchd.notify import Notifier
 from watchd.pipeline import LocalPool
 from watchd.stats import Activity, DaemonInfo, build_snapshot, write_metrics_file, write_stats_file
 from watchd.watcher import InboxWatcher
@@ -54,8 +55,9 @@ MODEL_LOAD_TIMEOUT = 300.0
 class Daemon:
     """The long-running process for one configuration."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier or Notifier()
         self.paused = False
         self._wakeups: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._requests: queue.SimpleQueue[tuple[Request, Future[dict[str, Any]]]] = (
@@ -127,6 +129,7 @@ class Daemon:
                     for w in config.watches
                 ],
             )
+            self.notifier.ready(self._status_line())
             self._loop()
         finally:
             self._shutdown()
@@ -202,10 +205,18 @@ class Daemon:
         next_rescan = now + self.config.daemon.rescan_interval
         next_stats = now + self.config.daemon.stats_interval
         next_prune = now
+        next_ping = now
+        ping_interval = self.notifier.watchdog_interval
         jobs_seen = self.dispatcher.jobs_finished
         while self._stop_signal is None:
-            self._wait(self._timeout(min(next_rescan, next_stats, next_prune)))
+            timers = [next_rescan, next_stats, next_prune]
+            if ping_interval is not None:
+                timers.append(next_ping)
+            self._wait(self._timeout(min(timers)))
             now = time.monotonic()
+            if ping_interval is not None and now >= next_ping:
+                self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
+                next_ping = now + ping_interval
             for watcher in self._watchers:
                 for batch in watcher.poll(now):
                     self.intake.accept(batch, self.config.watch(batch.watch))
@@ -347,6 +358,14 @@ class Daemon:
         catches anything dropped meanwhile); changed pool settings or models get
         a new pool, while files already running finish in the old one.
         """
+        self.notifier.reloading()
+        try:
+            with self.notifier.keepalive():  # loading a new pool's models may outlast WatchdogSec
+                return self._reload()
+        finally:
+            self.notifier.ready(self._status_line())
+
+    def _reload(self) -> list[str]:
         old = self.config
         log.info("reload.begin", config=str(old.source) if old.source else None)
         try:
@@ -386,6 +405,12 @@ class Daemon:
     def watches(self) -> tuple[WatchConfig, ...]:
         return self.config.watches
 
+    def _status_line(self) -> str:
+        """One line for ``systemctl status``."""
+        names = ", ".join(f"{w.name}: {w.inbox}" for w in self.config.watches)
+        paused = "paused; " if self.paused else ""
+        return f"{paused}{self.pool.size} workers; watching {names}"
+
     # --- signals and shutdown ---------------------------------------------------------------------
 
     def _wake(self, reason: str = "wake") -> None:
@@ -407,6 +432,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         """Stop intake and the socket, drain within drain_seconds, close pool and ledger."""
+        self.notifier.stopping()
         signame = signal.Signals(self._stop_signal).name if self._stop_signal else None
         dispatcher = self.dispatcher
         log.info("shutdown.begin", signal=signame, in_flight=len(dispatcher.in_flight))
@@ -550,8 +576,9 @@ def hold_state_lock(state_dir: Path) -> TextIO:
 
 def run_daemon(config: Config) -> int:
     """Entry point for ``watchd run``: a configuration error or missing model is exit 2."""
+    notifier = Notifier.from_environment(os.environ)  # read once, here: systemd's variables
     try:
-        return Daemon(config).run()
+        return Daemon(config, notifier).run()
     except WatchdError as exc:
         log.error("daemon.failed", error=str(exc))
         return 2
