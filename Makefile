@@ -12,7 +12,7 @@ CONFIG ?=
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,dask]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,3 +41,13 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+## bench: watchd vs `rembg p -m u2netp` vs the limit, on the same photos, in one run
+## (bench/compare.py; creates bench/.venv-rembg once; results in bench/results/compare-DATE.json)
+.PHONY: bench bench-quick
+bench: model
+	$(BIN)/python bench/compare.py
+
+## bench-quick: the same with 6 photos per set and shorter phases (under 5 minutes)
+bench-quick: model
+	$(BIN)/python bench/compare.py --quick

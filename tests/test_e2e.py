@@ -24,8 +24,13 @@ pytestmark = pytest.mark.e2e
 
 
 def outputs(root: Path) -> list[str]:
+    """Finished outputs (a hidden ``.watchd-N.tmp`` being written is not one)."""
     base = root / "outbox"
-    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+    return sorted(
+        str(p.relative_to(base))
+        for p in base.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
 
 
 def files_by_state(root: Path) -> dict[str, int]:

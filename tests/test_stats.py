@@ -260,6 +260,7 @@ def test_snapshot_has_every_key_with_its_type() -> None:
         "paused",
         "backend",
         "workers",
+        "pool",
         "models",
         "providers",
         "jobs",

@@ -111,6 +111,14 @@ def run_operator_command(args: argparse.Namespace, config: Config, out: TextIO =
 # --- commands ---
 
 
+def _cluster_row(pool: dict[str, Any]) -> list[tuple[str, str]]:
+    """The Dask scheduler and whether dispatch can reach it (nothing for the local pool)."""
+    if not pool.get("scheduler"):
+        return []
+    state = "connected" if pool.get("connected") else f"DISCONNECTED: {pool.get('error')}"
+    return [("cluster", f"{pool['scheduler']} {state}")]
+
+
 def _status(client: Any, args: argparse.Namespace, out: TextIO) -> int:
     status = client.call("status")
     if args.json:
@@ -130,6 +138,7 @@ def _status(client: Any, args: argparse.Namespace, out: TextIO) -> int:
             f"{status['workers']['busy']} busy / {status['workers']['total']} "
             f"({status['backend']})",
         ),
+        *_cluster_row(status.get("pool") or {}),
         (
             "models",
             ", ".join(f"{m} on {status['providers'].get(m, '?')}" for m in status["models"]),

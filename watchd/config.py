@@ -65,6 +65,12 @@ class PoolConfig:
     file_timeout: float
     providers: tuple[str, ...]
     require_accelerator: bool
+    backend: str = "local"  # "local" | "dask"
+    scheduler: str | None = None  # dask: tcp://HOST:PORT or tls://HOST:PORT
+    dispatch_window: int | None = None  # dask: None = 2 x the cluster's worker threads
+    tls_ca_file: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,17 @@ def _path(value: Any) -> str:
     return _string(value)
 
 
+_SCHEDULER_RE = re.compile(r"(tcp|tls)://([^\s/:\[\]]+|\[[0-9a-fA-F:]+\]):[0-9]{1,5}")
+
+
+def _scheduler_address(value: Any) -> str:
+    """A Dask scheduler address: tcp://HOST:PORT or tls://HOST:PORT."""
+    address = _string(value)
+    if not _SCHEDULER_RE.fullmatch(address):
+        raise _Bad(f'expected an address like "tcp://scheduler-host:8786", got {address!r}')
+    return address
+
+
 def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
@@ -222,6 +239,12 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "file_timeout": (_number(1), 300.0),
     "providers": (_providers, ("CPUExecutionProvider",)),
     "require_accelerator": (_boolean, False),
+    "backend": (_choice("local", "dask"), "local"),
+    "scheduler": (_scheduler_address, None),
+    "dispatch_window": (_integer(1, 1_000_000), None),
+    "tls_ca_file": (_path, None),
+    "tls_client_cert": (_path, None),
+    "tls_client_key": (_path, None),
 }
 
 _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -285,6 +308,18 @@ class _Reader:
 def _did_you_mean(key: str, options: Mapping[str, Any] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_pool(reader: _Reader, pool: PoolConfig) -> None:
+    if pool.backend == "dask" and pool.scheduler is None:
+        raise reader.error("pool.scheduler", 'backend = "dask" needs the scheduler\'s address')
+    tls = [pool.tls_ca_file, pool.tls_client_cert, pool.tls_client_key]
+    if any(tls) and not all(tls):
+        raise reader.error(
+            "pool.tls_ca_file", "set tls_ca_file, tls_client_cert and tls_client_key together"
+        )
+    if any(tls) and not (pool.scheduler or "").startswith("tls://"):
+        raise reader.error("pool.scheduler", "the tls_* keys need a tls:// scheduler address")
 
 
 def load_config(path: Path | None) -> Config:
@@ -351,7 +386,16 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
         file_timeout=pool_raw["file_timeout"],
         providers=pool_raw["providers"],
         require_accelerator=pool_raw["require_accelerator"],
+        backend=pool_raw["backend"],
+        scheduler=pool_raw["scheduler"],
+        dispatch_window=pool_raw["dispatch_window"],
+        tls_ca_file=resolve(pool_raw["tls_ca_file"]) if pool_raw["tls_ca_file"] else None,
+        tls_client_cert=(
+            resolve(pool_raw["tls_client_cert"]) if pool_raw["tls_client_cert"] else None
+        ),
+        tls_client_key=resolve(pool_raw["tls_client_key"]) if pool_raw["tls_client_key"] else None,
     )
+    _check_pool(reader, pool)
     watches_raw = raw.get("watch", [DEFAULT_WATCH] if source is None else None)
     if not isinstance(watches_raw, list) or not watches_raw:
         raise reader.error("watch", "at least one [[watch]] table is needed")

@@ -35,7 +35,7 @@ from watchd.intake import Intake
 from watchd.ledger import Ledger
 from watchd.models import ModelStore
 from watchd.notify import Notifier
-from watchd.pipeline import LocalPool
+from watchd.pipeline import LocalPool, Pool
 from watchd.stats import Activity, DaemonInfo, build_snapshot, write_metrics_file, write_stats_file
 from watchd.watcher import InboxWatcher
 
@@ -74,7 +74,7 @@ class Daemon:
         self._activity = Activity()
         self._watchers: list[InboxWatcher] = []
         self._control: ControlServer | None = None
-        self._retired_pools: list[LocalPool] = []
+        self._retired_pools: list[Pool] = []
 
     # --- the runbook ------------------------------------------------------------------------------
 
@@ -195,8 +195,7 @@ class Daemon:
         self._control = ControlServer(
             daemon.socket, self._handle_request, mode=daemon.socket_mode, group=daemon.socket_group
         )
-        self._control.start()
-        log.info("control.listening", socket=str(daemon.socket))
+        self._control.start()  # logs control.listening
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -308,14 +307,20 @@ class Daemon:
     def snapshot(self) -> dict[str, Any]:
         """Everything ``watchd status`` and the stats file show (cheap: no table scans)."""
         config = self.config
+        pool = self.pool.describe()
+        if pool["backend"] == "dask":  # worker threads of the cluster, and those running our files
+            total, busy = int(pool["threads"]), int(pool["busy"])
+        else:
+            total, busy = self.pool.size, min(self.pool.size, len(self.dispatcher.in_flight))
         info = DaemonInfo(
             version=__version__,
             pid=os.getpid(),
             started_at=self._started_at,
             paused=self.paused,
-            workers_total=self.pool.size,
-            workers_busy=min(self.pool.size, len(self.dispatcher.in_flight)),
-            backend="local",
+            workers_total=total,
+            workers_busy=busy,
+            backend=str(pool["backend"]),
+            pool=pool,
             models=tuple(sorted({w.model for w in config.watches})),
             providers=dict(self._providers),
             watches={
@@ -489,6 +494,12 @@ def keep_fixed(old: Config, new: Config) -> Config:
 def pool_settings(config: Config) -> tuple[Any, ...]:
     pool = config.pool
     return (
+        pool.backend,
+        pool.scheduler,
+        pool.dispatch_window,
+        pool.tls_ca_file,
+        pool.tls_client_cert,
+        pool.tls_client_key,
         pool.workers,
         pool.threads_per_worker,
         pool.file_timeout,
@@ -518,7 +529,19 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     return sorted(changes)
 
 
-def new_pool(config: Config, store: ModelStore) -> LocalPool:
+def new_pool(config: Config, store: ModelStore) -> Pool:
+    pool = config.pool
+    if pool.backend == "dask":
+        assert pool.scheduler is not None  # config validation
+        from watchd.dask_pool import DaskPool, security_from  # only with backend = "dask"
+
+        return DaskPool(
+            pool.scheduler,
+            models=models_of(config),
+            file_timeout=pool.file_timeout,
+            dispatch_window=pool.dispatch_window,
+            security=security_from(pool.tls_ca_file, pool.tls_client_cert, pool.tls_client_key),
+        )
     return LocalPool(
         workers=config.pool.workers,
         threads_per_worker=config.pool.threads_per_worker,
@@ -533,7 +556,7 @@ def models_of(config: Config) -> tuple[str, ...]:
     return tuple(sorted({watch.model for watch in config.watches}))
 
 
-def load_in_worker(pool: LocalPool, model: str) -> str:
+def load_in_worker(pool: Pool, model: str) -> str:
     """Load ``model`` in a real worker before declaring the daemon ready."""
     try:
         return pool.check_model(model, MODEL_LOAD_TIMEOUT)

@@ -14,6 +14,7 @@ import os
 import random
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from watchd.files import (
 )
 from watchd.intake import spool_path
 from watchd.ledger import CANCELLED_REASON, FileRecord, FinishedJob, Ledger, Recovery
-from watchd.pipeline import AttemptFailed, LocalPool, Result, Task, outcome
+from watchd.pipeline import AttemptFailed, Pool, Result, Task, outcome
 from watchd.stats import Activity
 
 log = structlog.get_logger()
@@ -46,7 +47,7 @@ class Dispatcher:
     def __init__(
         self,
         ledger: Ledger,
-        pool: LocalPool,
+        pool: Pool,
         spool_dir: Path,
         *,
         max_attempts: int,
@@ -68,15 +69,19 @@ class Dispatcher:
         self.paused = False
         self.jobs_finished = 0
         self.last_error: dict[str, Any] | None = None
-        self.capacity = pool.size * 2  # bounded in-flight: two files per worker keep it busy
         self.in_flight: dict[Future[Result], FileRecord] = {}
         self._write_failures = 0
+        self._pool_breaks = 0
 
-    def use_pool(self, pool: LocalPool, max_attempts: int) -> None:
+    def use_pool(self, pool: Pool, max_attempts: int) -> None:
         """Send new work to ``pool`` (after a reload); running files finish where they are."""
         self._pool = pool
         self._max_attempts = max_attempts
-        self.capacity = pool.size * 2
+
+    @property
+    def capacity(self) -> int:
+        """The in-flight cap, asked of the pool each time: a cluster grows, shrinks, goes away."""
+        return self._pool.capacity
 
     # --- dispatching ------------------------------------------------------------------------------
 
@@ -118,11 +123,48 @@ class Dispatcher:
 
     def collect(self) -> int:
         """Finish every in-flight file whose future is done."""
+        self._pool.check()
         done = [future for future in self.in_flight if future.done()]
+        broke = [future for future in done if pool_broke(future)]
+        if broke:
+            self._pool_broke([self.in_flight.pop(future) for future in broke])
         for future in done:
-            record = self.in_flight.pop(future)
-            self._finish(record, outcome(future))
+            if future in self.in_flight:
+                self._finish(self.in_flight.pop(future), outcome(future))
         return len(done)
+
+    def _pool_broke(self, records: list[FileRecord]) -> None:
+        """The pool failed these files without a worker dying *with* them.
+
+        pebble declares the whole pool broken when a worker dies while no file is running
+        (killed while idle or while loading the model, or its initializer failed) and fails
+        every file waiting in it. That is not the files' fault: their attempt is given back,
+        and they wait with backoff, in case every new worker dies too (a model file damaged
+        under a running daemon), instead of all landing in the failed folder.
+        """
+        self._pool_breaks += 1
+        reason = "the worker pool broke before this file ran (a worker died while idle or starting)"
+        for record in records:
+            delay = self._backoff(self._pool_breaks)
+            self._note_error(record, f"{reason}; retrying in {delay:.0f} s")
+            log.warning(
+                "file.retry",
+                file=record.id,
+                job=record.job_id,
+                attempt=record.attempts,
+                error=reason,
+                retry_in=round(delay, 1),
+            )
+            state = self._ledger.requeue(
+                record.id, reason, retry_at=self._clock() + delay, refund=True
+            )
+            if state == "failing":  # its job was cancelled meanwhile
+                self.dispose_failed(record, "cancelled")
+
+    def _backoff(self, failures: int) -> float:
+        """Exponential backoff with jitter, so that many files do not retry in lockstep."""
+        delay: float = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** min(failures, 16))
+        return delay * (0.5 + self._rng.random())
 
     def _finish(self, record: FileRecord, result: Result | InputRejected | AttemptFailed) -> None:
         if isinstance(result, InputRejected):
@@ -130,6 +172,7 @@ class Dispatcher:
         elif isinstance(result, AttemptFailed):
             self._retry_or_fail(record, str(result))
         else:
+            self._pool_breaks = 0  # a worker finished a file: the pool works again
             self._complete(record, result)
 
     def _retry_or_fail(self, record: FileRecord, reason: str) -> None:
@@ -147,9 +190,9 @@ class Dispatcher:
             atomic_write(record.output, result.data, record.id)
         except OSError as exc:
             self._write_failures += 1
-            delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** min(self._write_failures, 16))
-            delay *= 0.5 + self._rng.random()  # jitter: many files do not retry in lockstep
+            delay = self._backoff(self._write_failures)
             reason = f"cannot write the output {record.output}: {exc.strerror or exc}"
+            self._note_error(record, f"{reason} (retrying in {delay:.0f} s)")
             log.error(
                 "file.write_failed",
                 file=record.id,
@@ -202,13 +245,7 @@ class Dispatcher:
         """Record the reason, then put the original and a readable note in the failed folder."""
         self._ledger.mark_failing(record.id, reason)
         if reason != CANCELLED_REASON:
-            self.last_error = {
-                "at": self._clock(),
-                "watch": record.watch,
-                "job": record.job_id,
-                "file": record.id,
-                "message": f"{record.rel}: {reason}",
-            }
+            self._note_error(record, reason)
         log.error(
             "file.failed",
             file=record.id,
@@ -218,6 +255,18 @@ class Dispatcher:
             error=reason,
         )
         self.dispose_failed(record, reason)
+
+    def _note_error(self, record: FileRecord, message: str) -> None:
+        """What ``status`` shows as the last error: failures, and transient write errors too
+        (while the outbox is full or unwritable, nothing else tells an operator why files wait).
+        """
+        self.last_error = {
+            "at": self._clock(),
+            "watch": record.watch,
+            "job": record.job_id,
+            "file": record.id,
+            "message": f"{record.rel}: {message}",
+        }
 
     def dispose_failed(self, record: FileRecord, reason: str) -> None:
         """failing -> failed (idempotent, for recovery too)."""
@@ -277,3 +326,8 @@ class Dispatcher:
             count += 1
         self.in_flight.clear()
         return count
+
+
+def pool_broke(future: Future[Result]) -> bool:
+    """Whether the pool failed this file without running it to the end in a worker."""
+    return not future.cancelled() and isinstance(future.exception(), BrokenProcessPool)

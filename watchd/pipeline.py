@@ -14,16 +14,19 @@ dies, runs past ``file_timeout`` or hits an unexpected error surfaces as
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
+import threading
 import time
 import warnings
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
@@ -71,6 +74,7 @@ class AttemptFailed(WatchdError):
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 
 _sessions: dict[str, Any] = {}
+_session_lock = threading.Lock()  # a Dask worker runs tasks in threads of one process
 _threads = 1
 _providers: tuple[str, ...] = DEFAULT_PROVIDERS
 
@@ -96,14 +100,17 @@ def init_worker(
 def _session(model: str) -> Any:
     session = _sessions.get(model)
     if session is None:
-        import onnxruntime as ort
-        from rembg import new_session
+        with _session_lock:  # one session per model and process, also with several threads
+            session = _sessions.get(model)
+            if session is None:
+                import onnxruntime as ort
+                from rembg import new_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = _threads
-        options.inter_op_num_threads = 1
-        session = new_session(model, sess_opts=options, providers=list(_providers))
-        _sessions[model] = session
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = _threads
+                options.inter_op_num_threads = 1
+                session = new_session(model, sess_opts=options, providers=list(_providers))
+                _sessions[model] = session
     return session
 
 
@@ -221,6 +228,34 @@ def process(task: Task) -> Result:
 # --- main-process side ---------------------------------------------------------------------------
 
 
+class Pool(Protocol):
+    """What the dispatcher and the daemon use of a pool: :class:`LocalPool` or ``DaskPool``."""
+
+    file_timeout: float
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def capacity(self) -> int:
+        """How many files may be in flight now (0: do not dispatch)."""
+        ...
+
+    def available(self) -> bool: ...
+
+    def check_model(self, model: str, timeout: float) -> str: ...
+
+    def submit(self, task: Task) -> Future[Result]: ...
+
+    def close(self, *, cancel: bool, wait: bool = True) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def check(self) -> None:
+        """Notice a broken pool and fail the files it can no longer finish (cheap; per loop)."""
+        ...
+
+
 class LocalPool:
     """A pool of spawned worker processes (pebble restarts dead or timed-out workers)."""
 
@@ -238,7 +273,19 @@ class LocalPool:
         self.file_timeout = file_timeout
         self._initargs = (dict(env), threads_per_worker, models, providers)
         self._closed = False
+        self._pending: set[Future[Result]] = set()
         self._pool: Any = self._new_pool()
+
+    @property
+    def capacity(self) -> int:
+        """In-flight cap for the dispatcher: two files per worker keep it busy."""
+        return self.size * 2
+
+    def available(self) -> bool:
+        return not self._closed
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "local", "connected": True, "workers": self.size}
 
     def _new_pool(self) -> Any:
         from pebble import ProcessPool
@@ -262,7 +309,16 @@ class LocalPool:
             broken, self._pool = self._pool, self._new_pool()
             broken.stop()
             broken.join()
+            # pebble does not resolve every future of a broken pool (one scheduled just
+            # before or after the break can stay pending forever): resolve them here.
+            for future in list(self._pending):
+                with contextlib.suppress(InvalidStateError):  # pebble may settle it meanwhile
+                    future.set_exception(BrokenProcessPool("the worker pool broke"))
+            self._pending.clear()
         return self._pool
+
+    def check(self) -> None:
+        self._live_pool()
 
     def check_model(self, model: str, timeout: float) -> str:
         """Prove in a real worker that ``model`` loads; returns the execution provider."""
@@ -276,6 +332,8 @@ class LocalPool:
         future: Future[Result] = self._live_pool().schedule(
             process, args=(task,), timeout=self.file_timeout
         )
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
         return future
 
     def close(self, *, cancel: bool, wait: bool = True) -> None:
@@ -300,6 +358,8 @@ def outcome(future: Future[Result]) -> Result | InputRejected | AttemptFailed:
     try:
         return future.result()
     except InputRejected as exc:
+        return exc
+    except AttemptFailed as exc:  # a pool's own verdict (DaskPool: time limit, worker died)
         return exc
     except FutureTimeout:
         return AttemptFailed("processing took longer than file_timeout; the worker was stopped")

@@ -48,6 +48,9 @@ def check(config: Config, *, missing: Missing = "error") -> list[Problem]:
         problems += _folder(f"{prefix}.inbox", watch.inbox, missing, inbox=True)
         for key in ("outbox", "archive", "failed"):
             problems += _folder(f"{prefix}.{key}", getattr(watch, key), missing)
+    problems += _tls_files(config)
+    if config.pool.backend == "dask":
+        return problems  # the models live on the worker hosts; the daemon checks them there
     store = ModelStore(config.daemon.models_dir)
     seen: set[str] = set()
     for index, watch in enumerate(config.watches):
@@ -58,6 +61,15 @@ def check(config: Config, *, missing: Missing = "error") -> list[Problem]:
             store.verify(watch.model)
         except ModelError as exc:
             problems.append(Problem(f"watch[{index}].model", str(exc)))
+    return problems
+
+
+def _tls_files(config: Config) -> list[Problem]:
+    problems = []
+    for key in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+        path = getattr(config.pool, key)
+        if path is not None and not os.access(path, os.R_OK):
+            problems.append(Problem(f"pool.{key}", f"{path} cannot be read by this user"))
     return problems
 
 

@@ -23,7 +23,7 @@ import math
 import os
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -235,10 +235,11 @@ class DaemonInfo:
     paused: bool
     workers_total: int
     workers_busy: int
-    backend: str  # "local"
+    backend: str  # "local" or "dask"
     models: tuple[str, ...]
     providers: Mapping[str, str]  # model -> onnxruntime provider in use
     watches: Mapping[str, Mapping[str, str]]  # name -> {"inbox", "outbox", "model"}
+    pool: Mapping[str, Any] = field(default_factory=dict)  # the pool's describe()
 
 
 def iso_utc(unix: float) -> str:
@@ -298,6 +299,11 @@ def build_snapshot(
         "paused": info.paused,
         "backend": info.backend,
         "workers": {"total": info.workers_total, "busy": info.workers_busy},
+        "pool": {
+            "scheduler": info.pool.get("scheduler"),
+            "connected": bool(info.pool.get("connected", True)),
+            "error": info.pool.get("error"),
+        },
         "models": list(info.models),
         "providers": dict(info.providers),
         "jobs": _zero_filled(JOB_STATES, *job_counts.values()),
