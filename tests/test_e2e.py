@@ -207,7 +207,7 @@ def test_kill9_mid_batch_then_restart_gives_exactly_one_output_per_input(
     assert outputs(root) == expected  # nothing lost, nothing duplicated, no "(2)" copies
     archived = sorted(p.name for p in (root / "archive").iterdir())
     assert archived == sorted(names)
-    leftovers = [p for p in root.rglob("*.tmp")] + list((root / "state" / "spool").iterdir())
+    leftovers = list(root.rglob(".watchd-*.tmp")) + list((root / "state" / "spool").iterdir())
     assert leftovers == []
     for name in expected:
         with Image.open(root / "outbox" / name) as image:

@@ -116,30 +116,93 @@ def atomic_write(path: Path, data: bytes, file_id: int) -> None:
     fsync_dir(path.parent)
 
 
-def move_file(src: Path, dst: Path, file_id: int) -> None:
-    """Move ``src`` to ``dst`` durably; across file systems copy, fsync, rename, then unlink."""
+def move_file(
+    src: Path, dst: Path, file_id: int, *, plain_only: bool = False, sync: bool = True
+) -> None:
+    """Move ``src`` to ``dst`` durably; across file systems copy, fsync, rename, then unlink.
+
+    A move moves the directory entry, never what a symlink points to: a rename does
+    that by itself, and across file systems a symlink is recreated as a symlink
+    (like ``mv``), so a link swapped in for a checked file is never read through.
+    ``plain_only`` (taking inputs out of an inbox) refuses, with :class:`UnsafePath`
+    and nothing moved, a copy whose source is not a regular file with a single
+    link: the copy would turn a link to someone else's file into an input.
+    ``sync=False`` leaves fsyncing both folders to the caller (one fsync per folder for a
+    whole batch of moves); a copy is always made durable before its source is removed.
+    """
     ensure_dir(dst.parent)
     try:
         os.rename(src, dst)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        temp = dst.parent / temp_name(file_id)
-        try:
-            with open(src, "rb") as reader, open(temp, "wb", opener=_open_new) as writer:
-                shutil.copyfileobj(reader, writer, _CHUNK)
-                writer.flush()
-                os.fsync(writer.fileno())
-            shutil.copystat(src, temp, follow_symlinks=False)
-            os.replace(temp, dst)
-        except BaseException:
-            _unlink_quiet(temp)
-            raise
+        mode = os.lstat(src).st_mode
+        if stat.S_ISLNK(mode) and not plain_only:
+            _copy_symlink(src, dst, file_id)
+        elif stat.S_ISLNK(mode):
+            raise UnsafePath(_SYMLINK_REASON) from None
+        elif not stat.S_ISREG(mode):  # never opened: opening a device can do things
+            raise _refusal(_SPECIAL_REASON, plain_only) from None
+        else:
+            _copy_across(src, dst, file_id, plain_only=plain_only)
         fsync_dir(dst.parent)
         os.unlink(src)
+    if not sync:
+        return
     fsync_dir(src.parent)
     if src.parent != dst.parent:
         fsync_dir(dst.parent)
+
+
+_SYMLINK_REASON = "the file is a symbolic link; watchd does not follow links"
+_HARDLINK_REASON = "the file is a hard link to another file; watchd does not read those"
+_SPECIAL_REASON = "not a regular file (a folder, device, pipe or socket)"
+
+
+def _refusal(reason: str, plain_only: bool) -> Exception:
+    """UnsafePath for an input being taken (it costs that file); otherwise an OSError,
+    which callers moving originals around already treat as "leave it, try again later"."""
+    return UnsafePath(reason) if plain_only else OSError(errno.EINVAL, reason)
+
+
+def _copy_across(src: Path, dst: Path, file_id: int, *, plain_only: bool) -> None:
+    """The copy half of a move across file systems, read through ``O_NOFOLLOW``."""
+    temp = dst.parent / temp_name(file_id)
+    try:
+        fd = os.open(src, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # swapped for a symlink since the lstat: not followed
+            raise _refusal(_SYMLINK_REASON, plain_only) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _refusal(_SPECIAL_REASON, plain_only)
+        if plain_only and info.st_nlink > 1:
+            raise UnsafePath(_HARDLINK_REASON)
+        with open(fd, "rb", closefd=False) as reader, open(temp, "wb", opener=_open_new) as writer:
+            shutil.copyfileobj(reader, writer, _CHUNK)
+            writer.flush()
+            os.fsync(writer.fileno())
+        shutil.copystat(src, temp, follow_symlinks=False)
+        os.replace(temp, dst)
+    except BaseException:
+        _unlink_quiet(temp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _copy_symlink(src: Path, dst: Path, file_id: int) -> None:
+    """Recreate the symlink ``src`` at ``dst`` (its target is only read as text)."""
+    temp = dst.parent / temp_name(file_id)
+    _unlink_quiet(temp)
+    os.symlink(os.readlink(src), temp)
+    try:
+        os.replace(temp, dst)
+    except BaseException:
+        _unlink_quiet(temp)
+        raise
 
 
 def _open_new(path: str, flags: int) -> int:
@@ -220,10 +283,53 @@ def write_error_note(
 
 
 def error_note_path(original: Path) -> Path:
-    return original.with_name(original.name + ".error.txt")
+    """``<name>.error.txt`` beside ``original``; a name too long for that is shortened first."""
+    name = fit_name(original.name, NAME_MAX - len(_NOTE_SUFFIX))
+    return original.with_name(name + _NOTE_SUFFIX)
 
 
 # --- output naming -------------------------------------------------------------------------------
+
+#: The longest file name (one path component, in bytes) Linux file systems accept.
+NAME_MAX = 255
+_NOTE_SUFFIX = ".error.txt"
+_MAX_KEPT_SUFFIX = 16  # bytes; a longer "suffix" is just part of the name when shortening
+
+
+def _nbytes(text: str) -> int:
+    return len(os.fsencode(text))
+
+
+def fit_name(name: str, limit: int = NAME_MAX, label: str = "") -> str:
+    """``name`` with ``label`` before its suffix, shortened to at most ``limit`` bytes.
+
+    Names watchd derives (``a.png`` from ``a.jpeg``, ``a (2).png``, ``a.jpg.error.txt``)
+    can be longer than the longest name the file system takes, although the dropped
+    name was not. The stem is cut at a character boundary and the suffix kept, so
+    ``<254 bytes>`` becomes ``<251 bytes>.png``; a name that already fits is unchanged.
+    Deterministic, so the same drops always give the same names; a clash between two
+    shortened names is numbered like any other clash.
+    """
+    suffix = PurePosixPath(name).suffix
+    if _nbytes(suffix) > _MAX_KEPT_SUFFIX:
+        suffix = ""
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    tail = label + suffix
+    if _nbytes(stem + tail) <= limit:
+        return stem + tail
+    short = _cut(stem, limit - _nbytes(tail)).rstrip(" ")
+    return short + tail if short else _cut(stem + tail, limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` (whole characters) that is at most ``limit`` bytes."""
+    sizes = [_nbytes(char) for char in text]
+    total = sum(sizes)
+    end = len(text)
+    while end > 0 and total > limit:
+        end -= 1
+        total -= sizes[end]
+    return text[:end]
 
 
 def with_suffix(rel: str, suffix: str) -> str:
@@ -234,10 +340,13 @@ def with_suffix(rel: str, suffix: str) -> str:
 
 
 def numbered(path: Path, n: int) -> Path:
-    """The n-th alternative of a taken file name: ``a.png`` -> ``a (2).png``."""
-    if n == 1:
-        return path
-    return path.with_name(f"{path.stem} ({n}){path.suffix}")
+    """The n-th alternative of a taken file name: ``a.png`` -> ``a (2).png``.
+
+    Shortened to fit :data:`NAME_MAX` (see :func:`fit_name`), also for ``n == 1``.
+    """
+    label = f" ({n})" if n > 1 else ""
+    name = fit_name(path.name, NAME_MAX, label)
+    return path if name == path.name else path.with_name(name)
 
 
 def unique_path(candidate: Path, taken: Callable[[Path], bool], *, folder: bool = False) -> Path:
@@ -255,7 +364,10 @@ def unique_path(candidate: Path, taken: Callable[[Path], bool], *, folder: bool 
 
 
 def _numbered_folder(path: Path, n: int) -> Path:
-    return path if n == 1 else path.with_name(f"{path.name} ({n})")
+    if n == 1:
+        return path
+    label = f" ({n})"
+    return path.with_name(_cut(path.name, NAME_MAX - _nbytes(label)) + label)
 
 
 # --- taken folders --------------------------------------------------------------------------------

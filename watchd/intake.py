@@ -17,10 +17,12 @@ from typing import Literal
 import structlog
 
 from watchd.config import WatchConfig
+from watchd.errors import UnsafePath
 from watchd.files import (
     OS_LITTER,
     copy_file,
     error_note_path,
+    fsync_dir,
     move_file,
     prune_taken_folder,
     unique_path,
@@ -149,8 +151,13 @@ class Intake:
         return taken, claim
 
     def finish_pending(self, records: list[FileRecord]) -> None:
-        """Move recorded inputs into the spool and mark them queued (idempotent, for recovery)."""
+        """Move recorded inputs into the spool and mark them queued (idempotent, for recovery).
+
+        The folders are fsynced once for the whole batch, before the files are marked
+        queued (a crash before that finds them pending and redoes the moves).
+        """
         queued: list[int] = []
+        touched: set[Path] = set()
         for record in records:
             if record.state != "pending":
                 continue
@@ -160,25 +167,46 @@ class Intake:
                 else:
                     self._disappeared(record)
                 continue
-            target = spool_path(self._spool, record.id)
-            if os.path.lexists(target):
+            if self._to_spool(record, touched):
                 queued.append(record.id)
-                continue
+        for folder in sorted(touched):
             try:
-                if record.options.get("intake") == "copy":
-                    copy_file(record.source, target, record.id)
-                else:
-                    move_file(record.source, target, record.id)
+                fsync_dir(folder)
             except FileNotFoundError:
-                self._disappeared(record)
-                continue
-            except OSError as exc:
-                log.error(
-                    "intake.spool_failed", file=record.id, path=str(record.source), error=str(exc)
-                )
-                continue
-            queued.append(record.id)
+                continue  # removed meanwhile (by whoever dropped it): nothing left to sync
+            except OSError as exc:  # some network file systems refuse fsync on a folder
+                log.warning("intake.sync_failed", folder=str(folder), error=str(exc))
         self._ledger.mark_queued(queued)
+
+    def _to_spool(self, record: FileRecord, touched: set[Path]) -> bool:
+        """Take one recorded input into the spool; False if it is not there now."""
+        target = spool_path(self._spool, record.id)
+        if os.path.lexists(target):
+            return True
+        try:
+            if record.options.get("intake") == "copy":
+                copy_file(record.source, target, record.id)
+            else:
+                # From an inbox on another file system (a share) this is a copy: it must
+                # not read through a link swapped in since the entry settled.
+                plain = record.options.get("intake", "inbox") == "inbox"
+                move_file(record.source, target, record.id, plain_only=plain, sync=False)
+                touched.update((record.source.parent, target.parent))
+        except FileNotFoundError:
+            self._disappeared(record)
+            return False
+        except UnsafePath as exc:
+            # Nothing was read or moved: the entry stays in the inbox, where the watcher
+            # reports it (intake.skipped) and never takes it while it is a link.
+            log.warning("intake.skipped", file=record.id, path=str(record.source), reason=str(exc))
+            self._fail(record, str(exc))
+            return False
+        except OSError as exc:
+            log.error(
+                "intake.spool_failed", file=record.id, path=str(record.source), error=str(exc)
+            )
+            return False
+        return True
 
     def _disappeared(self, record: FileRecord) -> None:
         log.warning("intake.disappeared", file=record.id, path=str(record.source))

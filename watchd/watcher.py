@@ -9,12 +9,16 @@ This module reads directory entries and inode metadata only; it never opens a fi
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
+import logging
 import os
 import re
 import stat
 import threading
+import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +84,11 @@ _EVENT_FILTER: list[type[FileSystemEvent]] = [
 ]
 
 _SKIP_LOG_LIMIT = 10_000  # bound on remembered "already logged" paths
+
+#: Files one :meth:`InboxWatcher.poll` hands out at most (whole batches; one at least). The
+#: daemon records them before it serves the control socket and polls again, so this bounds
+#: how long one pass of its loop can take when a huge drop settles all at once.
+POLL_MAX_FILES = 1000
 
 
 @dataclass(frozen=True)
@@ -172,11 +181,18 @@ class StabilityTracker:
     def tracked(self) -> int:
         return len(self._entries)
 
-    def tick(self, now: float) -> list[Batch]:
-        """Stat every tracked entry once and return the batches that became ready."""
+    def tick(self, now: float, max_files: int | None = None) -> list[Batch]:
+        """Stat every tracked entry once and return the batches that became ready.
+
+        ``max_files`` bounds the work one tick hands out: once the batches returned hold
+        that many files, further ready entries stay tracked (their clocks kept) for the
+        next tick. The caller records each batch before it polls again, so a burst of
+        100,000 files becomes a stream of short steps instead of one long stall.
+        """
         batches: list[Batch] = []
         ready: list[tuple[float, str, int, int]] = []  # Candidates are built only when sent
         unsettled_files = 0
+        budget = max_files
         for name, entry in list(self._entries.items()):
             path = os.path.join(self._inbox, name)  # str, not Path: this loop is the hot path
             try:
@@ -189,9 +205,12 @@ class StabilityTracker:
                 del self._entries[name]
                 continue
             if stat.S_ISDIR(st.st_mode):
+                if budget is not None and budget <= 0:
+                    continue  # looked at next tick; skipping changes none of its state
                 batch = self._tick_folder(name, entry, st, now)
                 if batch is not None:
                     batches.append(batch)
+                    budget = None if budget is None else budget - len(batch.files)
                 continue
             if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
                 self._skip(path, "hard link" if stat.S_ISREG(st.st_mode) else _odd_kind(st.st_mode))
@@ -203,7 +222,8 @@ class StabilityTracker:
             else:
                 entry.ready_at = None  # changed again after settling: leave the group
                 unsettled_files += 1
-        batches.extend(self._loose_batches(ready, unsettled_files, now))
+        if budget is None or budget > 0:
+            batches.extend(self._loose_batches(ready, unsettled_files, now, budget))
         return batches
 
     def _settled(self, entry: _Entry, sig: tuple[int, ...], now: float) -> bool:
@@ -279,22 +299,30 @@ class StabilityTracker:
                 self._skip(dirpath, f"unreadable: {exc.strerror}")
 
     def _loose_batches(
-        self, ready: list[tuple[float, str, int, int]], unsettled_files: int, now: float
+        self,
+        ready: list[tuple[float, str, int, int]],
+        unsettled_files: int,
+        now: float,
+        budget: int | None = None,
     ) -> list[Batch]:
         """Loose files that settle while others are still arriving wait for them, so one
-        drop becomes one job; size and age caps keep a never-ending stream flowing."""
+        drop becomes one job; size and age caps keep a never-ending stream flowing.
+        Chunks stop once ``budget`` files were sent (the first due chunk always goes)."""
         ready.sort()  # oldest first, so the size cap sends the longest-waiting files
         n = len(ready)
         full = n - n % self._max_files
         flush = n > full and (unsettled_files == 0 or now - ready[full][0] >= self._max_wait)
-        batches = []
+        batches: list[Batch] = []
         for start in range(0, n if flush else full, self._max_files):
+            if budget is not None and budget <= 0:
+                break  # the rest stay tracked, ready_at kept: they lead the next tick
             chunk = sorted(ready[start : start + self._max_files], key=lambda r: r[1])
             files = tuple(Candidate(self._inbox / r[1], r[1], r[2], r[3]) for r in chunk)
             for name in (r[1] for r in chunk):
                 del self._entries[name]
             more = f" +{len(files) - 1} more" if len(files) > 1 else ""
             batches.append(Batch(self._watch, "loose", self._inbox, files[0].rel + more, files))
+            budget = None if budget is None else budget - len(files)
         return batches
 
     def _skip(self, path: str, reason: str) -> None:
@@ -305,6 +333,43 @@ class StabilityTracker:
             self._logged.clear()
         self._logged.add(path)
         log.warning("intake.skipped", watch=self._watch, path=path, reason=reason)
+
+
+class _WatchdogLog(logging.Handler):
+    """watchdog's own log records, re-emitted as structlog events (JSON lines in the log).
+
+    watchdog logs through the stdlib ``logging`` module, which the daemon does not format:
+    its records would be plain-text lines in a JSON log. One record matters to intake: a
+    kernel inotify queue overflow (a burst of thousands of files) means events were lost,
+    and watchdog says so only in a log record. Every running watcher then scans its inbox
+    on its next poll (and logs ``watch.overflow``), instead of waiting for the periodic
+    rescan to notice the names whose events were lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.watchers: weakref.WeakSet[InboxWatcher] = weakref.WeakSet()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string in a library must not break its thread
+            message = str(record.msg)
+        if "queue overflowed" in message:
+            for watcher in list(self.watchers):
+                watcher._overflowed()
+            return
+        fields: dict[str, str] = {"logger": record.name, "message": message}
+        if record.exc_info:
+            fields["exception"] = logging.Formatter().formatException(record.exc_info)
+        log.log(record.levelno, "watchdog.log", **fields)
+
+
+_WATCHDOG_LOG = _WatchdogLog()
+#: watchdog warns when a new folder's watch is registered twice (its own creation event
+#: racing its recursive walk) and then keeps one: harmless, and as a warning it would be a
+#: plain-text line in the log (or, under ``-W error``, kill the observer thread).
+_DOUBLE_WATCH_WARNING = r"Callback with id .* already exists for watch"
 
 
 class _Handler(FileSystemEventHandler):
@@ -335,6 +400,7 @@ class InboxWatcher:
         method: Literal["inotify", "poll"] = "inotify",
         poll_interval: float = 5.0,
     ) -> None:
+        self._watch = watch
         self._inbox = Path(os.path.abspath(inbox))
         self._prefix = str(self._inbox) + os.sep
         self._ignored = _compile(tuple(ignore)).match
@@ -344,6 +410,7 @@ class InboxWatcher:
         self._tracker = StabilityTracker(watch, self._inbox, settle_seconds, ignore)
         self._lock = threading.Lock()
         self._touched: set[str] = set()
+        self._rescan = False  # the kernel dropped events: scan the whole inbox on next poll
         self._observer: BaseObserver | None = None
 
     def start(self) -> None:
@@ -351,6 +418,12 @@ class InboxWatcher:
         Call :meth:`scan` after this, so nothing dropped in between is missed."""
         if self._observer is not None:
             return
+        watchdog_log = logging.getLogger("watchdog")
+        if _WATCHDOG_LOG not in watchdog_log.handlers:
+            watchdog_log.addHandler(_WATCHDOG_LOG)
+            watchdog_log.propagate = False  # this handler is its one way out
+        _WATCHDOG_LOG.watchers.add(self)
+        warnings.filterwarnings("ignore", _DOUBLE_WATCH_WARNING, RuntimeWarning)
         if self._method == "poll":
             observer: BaseObserver = PollingObserver(timeout=self._poll_interval)
         else:
@@ -364,6 +437,7 @@ class InboxWatcher:
     def stop(self) -> None:
         """Stop and join the observer thread; safe to call twice (shutdown paths overlap)."""
         observer, self._observer = self._observer, None
+        _WATCHDOG_LOG.watchers.discard(self)
         if observer is not None:
             observer.stop()
             observer.join()
@@ -387,16 +461,31 @@ class InboxWatcher:
         """Runs on the caller's thread, so the tracker itself is never shared."""
         with self._lock:
             names, self._touched = self._touched, set()
+            rescan, self._rescan = self._rescan, False
+        if rescan:
+            log.warning(
+                "watch.overflow",
+                watch=self._watch,
+                message="the kernel dropped file events (too many at once); scanning the inbox",
+            )
+            with contextlib.suppress(OSError):  # inbox gone: the periodic rescan reports it
+                self.scan(now)
         for name in names:
             self._tracker.touch(name, now)
-        return self._tracker.tick(now)
+        return self._tracker.tick(now, max_files=POLL_MAX_FILES)
 
     def pending(self) -> bool:
         """True while ticking often matters; otherwise the daemon may sleep until woken."""
         with self._lock:
-            if self._touched:
+            if self._touched or self._rescan:
                 return True
         return self._tracker.tracked() > 0
+
+    def _overflowed(self) -> None:
+        """Observer thread (through watchdog's log record): ask the next poll for a full scan."""
+        with self._lock:
+            self._rescan = True
+        self._wake()
 
     def _note(self, raw: bytes | str) -> None:
         """Observer thread: map an event path to its top-level name; no I/O, no logging."""
