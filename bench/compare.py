@@ -182,6 +182,17 @@ def worker_pids(pid: int) -> list[int]:
     return workers
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all CPUs; /proc/stat, not idle/iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+
+
+def others_cores(busy_before: float, tool_cpu: float, wall: float) -> float:
+    """Cores busy with anything but the measured tool (this script's polling included)."""
+    return round(max(0.0, machine_busy_seconds() - busy_before - tool_cpu) / wall, 2)
+
+
 def tree_cpu(pids: Iterable[int]) -> float:
     return sum(cpu_seconds(pid) or 0.0 for pid in pids)
 
@@ -274,7 +285,9 @@ def run_rembg_set(
     for photo in photos:
         shutil.copyfile(photo, inbox / photo.name)
     before = rembg_startup_once(rembg, work, env)
+    busy = machine_busy_seconds()
     timing = time_rembg(rembg, inbox, outbox, env)
+    others = others_cores(busy, timing["cpu_s"], timing["wall_s"])
     after = rembg_startup_once(rembg, work, env)
     startup_s = (before["wall_s"] + after["wall_s"]) / 2
     startup_cpu = (before["cpu_s"] + after["cpu_s"]) / 2
@@ -300,6 +313,7 @@ def run_rembg_set(
         "startup_cpu_s": round(startup_cpu, 2),
         "cpu_s_per_photo": round((cpu - startup_cpu) / len(photos), 3),
         "cpu_cores_busy_mean": round(cpu / wall, 2),
+        "other_processes_cores_busy_mean": others,
         "peak_rss_mib": timing["peak_rss_mib"],
         "outbox": str(outbox),
     }
@@ -388,11 +402,13 @@ def run_watchd_set(
         workers = worker_pids(pid)
         before = {"main": memory_of(pid), "workers": [memory_of(w) for w in workers]}
         cpu_before, main_before = tree_cpu([pid, *workers]), cpu_seconds(pid) or 0.0
+        busy = machine_busy_seconds()
         started = drop(photos, root / "inbox")
         seen = wait_outputs(daemon, root / "outbox", [p.stem + ".png" for p in photos])
         last = max(seen.values())
         cpu = tree_cpu([pid, *workers]) - cpu_before
         main_cpu = (cpu_seconds(pid) or 0.0) - main_before
+        others = others_cores(busy, cpu, time.perf_counter() - started)
         after = {"main": memory_of(pid), "workers": [memory_of(w) for w in worker_pids(pid)]}
         timings = file_done_timings(daemon)
     finally:
@@ -411,6 +427,7 @@ def run_watchd_set(
         "cpu_s_per_photo": round(cpu / len(photos), 3),
         "main_process_cpu_s_per_photo": round(main_cpu / len(photos), 4),
         "cpu_cores_busy_mean": round(cpu / elapsed, 2),
+        "other_processes_cores_busy_mean": others,
         "worker_stage_means_s": timings,
         "memory_before_drop": before,
         "memory_after_set": after,
@@ -1012,12 +1029,16 @@ def run_all(
         result["rembg"][name] = peer
         log(
             f"  {peer['photos_per_s']} photos/s ({peer['wall_s']} s wall, "
-            f"start-up {peer['startup_before_after_s']} s)"
+            f"start-up {peer['startup_before_after_s']} s; other processes busy "
+            f"{peer['other_processes_cores_busy_mean']} cores)"
         )
         log(f"watchd on {name} ...")
         ours = run_watchd_set(paths, work / "watchd" / name, store, args)
         result["watchd"][name] = ours
-        log(f"  {ours['photos_per_s']} photos/s ({ours['elapsed_s']} s from first drop)")
+        log(
+            f"  {ours['photos_per_s']} photos/s ({ours['elapsed_s']} s from first drop; "
+            f"other processes busy {ours['other_processes_cores_busy_mean']} cores)"
+        )
 
     log("limit: raw u2netp inference per layout ...")
     tensor = model_input(photos[args.sets[0]][0], model_dir)
