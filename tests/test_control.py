@@ -72,9 +72,8 @@ class Conn:
     """A raw client: bytes out, JSON lines in."""
 
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = control.connect_unix(path, time.monotonic() + timeout)
         self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
         self.buffer = b""
 
     def __enter__(self) -> Conn:
@@ -393,6 +392,32 @@ def test_a_client_stalling_mid_line_gets_timeout(
         assert conn.closed_by_server()
     assert [r.command for r in fake.requests] == ["ping"]
     assert_serving(sock_path)
+
+
+def test_connect_waits_while_the_accept_queue_is_full(tmp_path: Path) -> None:
+    path = tmp_path / "busy.sock"
+    queued: list[socket.socket] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        try:
+            while True:  # fill the accept queue; nobody accepts, so it gives up at the deadline
+                started = time.monotonic()
+                try:
+                    queued.append(control.connect_unix(path, started + 0.2))
+                except TimeoutError:
+                    assert time.monotonic() - started >= 0.19
+                    break
+                assert len(queued) < 10, "the accept queue never filled"
+            drain = threading.Timer(
+                0.3, lambda: [listener.accept()[0].close() for _ in range(len(queued) + 1)]
+            )
+            drain.start()
+            queued.append(control.connect_unix(path, time.monotonic() + 5))  # waits for room
+            drain.join()
+        finally:
+            for sock in queued:
+                sock.close()
 
 
 def test_two_hundred_clients_at_once_are_all_answered(

@@ -98,8 +98,11 @@ def test_pause_keeps_intake_going_and_resume_processes(
     root = daemon.root
     assert cli_json(daemon, "pause") == {"paused": True}
     drop(photos["cat.png"], root / "inbox", "cat.png")
-    wait_for(lambda: daemon.count("job.accepted") == 1, what="accepted while paused")
-    assert not (root / "inbox" / "cat.png").exists()  # taken into the spool
+    # recorded first (job.accepted), then renamed into the spool: wait for both
+    wait_for(
+        lambda: daemon.count("job.accepted") == 1 and not (root / "inbox" / "cat.png").exists(),
+        what="accepted while paused and taken into the spool",
+    )
     status = cli_json(daemon, "status")
     assert status["paused"] is True and status["files"]["queued"] == 1
     assert outputs(root) == []

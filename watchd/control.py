@@ -816,6 +816,34 @@ _REASONS: Final = {
 }
 
 
+def connect_unix(path: Path, deadline: float) -> socket.socket:
+    """A socket connected to ``path``, waiting through a full accept queue until ``deadline``.
+
+    A unix socket with a timeout fails ``connect`` with EAGAIN at once when the
+    listener's accept queue is full (a TCP socket would wait), so a daemon that
+    is briefly slow to accept would otherwise look unreachable. Any other error
+    is raised as it is; the caller closes the returned socket.
+    """
+    delay = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.connect(str(path))
+        except BlockingIOError:
+            sock.close()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the accept queue stayed full") from None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.1)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
 class ControlClient:
     """Talks to a running daemon: one connection and one request per :meth:`call`."""
 
@@ -857,13 +885,11 @@ class ControlClient:
 
     def _exchange(self, data: bytes) -> bytes:
         deadline = time.monotonic() + self.timeout
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(str(self.path))
-            except OSError as exc:
-                raise self._unreachable(self._reason(exc)) from exc
+            sock = connect_unix(self.path, deadline)
+        except OSError as exc:
+            raise self._unreachable(self._reason(exc)) from exc
+        try:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall(data)  # if the daemon hung up early, its answer says why
             return self._read_line(sock, deadline)
