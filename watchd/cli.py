@@ -113,12 +113,18 @@ def _print_config(config: Config) -> None:
     for watch in config.watches:
         print("\n[[watch]]")
         for key, value in vars(watch).items():
-            _print_key(key, value)
+            if key in ("output", "hooks"):  # nested in code, flat keys in the file
+                for inner, inner_value in vars(value).items():
+                    _print_key(inner, inner_value)
+            else:
+                _print_key(key, value)
 
 
 def _print_key(key: str, value: object) -> None:
     if value is None:
         print(f"# {key} = (not set)")
+    elif key == "webhook_secret":
+        print(f"# {key} = (set; not shown)")
     else:
         print(f"{key} = {_toml(value, key)}")
 

@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 AfterAction = Literal["archive", "delete", "keep"]
 WatchMethod = Literal["auto", "inotify", "poll"]
 LogFormat = Literal["auto", "console", "json"]
+OutputFormat = Literal["png", "webp", "jpeg", "mask"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -71,6 +72,39 @@ class PoolConfig:
     tls_ca_file: Path | None = None
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
+    model_cache: int = 2  # models each worker keeps loaded (least recently used one goes)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """How a watch's cutouts are made and encoded; a job's sidecar may override each key.
+
+    ``background`` composites the cutout onto a colour (required for JPEG, which has
+    no alpha); ``only_mask`` writes the greyscale mask instead of a cutout in the
+    chosen format, and ``format = "mask"`` is shorthand for a PNG mask.
+    """
+
+    format: OutputFormat = "png"
+    png_compress_level: int = 1
+    jpeg_quality: int = 90
+    background: str | None = None  # "#rrggbb"
+    alpha_matting: bool = False
+    alpha_matting_foreground_threshold: int = 240
+    alpha_matting_background_threshold: int = 10
+    alpha_matting_erode_size: int = 10
+    post_process_mask: bool = False
+    only_mask: bool = False
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """What tells downstream tools that a job is complete."""
+
+    manifest: bool = True
+    on_complete: tuple[str, ...] | None = None  # argv, run without a shell
+    on_complete_timeout: float = 60.0
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,8 +121,14 @@ class WatchConfig:
     after: AfterAction
     method: WatchMethod
     poll_interval: float
-    png_compress_level: int
     max_file_bytes: int
+    output: OutputConfig = field(default_factory=OutputConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    priority: int = 0
+
+    @property
+    def png_compress_level(self) -> int:
+        return self.output.png_compress_level
 
 
 @dataclass(frozen=True)
@@ -176,6 +216,40 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def _color(value: Any) -> str:
+    """A colour as "#rrggbb" (lower-cased)."""
+    if not isinstance(value, str) or not _COLOR_RE.fullmatch(value):
+        raise _Bad(f'expected a colour like "#ffffff", got {_describe(value)}')
+    return value.lower()
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    """A command as an argument list (run without a shell), e.g. ["/usr/local/bin/x", "--y"]."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) and v and "\0" not in v for v in value)
+    ):
+        raise _Bad(
+            'expected a non-empty list of arguments such as ["/usr/local/bin/publish", '
+            f'"--quiet"] (no shell is used), got {_describe(value)}'
+        )
+    if not os.path.isabs(value[0]):
+        raise _Bad(f"the program must be an absolute path, got {value[0]!r}")
+    return tuple(value)
+
+
+def _url(value: Any) -> str:
+    """An http:// or https:// URL."""
+    url = _string(value)
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", url):
+        raise _Bad(f"expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
 def _providers(value: Any) -> tuple[str, ...]:
     """onnxruntime execution providers in order of preference, e.g. CUDA then CPU."""
     if (
@@ -245,6 +319,24 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "tls_ca_file": (_path, None),
     "tls_client_cert": (_path, None),
     "tls_client_key": (_path, None),
+    "model_cache": (_integer(1, 64), 2),
+}
+
+#: Keys a job's sidecar ``watchd.toml`` may set (the model and how outputs look), with
+#: the defaults of a watch. Everything else (folders, hooks) belongs to the operator.
+OUTPUT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "model": (_string, "u2netp"),
+    "format": (_choice("png", "webp", "jpeg", "mask"), "png"),
+    "png_compress_level": (_integer(0, 9), 1),
+    "jpeg_quality": (_integer(1, 100), 90),
+    "background": (_color, None),
+    "alpha_matting": (_boolean, False),
+    "alpha_matting_foreground_threshold": (_integer(0, 255), 240),
+    "alpha_matting_background_threshold": (_integer(0, 255), 10),
+    "alpha_matting_erode_size": (_integer(0, 255), 10),
+    "post_process_mask": (_boolean, False),
+    "only_mask": (_boolean, False),
+    "priority": (_integer(-100, 100), 0),
 }
 
 _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -253,13 +345,17 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "outbox": (_path, None),
     "archive": (_path, None),
     "failed": (_path, None),
-    "model": (_string, "u2netp"),
+    **OUTPUT_KEYS,
     "settle_seconds": (_number(0, 3600), 2.0),
     "after": (_choice("archive", "delete", "keep"), "archive"),
     "method": (_choice("auto", "inotify", "poll"), "auto"),
     "poll_interval": (_number(0.1, 3600), 5.0),
-    "png_compress_level": (_integer(0, 9), 1),
     "max_file_bytes": (_integer(1), 200 * 1024 * 1024),
+    "manifest": (_boolean, True),
+    "on_complete": (_argv, None),
+    "on_complete_timeout": (_number(1, 86400), 60.0),
+    "webhook_url": (_url, None),
+    "webhook_secret": (_string, None),
 }
 
 _TOP_KEYS = ("daemon", "pool", "watch")
@@ -287,6 +383,7 @@ class _Reader:
         prefix: str,
         raw: Any,
         keys: Mapping[str, tuple[Callable[[Any], Any], Any]],
+        defaults: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         if not isinstance(raw, dict):
             raise self.error(prefix, f"expected a table, got {_describe(raw)}")
@@ -299,9 +396,9 @@ class _Reader:
                 try:
                     values[key] = parse(raw[key])
                 except _Bad as exc:
-                    raise self.error(f"{prefix}.{key}", str(exc)) from None
+                    raise self.error(f"{prefix}.{key}" if prefix else key, str(exc)) from None
             else:
-                values[key] = default
+                values[key] = defaults[key] if defaults and key in defaults else default
         return values
 
 
@@ -394,6 +491,7 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
             resolve(pool_raw["tls_client_cert"]) if pool_raw["tls_client_cert"] else None
         ),
         tls_client_key=resolve(pool_raw["tls_client_key"]) if pool_raw["tls_client_key"] else None,
+        model_cache=pool_raw["model_cache"],
     )
     _check_pool(reader, pool)
     watches_raw = raw.get("watch", [DEFAULT_WATCH] if source is None else None)
@@ -431,8 +529,73 @@ def _build_watch(
         after=values["after"],
         method=values["method"],
         poll_interval=values["poll_interval"],
-        png_compress_level=values["png_compress_level"],
         max_file_bytes=values["max_file_bytes"],
+        output=_output(reader, prefix, values),
+        hooks=HooksConfig(
+            manifest=values["manifest"],
+            on_complete=values["on_complete"],
+            on_complete_timeout=values["on_complete_timeout"],
+            webhook_url=values["webhook_url"],
+            webhook_secret=values["webhook_secret"],
+        ),
+        priority=values["priority"],
+    )
+
+
+def _output(reader: _Reader, prefix: str, values: Mapping[str, Any]) -> OutputConfig:
+    """The output options of a watch or a sidecar; JPEG needs a background colour."""
+    output = OutputConfig(
+        **{key: values[key] for key in OUTPUT_KEYS if key not in ("model", "priority")}
+    )
+    if output.format == "jpeg" and output.background is None and not output.only_mask:
+        raise reader.error(
+            f"{prefix}.background" if prefix else "background",
+            'format = "jpeg" has no transparency: set background = "#rrggbb" '
+            "(the colour behind the cutout)",
+        )
+    return output
+
+
+@dataclass(frozen=True)
+class JobOverrides:
+    """What a job's sidecar ``watchd.toml`` changes for that job only."""
+
+    model: str
+    output: OutputConfig
+    priority: int
+
+
+def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOverrides:
+    """Validate a job's sidecar (already read, ``raw_text``) against the watch it arrived in.
+
+    Only :data:`OUTPUT_KEYS` are allowed; every error names the sidecar file and the
+    key, because it ends up in the ``.error.txt`` the person who dropped the job reads.
+    """
+    reader = _Reader(path)
+    try:
+        raw = tomllib.loads(raw_text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for key in raw:
+        if key not in OUTPUT_KEYS:
+            allowed = ", ".join(OUTPUT_KEYS)
+            raise reader.error(
+                key,
+                "not allowed in a job's watchd.toml"
+                + _did_you_mean(key, OUTPUT_KEYS)
+                + f"; allowed keys: {allowed}",
+            )
+    base: dict[str, Any] = {
+        key: getattr(watch.output, key) for key in OUTPUT_KEYS if key not in ("model", "priority")
+    }
+    base["model"], base["priority"] = watch.model, watch.priority
+    values = {**base, **reader.table("", raw, OUTPUT_KEYS, defaults=base)}
+    return JobOverrides(
+        model=values["model"],
+        output=_output(reader, "", values),
+        priority=values["priority"],
     )
 
 

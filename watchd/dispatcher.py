@@ -29,7 +29,7 @@ from watchd.files import (
     remove_stray_temp,
     write_error_note,
 )
-from watchd.intake import spool_path
+from watchd.intake import output_config, spool_path
 from watchd.ledger import CANCELLED_REASON, FileRecord, FinishedJob, Ledger, Recovery
 from watchd.pipeline import AttemptFailed, Pool, Result, Task, outcome
 from watchd.stats import Activity
@@ -72,6 +72,8 @@ class Dispatcher:
         self.in_flight: dict[Future[Result], FileRecord] = {}
         self._write_failures = 0
         self._pool_breaks = 0
+        #: Called in the main thread when a job's last file ends (manifest, hooks).
+        self.on_job_finished: Callable[[FinishedJob], None] = lambda _job: None
 
     def use_pool(self, pool: Pool, max_attempts: int) -> None:
         """Send new work to ``pool`` (after a reload); running files finish where they are."""
@@ -103,11 +105,13 @@ class Dispatcher:
         except InputRejected as exc:
             self.fail(record, str(exc))
             return
+        output = output_config(record.options)
         task = Task(
             file_id=record.id,
             data=data,
             model=str(record.options["model"]),
-            png_compress_level=int(record.options["png_compress_level"]),
+            png_compress_level=output.png_compress_level,
+            output=output,
         )
         future = self._pool.submit(task)
         self.in_flight[future] = record
@@ -296,6 +300,7 @@ class Dispatcher:
                 failed=job.failed,
                 seconds=round(job.seconds, 3),
             )
+            self.on_job_finished(job)
 
     # --- recovery and shutdown --------------------------------------------------------------------
 

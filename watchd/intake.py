@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 import structlog
 
-from watchd.config import WatchConfig
+from watchd.config import JobOverrides, OutputConfig, WatchConfig
 from watchd.errors import UnsafePath
 from watchd.files import (
     OS_LITTER,
@@ -31,7 +32,8 @@ from watchd.files import (
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob
 from watchd.watcher import Batch, is_ignored
 
-OUTPUT_SUFFIX = ".png"
+#: The file suffix of each output format (a mask is a greyscale PNG).
+OUTPUT_SUFFIXES = {"png": ".png", "mask": ".png", "webp": ".webp", "jpeg": ".jpg"}
 
 log = structlog.get_logger()
 
@@ -48,21 +50,37 @@ def spool_path(spool_dir: Path, file_id: int) -> Path:
 IntakeMode = Literal["inbox", "copy", "move"]
 
 
-def job_options(watch: WatchConfig, intake: IntakeMode = "inbox") -> dict[str, object]:
+def job_options(
+    watch: WatchConfig, intake: IntakeMode = "inbox", overrides: JobOverrides | None = None
+) -> dict[str, object]:
     """The options a job is processed with, frozen when it is accepted.
 
-    ``in_place`` marks inputs that are never moved (``after = "keep"`` on an
-    inbox): they are read where they were dropped. Every other input waits in
-    the spool: moved there from the inbox, or copied/moved there by ``submit``.
+    A reload or an edited sidecar never changes a job already recorded. ``in_place``
+    marks inputs that are never moved (``after = "keep"`` on an inbox): they are read
+    where they were dropped. Every other input waits in the spool: moved there from
+    the inbox, or copied/moved there by ``submit``.
     """
+    output = overrides.output if overrides else watch.output
     return {
-        "model": watch.model,
+        "model": overrides.model if overrides else watch.model,
         "after": watch.after,
-        "png_compress_level": watch.png_compress_level,
+        "output": asdict(output),
         "max_file_bytes": watch.max_file_bytes,
         "intake": intake,
         "in_place": intake == "inbox" and watch.after == "keep",
     }
+
+
+def output_config(options: dict[str, object] | object) -> OutputConfig:
+    """The output options recorded with a job (jobs from before they existed: PNG)."""
+    if isinstance(options, dict):
+        recorded = options.get("output")
+        if isinstance(recorded, dict):
+            return OutputConfig(**recorded)
+        level = options.get("png_compress_level")
+        if isinstance(level, int):
+            return OutputConfig(png_compress_level=level)
+    return OutputConfig()
 
 
 class Intake:
@@ -76,6 +94,7 @@ class Intake:
     def accept(self, batch: Batch, watch: WatchConfig, intake: IntakeMode = "inbox") -> int | None:
         """Record ``batch`` as a job of ``watch``; returns the job id (None if nothing was new)."""
         options = job_options(watch, intake)
+        suffix = OUTPUT_SUFFIXES[output_config(options).format]
         files = batch.files
         if options["in_place"]:
             files = tuple(
@@ -94,7 +113,7 @@ class Intake:
             NewFile(
                 rel=c.rel,
                 source=c.path,
-                output=claim(unique_path(out_root / with_suffix(c.rel, OUTPUT_SUFFIX), taken)),
+                output=claim(unique_path(out_root / with_suffix(c.rel, suffix), taken)),
                 archive=claim(unique_path(archive_root / c.rel, taken)),
                 failed=claim(unique_path(failed_root / c.rel, taken)),
                 size=c.size,

@@ -107,6 +107,8 @@ class NewJob:
     kind: str
     options: Mapping[str, Any]
     files: Sequence[NewFile]
+    priority: int = 0  # higher first; see Ledger.claim
+    manifest: Path | None = None  # where the job's manifest goes when it ends
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class FileDetail:
     started_at: float | None
     finished_at: float | None
     retry_at: float | None
+    pages: int = 1  # outputs written: one per page of a multi-page input
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,8 @@ class JobDetail(JobSummary):
     running: int
     options: Mapping[str, Any]
     files: tuple[FileDetail, ...]
+    priority: int = 0
+    manifest: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -350,6 +355,14 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE job_counts SET n = n - 1 WHERE watch = OLD.watch AND state = OLD.state;
     END;
     """,
+    # 3: routing and completion. A job's priority, where its manifest goes (assigned
+    # with the job, like output paths), and how many outputs a file made (pages).
+    """
+    ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN manifest_path BLOB;
+    ALTER TABLE files ADD COLUMN pages INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX jobs_manifest ON jobs(manifest_path) WHERE manifest_path IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -382,7 +395,7 @@ def _text(value: str) -> str:
 _JOB_COLUMNS = "id, watch, name, kind, state, total, created_at, finished_at, cancelled"
 _FILE_DETAIL_COLUMNS = (
     "id, rel_path, state, attempts, error, output_path, size, output_bytes, created_at, "
-    "started_at, finished_at, retry_at"
+    "started_at, finished_at, retry_at, pages"
 )
 _IN_CHUNK = 500  # ids bound per IN (...) list, far below SQLite's limit on variables
 _UNFINISHED_SQL = ", ".join(f"'{state}'" for state in UNFINISHED)
@@ -493,8 +506,8 @@ class Ledger:
         now = self._clock()
         with self._transaction() as db:
             cursor = db.execute(
-                "INSERT INTO jobs (watch, name, kind, state, options, total, created_at) "
-                "VALUES (?, ?, ?, 'active', ?, ?, ?)",
+                "INSERT INTO jobs (watch, name, kind, state, options, total, created_at, "
+                "priority, manifest_path) VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?)",
                 (
                     job.watch,
                     _text(job.name),
@@ -502,6 +515,8 @@ class Ledger:
                     json.dumps(dict(job.options)),
                     len(job.files),
                     now,
+                    job.priority,
+                    None if job.manifest is None else _blob(job.manifest),
                 ),
             )
             job_id = int(cursor.lastrowid or 0)
@@ -539,7 +554,10 @@ class Ledger:
             ).fetchone()
             if row:
                 return True
-        return False
+        row = self._db.execute(  # a manifest is a target too, until its job has ended
+            "SELECT 1 FROM jobs WHERE manifest_path = ? AND state = 'active' LIMIT 1", (exact,)
+        ).fetchone()
+        return row is not None
 
     def is_known_source(self, path: Path, size: int, mtime_ns: int) -> bool:
         """Whether this exact input (path, size, mtime) was already taken (``after = "keep"``)."""
@@ -624,14 +642,14 @@ class Ledger:
             )
         return FileState.QUEUED.value
 
-    def mark_written(self, file_id: int, output_bytes: int) -> None:
-        """running -> written: the output is complete in the outbox."""
+    def mark_written(self, file_id: int, output_bytes: int, pages: int = 1) -> None:
+        """running -> written: the output (``pages`` outputs for a multi-page input) is complete."""
         self._transition(
             file_id,
             "running",
-            "UPDATE files SET state = 'written', output_bytes = ?, error = NULL WHERE id = ? "
-            "AND state = 'running'",
-            (output_bytes, file_id),
+            "UPDATE files SET state = 'written', output_bytes = ?, pages = ?, error = NULL "
+            "WHERE id = ? AND state = 'running'",
+            (output_bytes, pages, file_id),
         )
 
     def mark_failing(self, file_id: int, error: str) -> None:
@@ -929,7 +947,8 @@ class Ledger:
         counts always cover every file. Unknown id: NotFound.
         """
         row = self._db.execute(
-            f"SELECT {_JOB_COLUMNS}, options FROM jobs WHERE id = ?", (job_id,)
+            f"SELECT {_JOB_COLUMNS}, options, priority, manifest_path FROM jobs WHERE id = ?",
+            (job_id,),
         ).fetchone()
         if row is None:
             raise NotFound(f"no job {job_id}")
@@ -949,6 +968,8 @@ class Ledger:
             queued=by_state.get(FileState.QUEUED.value, 0),
             running=by_state.get(FileState.RUNNING.value, 0),
             options=json.loads(row[9]),
+            priority=row[10],
+            manifest=None if row[11] is None else _path(row[11]),
             files=tuple(
                 FileDetail(
                     id=f[0],
@@ -963,6 +984,7 @@ class Ledger:
                     started_at=f[9],
                     finished_at=f[10],
                     retry_at=f[11],
+                    pages=f[12],
                 )
                 for f in files
             ),

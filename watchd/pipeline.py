@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from watchd.config import OutputConfig
 from watchd.errors import InputRejected, WatchdError
 
 #: Formats Pillow may decode. Anything else (EPS/PS/PDF through Ghostscript, exotic
@@ -50,6 +51,7 @@ class Task:
     data: bytes
     model: str
     png_compress_level: int = 1
+    output: OutputConfig = field(default_factory=OutputConfig)
 
 
 @dataclass(frozen=True)
