@@ -54,6 +54,7 @@ class DaemonConfig:
     stats_interval: float
     metrics_file: Path | None
     keep_days: float
+    priority_aging: float = 60.0  # seconds of waiting worth one priority step
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,7 @@ _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "stats_interval": (_number(1, 86400), 10.0),
     "metrics_file": (_path, None),
     "keep_days": (_number(0), 90.0),
+    "priority_aging": (_number(1, 86400 * 365), 60.0),
 }
 
 _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -474,6 +476,7 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
         stats_interval=daemon_raw["stats_interval"],
         metrics_file=resolve(daemon_raw["metrics_file"]) if daemon_raw["metrics_file"] else None,
         keep_days=daemon_raw["keep_days"],
+        priority_aging=daemon_raw["priority_aging"],
     )
     pool_raw = reader.table("pool", raw.get("pool", {}), _POOL_KEYS)
     pool = PoolConfig(

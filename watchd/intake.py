@@ -47,6 +47,9 @@ def spool_path(spool_dir: Path, file_id: int) -> Path:
     return spool_dir / str(file_id)
 
 
+#: A job's manifest is named after its output folder (or first output) with this suffix.
+MANIFEST_SUFFIX = ".manifest.json"
+
 IntakeMode = Literal["inbox", "copy", "move"]
 
 
@@ -109,6 +112,12 @@ class Intake:
             failed_root = claim(unique_path(watch.failed / batch.name, taken, folder=True))
         else:
             out_root, archive_root, failed_root = watch.outbox, watch.archive, watch.failed
+        manifest = None
+        if watch.hooks.manifest:
+            # beside the job's output folder (or its first output), never inside it, so a
+            # tool that sees it knows everything it lists is complete
+            stem = out_root.name if batch.kind == "folder" else Path(files[0].rel).stem
+            manifest = claim(unique_path(watch.outbox / f"{stem}{MANIFEST_SUFFIX}", taken))
         new_files = [
             NewFile(
                 rel=c.rel,
@@ -123,7 +132,13 @@ class Intake:
         ]
         job_id, file_ids = self._ledger.create_job(
             NewJob(
-                watch=watch.name, name=batch.name, kind=batch.kind, options=options, files=new_files
+                watch=watch.name,
+                name=batch.name,
+                kind=batch.kind,
+                options=options,
+                files=new_files,
+                priority=watch.priority,
+                manifest=manifest,
             )
         )
         log.info(

@@ -361,7 +361,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN manifest_path BLOB;
     ALTER TABLE files ADD COLUMN pages INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN reported INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET reported = 1 WHERE state != 'active';
     CREATE INDEX jobs_manifest ON jobs(manifest_path) WHERE manifest_path IS NOT NULL;
+    CREATE INDEX jobs_unreported ON jobs(id) WHERE reported = 0 AND state != 'active';
     """,
 )
 
@@ -718,6 +721,24 @@ class Ledger:
             seconds=now - row[3],
         )
 
+    def unreported_jobs(self, limit: int = 100) -> list[int]:
+        """Ended jobs whose completion (manifest, hooks) was not handled yet, oldest first.
+
+        A job ends in the same transaction as its last file; a crash before
+        :meth:`mark_reported` leaves it here, so the daemon reports it after a restart
+        (at least once).
+        """
+        rows = self._db.execute(
+            "SELECT id FROM jobs WHERE reported = 0 AND state != 'active' ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def mark_reported(self, job_id: int) -> None:
+        """The job's manifest is written and its hooks are handed over."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET reported = 1 WHERE id = ?", (job_id,))
+
     def _transition(self, file_id: int, from_state: str, sql: str, params: tuple[Any, ...]) -> None:
         with self._transaction() as db:
             if db.execute(sql, params).rowcount != 1:
@@ -1064,8 +1085,8 @@ class Ledger:
                     raise NotFound(f"no file {file_id}")
                 raise Conflict(f"file {file_id} is {row[0]}, not failed: nothing to retry")
             db.execute(
-                "UPDATE jobs SET state = 'active', finished_at = NULL, cancelled = 0 "
-                "WHERE id = (SELECT job_id FROM files WHERE id = ?)",
+                "UPDATE jobs SET state = 'active', finished_at = NULL, cancelled = 0, "
+                "reported = 0 WHERE id = (SELECT job_id FROM files WHERE id = ?)",
                 (file_id,),
             )
         return self.file(file_id)
