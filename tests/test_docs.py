@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_config_example_parses() -> None:
     loaded = load_config(ROOT / "config.example.toml")
-    assert [w.name for w in loaded.watches] == ["photos"]
+    assert [w.name for w in loaded.watches] == ["photos", "products", "portraits", "scans"]
+    products, portraits, scans = loaded.watches[1:]
+    assert (products.output.format, products.output.background) == ("jpeg", "#ffffff")
+    assert (portraits.model, portraits.priority) == ("u2net_human_seg", 10)
+    assert scans.output.format == "mask"
 
 
 def test_config_example_documents_every_key() -> None:
