@@ -1,0 +1,457 @@
+"""The manifest and the order of completion: manifest, hooks, reported.
+
+A real ledger file in ``tmp_path`` and real files in a real outbox; the hooks are
+a recording sink here (tests/test_hooks.py runs the real ones).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watchd.completion import (
+    MANIFEST_VERSION,
+    Completion,
+    build_manifest,
+    encode_manifest,
+    manifest_temp_name,
+    write_manifest,
+)
+from watchd.config import HooksConfig
+from watchd.ledger import Ledger, NewFile, NewJob
+
+OPTIONS = {
+    "model": "u2netp",
+    "after": "archive",
+    "max_file_bytes": 1000,
+    "output": {"format": "png"},
+}
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingHooks:
+    """Records what the coordinator hands over; the test calls ``done`` when it likes."""
+
+    def __init__(self, per_job: int = 2) -> None:
+        self.per_job = per_job
+        self.calls: list[tuple[Mapping[str, Any], HooksConfig, Callable[[], None]]] = []
+
+    def run(self, facts: Mapping[str, Any], hooks: HooksConfig, done: Callable[[], None]) -> int:
+        self.calls.append((facts, hooks, done))
+        return self.per_job
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: Clock) -> Iterator[Ledger]:
+    (tmp_path / "state").mkdir()
+    opened = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Path:
+    path = tmp_path / "outbox"
+    path.mkdir()
+    return path
+
+
+def record_job(
+    ledger: Ledger, outbox: Path, rels: list[str], *, kind: str = "folder", name: str = "shoot"
+) -> tuple[int, list[int]]:
+    root = outbox / name if kind == "folder" else outbox
+    stem = name if kind == "folder" else Path(rels[0]).stem
+    files = [
+        NewFile(
+            rel=rel,
+            source=Path("/in") / rel,
+            output=root / (rel.rsplit(".", 1)[0] + ".png"),
+            archive=Path("/archive") / rel,
+            failed=Path("/failed") / rel,
+            size=100 + i,
+            mtime_ns=1,
+        )
+        for i, rel in enumerate(rels)
+    ]
+    job = NewJob(
+        watch="photos",
+        name=name,
+        kind=kind,
+        options=OPTIONS,
+        files=files,
+        manifest=outbox / f"{stem}.manifest.json",
+    )
+    job_id, ids = ledger.create_job(job)
+    ledger.mark_queued(ids)
+    assert len(ledger.claim(len(ids))) == len(ids)
+    return job_id, ids
+
+
+def finish(ledger: Ledger, ids: list[int], failed: Mapping[int, str] = {}) -> None:
+    for file_id in ids:
+        if file_id in failed:
+            ledger.mark_failing(file_id, failed[file_id])
+            ledger.mark_failed(file_id)
+        else:
+            ledger.mark_written(file_id, 5000 + file_id)
+            ledger.mark_done(file_id)
+
+
+def coordinator(
+    ledger: Ledger, outbox: Path, sink: RecordingHooks, hooks: HooksConfig | None = None
+) -> tuple[Completion, list[str]]:
+    wakes: list[str] = []
+    completion = Completion(
+        ledger, sink, lambda _watch: (outbox, hooks or HooksConfig()), lambda: wakes.append("w")
+    )
+    return completion, wakes
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Strict: the file must be valid UTF-8 JSON (no lone surrogates, no NaN)."""
+    return json.loads(path.read_bytes().decode("utf-8", "strict"))  # type: ignore[no-any-return]
+
+
+# --- content --------------------------------------------------------------------------------------
+
+
+def test_folder_job_manifest_lists_every_input_with_its_outputs_or_error(
+    ledger: Ledger, outbox: Path, clock: Clock
+) -> None:
+    job_id, ids = record_job(ledger, outbox, ["sub/a.jpg", "b.webp", "c.jpg"])
+    clock.now = T0 + 12.5
+    finish(ledger, ids, failed={ids[2]: "cannot identify image file (not an image)"})
+    sink = RecordingHooks(per_job=0)
+    completion, _ = coordinator(ledger, outbox, sink)
+
+    completion.job_finished(job_id)
+
+    manifest = read_manifest(outbox / "shoot.manifest.json")
+    assert manifest["version"] == MANIFEST_VERSION
+    assert manifest["job"] == job_id
+    assert (manifest["watch"], manifest["name"], manifest["kind"]) == ("photos", "shoot", "folder")
+    assert manifest["state"] == "failed"
+    assert manifest["cancelled"] is False
+    assert manifest["created"] == {"iso": "2023-11-14T22:13:20.000Z", "epoch": T0}
+    assert manifest["finished"] == {"iso": "2023-11-14T22:13:32.500Z", "epoch": T0 + 12.5}
+    assert manifest["files"] == {"total": 3, "done": 2, "failed": 1}
+    assert manifest["outbox"] == str(outbox)
+    assert manifest["manifest"] == str(outbox / "shoot.manifest.json")
+    assert (manifest["model"], manifest["format"]) == ("u2netp", "png")
+    assert manifest["inputs"] == [
+        {
+            "id": ids[0],
+            "input": "sub/a.jpg",
+            "state": "done",
+            "bytes_in": 100,
+            "outputs": ["shoot/sub/a.png"],
+            "bytes_out": 5000 + ids[0],
+        },
+        {
+            "id": ids[1],
+            "input": "b.webp",
+            "state": "done",
+            "bytes_in": 101,
+            "outputs": ["shoot/b.png"],
+            "bytes_out": 5000 + ids[1],
+        },
+        {
+            "id": ids[2],
+            "input": "c.jpg",
+            "state": "failed",
+            "bytes_in": 102,
+            "error": "cannot identify image file (not an image)",
+        },
+    ]
+    # every output path resolves from the manifest's own folder
+    assert (outbox / manifest["inputs"][0]["outputs"][0]).parent == outbox / "shoot" / "sub"
+    assert ledger.unreported_jobs() == []  # no hooks configured: reported at once
+
+
+def test_loose_job_manifest_is_named_after_its_first_input(ledger: Ledger, outbox: Path) -> None:
+    job_id, ids = record_job(ledger, outbox, ["IMG_0001.jpg", "IMG_0002.jpg"], kind="loose")
+    finish(ledger, ids)
+    completion, _ = coordinator(ledger, outbox, RecordingHooks(per_job=0))
+
+    completion.job_finished(job_id)
+
+    manifest = read_manifest(outbox / "IMG_0001.manifest.json")
+    assert (manifest["kind"], manifest["state"]) == ("loose", "done")
+    assert [i["outputs"] for i in manifest["inputs"]] == [["IMG_0001.png"], ["IMG_0002.png"]]
+    assert all("error" not in i for i in manifest["inputs"])
+
+
+def test_non_utf8_names_become_valid_json_with_their_exact_bytes_beside(
+    ledger: Ledger, outbox: Path
+) -> None:
+    latin1 = os.fsdecode(b"caf\xe9.jpg")  # a Windows client's name on a share
+    job_id, ids = record_job(ledger, outbox, [latin1, "ok.jpg"], name=os.fsdecode(b"f\xfcr"))
+    finish(ledger, ids, failed={ids[1]: "cannot read " + os.fsdecode(b"/in/x\xff")})
+    completion, _ = coordinator(ledger, outbox, RecordingHooks(per_job=0))
+
+    completion.job_finished(job_id)
+
+    manifest = read_manifest(Path(os.fsdecode(os.fsencode(outbox) + b"/f\xfcr.manifest.json")))
+    first, second = manifest["inputs"]
+    assert first["input"] == "caf\ufffd.jpg"
+    assert base64.b64decode(first["input_b64"]) == b"caf\xe9.jpg"
+    assert first["outputs"] == ["f\ufffdr/caf\ufffd.png"]
+    assert [base64.b64decode(o) for o in first["outputs_b64"]] == [b"f\xfcr/caf\xe9.png"]
+    assert "input_b64" not in second
+    assert second["error"] == "cannot read /in/x\ufffd"
+    assert manifest["name"] == "f\ufffdr"
+
+
+# --- atomic, and last -----------------------------------------------------------------------------
+
+
+def test_write_manifest_never_shows_a_partial_file(tmp_path: Path) -> None:
+    """A reader polling the manifest sees nothing or a whole one, never a prefix."""
+    target = tmp_path / "job.manifest.json"
+    big = {
+        "inputs": [{"input": f"photo-{i}.jpg", "outputs": [f"photo-{i}.png"]} for i in range(5000)]
+    }
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                data = target.read_bytes()
+            except FileNotFoundError:
+                seen.append("absent")
+                continue
+            json.loads(data)  # raises on a partial file
+            seen.append("whole")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in range(30):
+            big["version"] = version  # type: ignore[assignment]
+            write_manifest(target, encode_manifest(big), job_id=7)
+    finally:
+        stop.set()
+        thread.join()
+    assert "whole" in seen
+    assert json.loads(target.read_bytes())["version"] == 29
+    assert os.listdir(tmp_path) == ["job.manifest.json"]  # no temp left
+
+
+def test_temp_name_is_hidden_and_not_a_manifest_nor_a_file_temp() -> None:
+    name = manifest_temp_name(7)
+    assert name.startswith(".")
+    assert not name.endswith(".manifest.json")
+    assert name != ".watchd-7.tmp"  # files.temp_name(7): file 7's output in the same folder
+
+
+def test_a_link_planted_at_the_temp_name_is_not_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "outbox").mkdir()
+    os.symlink(victim, tmp_path / "outbox" / manifest_temp_name(3))
+
+    write_manifest(tmp_path / "outbox" / "x.manifest.json", b"{}\n", job_id=3)
+
+    assert victim.read_text() == "precious"
+    assert (tmp_path / "outbox" / "x.manifest.json").read_bytes() == b"{}\n"
+    assert sorted(os.listdir(tmp_path / "outbox")) == ["x.manifest.json"]
+
+
+# --- the order: manifest, hooks, reported ---------------------------------------------------------
+
+
+def test_reported_only_after_every_hook_called_back(ledger: Ledger, outbox: Path) -> None:
+    job_id, ids = record_job(ledger, outbox, ["a.jpg"])
+    finish(ledger, ids)
+    sink = RecordingHooks(per_job=2)
+    hooks = HooksConfig(on_complete=("/bin/true",), webhook_url="http://127.0.0.1:9/")
+    completion, wakes = coordinator(ledger, outbox, sink, hooks)
+
+    completion.job_finished(job_id)
+
+    assert (outbox / "shoot.manifest.json").is_file()  # written before the hooks are handed over
+    [(facts, given, done)] = sink.calls
+    assert facts["job"] == job_id and facts["manifest"] == str(outbox / "shoot.manifest.json")
+    assert given == hooks
+    assert completion.collect() == 0
+    assert ledger.unreported_jobs() == [job_id]
+    done()  # the command finished (from its thread)
+    assert wakes and completion.collect() == 0
+    assert ledger.unreported_jobs() == [job_id]
+    completion.report_unreported()  # the periodic pass does not start it twice
+    assert len(sink.calls) == 1
+    done()  # the webhook was delivered or given up
+    assert completion.collect() == 1
+    assert ledger.unreported_jobs() == []
+
+
+def test_unreported_job_after_a_crash_gets_its_manifest_and_hooks(
+    ledger: Ledger, outbox: Path
+) -> None:
+    """The job ended in the ledger, then the daemon died before the manifest."""
+    job_id, ids = record_job(ledger, outbox, ["a.jpg", "b.jpg"])
+    finish(ledger, ids)
+    assert not (outbox / "shoot.manifest.json").exists()
+    (outbox / manifest_temp_name(job_id)).write_bytes(b'{"inputs": [')  # the crash's leftover
+    sink = RecordingHooks(per_job=1)
+    completion, _ = coordinator(ledger, outbox, sink, HooksConfig(on_complete=("/bin/true",)))
+
+    assert completion.report_unreported() == 1
+
+    assert read_manifest(outbox / "shoot.manifest.json")["files"]["done"] == 2
+    assert not (outbox / manifest_temp_name(job_id)).exists()
+    sink.calls[0][2]()
+    completion.collect()
+    assert ledger.unreported_jobs() == []
+
+
+def test_a_manifest_that_cannot_be_written_stays_unreported_and_is_retried(
+    ledger: Ledger, outbox: Path
+) -> None:
+    job_id, ids = record_job(ledger, outbox, ["a.jpg"])
+    finish(ledger, ids)
+    (outbox / "shoot.manifest.json").mkdir()  # something is in the way
+    sink = RecordingHooks(per_job=1)
+    completion, _ = coordinator(ledger, outbox, sink, HooksConfig(on_complete=("/bin/true",)))
+
+    completion.job_finished(job_id)
+
+    assert sink.calls == []  # no hooks before the manifest
+    assert completion.counters() == {"written": 0, "failed": 1}
+    assert ledger.unreported_jobs() == [job_id]
+    assert not [p for p in os.listdir(outbox) if p.startswith(".")]
+    (outbox / "shoot.manifest.json").rmdir()
+    completion.report_unreported()
+    assert read_manifest(outbox / "shoot.manifest.json")["state"] == "done"
+    assert completion.counters() == {"written": 1, "failed": 1}
+    assert len(sink.calls) == 1
+
+
+def test_no_manifest_configured_still_runs_the_hooks(ledger: Ledger, outbox: Path) -> None:
+    files = [NewFile("a.jpg", Path("/in/a.jpg"), outbox / "a.png", Path("/a"), Path("/f"), 1, 1)]
+    job_id, ids = ledger.create_job(NewJob("photos", "a", "loose", OPTIONS, files, manifest=None))
+    ledger.mark_queued(ids)
+    ledger.claim(1)
+    finish(ledger, ids)
+    sink = RecordingHooks(per_job=1)
+    completion, _ = coordinator(ledger, outbox, sink, HooksConfig(manifest=False))
+
+    completion.job_finished(job_id)
+
+    assert os.listdir(outbox) == []
+    assert sink.calls[0][0]["manifest"] is None
+
+
+def test_a_watch_removed_by_reload_still_gets_its_manifest_but_no_hooks(
+    ledger: Ledger, outbox: Path
+) -> None:
+    job_id, ids = record_job(ledger, outbox, ["a.jpg"])
+    finish(ledger, ids)
+    sink = RecordingHooks()
+    completion = Completion(ledger, sink, lambda _watch: None, lambda: None)
+
+    completion.job_finished(job_id)
+
+    assert read_manifest(outbox / "shoot.manifest.json")["outbox"] == str(outbox)
+    assert sink.calls == []
+    assert ledger.unreported_jobs() == []
+
+
+def test_a_job_that_ends_again_while_its_hooks_run_is_reported_again(
+    ledger: Ledger, outbox: Path
+) -> None:
+    """A failed file retried (``watchd retry``) makes the job active; it ends a second time."""
+    job_id, ids = record_job(ledger, outbox, ["a.jpg", "b.jpg"])
+    finish(ledger, ids, failed={ids[1]: "broken"})
+    sink = RecordingHooks(per_job=1)
+    completion, _ = coordinator(ledger, outbox, sink, HooksConfig(on_complete=("/bin/true",)))
+    completion.job_finished(job_id)
+    assert read_manifest(outbox / "shoot.manifest.json")["state"] == "failed"
+
+    ledger.requeue_failed(
+        ids[1], Path("/in/b.jpg"), outbox / "shoot" / "b.png", Path("/a/b"), Path("/f/b")
+    )
+    ledger.mark_queued([ids[1]])
+    ledger.claim(1)
+    finish(ledger, [ids[1]])
+    completion.job_finished(job_id)  # the dispatcher's callback, hooks of the first end still run
+    assert len(sink.calls) == 1
+
+    sink.calls[0][2]()
+    completion.collect()
+    assert read_manifest(outbox / "shoot.manifest.json")["state"] == "done"
+    assert len(sink.calls) == 2
+    sink.calls[1][2]()
+    completion.collect()
+    assert ledger.unreported_jobs() == []
+
+
+# --- size -----------------------------------------------------------------------------------------
+
+
+def test_a_20000_file_job_manifest_costs_bounded_memory_and_time(
+    ledger: Ledger, outbox: Path, tmp_path: Path
+) -> None:
+    """job_detail loads every file of the job; measured here (numbers in docs/completion.md)."""
+    rels = [f"day-{i // 1000:02d}/IMG_{i:05d}.jpg" for i in range(20_000)]
+    job_id, ids = record_job(ledger, outbox, rels)
+    end_all_at_once(tmp_path / "state" / "ledger.sqlite3", job_id, failed_id=ids[5])
+    completion, _ = coordinator(ledger, outbox, RecordingHooks(per_job=0))
+
+    started = time.perf_counter()
+    completion.job_finished(job_id)
+    seconds = time.perf_counter() - started
+
+    manifest = read_manifest(outbox / "shoot.manifest.json")
+    assert len(manifest["inputs"]) == 20_000
+    assert manifest["inputs"][5]["error"] == "not an image"
+    size = (outbox / "shoot.manifest.json").stat().st_size
+    tracemalloc.start()
+    try:
+        encode_manifest(build_manifest(ledger.job_detail(job_id), outbox))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"20k files: {seconds:.2f} s, peak {peak / 2**20:.1f} MiB, file {size / 2**20:.1f} MiB")
+    assert peak < 150 * 2**20
+
+
+def end_all_at_once(db_path: Path, job_id: int, failed_id: int) -> None:
+    """20,000 transitions one by one are 40,000 fsyncs: end the job in one transaction."""
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        db.execute(
+            "UPDATE files SET state = 'done', output_bytes = 5000, finished_at = ? "
+            "WHERE job_id = ?",
+            (T0 + 60, job_id),
+        )
+        db.execute(
+            "UPDATE files SET state = 'failed', error = 'not an image' WHERE id = ?", (failed_id,)
+        )
+        db.execute(
+            "UPDATE jobs SET state = 'failed', finished_at = ? WHERE id = ?", (T0 + 60, job_id)
+        )
