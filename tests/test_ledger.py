@@ -903,8 +903,9 @@ def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: 
     ledger = Ledger.open(db_path, clock=clock)
     try:
         assert ledger.schema_version() == SCHEMA_VERSION == 3
-        # rows untouched; migration 3 added one column (pages, 1 for every old file)
-        assert raw(db_path, "SELECT * FROM files ORDER BY id") == [(*r, 1) for r in before]
+        # rows untouched; migration 3 added two columns (pages, 1 for every old file, and
+        # the job's priority, 0 like every old job's)
+        assert raw(db_path, "SELECT * FROM files ORDER BY id") == [(*r, 1, 0) for r in before]
         assert ledger.integrity_check() == "ok"
         assert ledger.counts() == grouped_counts(db_path)
         assert ledger.counts()["files"] == {

@@ -36,10 +36,15 @@ state (``file_counts``, ``job_counts``) and lifetime totals per watch (``totals`
 same transaction as the change they count, so they can never disagree with the rows.
 Totals count arrivals in ``done`` / ``failed`` and never go down, neither when old
 history is pruned nor when a failed file is retried: they back Prometheus counters.
+
+Queued files are claimed by priority with aging (:meth:`Ledger.claim`): each file carries
+its job's priority, and a partial index over queued files (``files_queue``) yields each
+priority's oldest files directly, so claiming costs the same with 10 or 100,000 waiting.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import sqlite3
@@ -98,6 +103,10 @@ class NewFile:
     failed: Path
     size: int
     mtime_ns: int
+    #: A reason to fail this input at intake instead of processing it (an invalid sidecar
+    #: of its job, a ``watchd.toml`` that is not a job's sidecar). Recorded with the file, so
+    #: recovery after a crash fails it too instead of processing it with the wrong options.
+    reject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,7 @@ class JobRecord:
     total: int
     created_at: float
     finished_at: float | None
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,7 @@ class JobSummary:
     created_at: float
     finished_at: float | None
     cancelled: bool  # an operator cancelled it (it may still be active while files finish)
+    priority: int  # higher first (see Ledger.claim)
 
 
 @dataclass(frozen=True)
@@ -197,7 +208,6 @@ class JobDetail(JobSummary):
     running: int
     options: Mapping[str, Any]
     files: tuple[FileDetail, ...]
-    priority: int = 0
     manifest: Path | None = None
 
 
@@ -357,10 +367,15 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: routing and completion. A job's priority, where its manifest goes (assigned
     # with the job, like output paths), and how many outputs a file made (pages).
+    # Each file carries its job's priority too, so that the queue index (files_queue:
+    # queued files only, by priority, then age) lets claim() find the next files
+    # without sorting the whole backlog (see Ledger.claim).
     """
     ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN manifest_path BLOB;
     ALTER TABLE files ADD COLUMN pages INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE files ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX files_queue ON files(priority, created_at, id) WHERE state = 'queued';
     ALTER TABLE jobs ADD COLUMN reported INTEGER NOT NULL DEFAULT 0;
     UPDATE jobs SET reported = 1 WHERE state != 'active';
     CREATE INDEX jobs_manifest ON jobs(manifest_path) WHERE manifest_path IS NOT NULL;
@@ -395,7 +410,7 @@ def _text(value: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
-_JOB_COLUMNS = "id, watch, name, kind, state, total, created_at, finished_at, cancelled"
+_JOB_COLUMNS = "id, watch, name, kind, state, total, created_at, finished_at, cancelled, priority"
 _FILE_DETAIL_COLUMNS = (
     "id, rel_path, state, attempts, error, output_path, size, output_bytes, created_at, "
     "started_at, finished_at, retry_at, pages"
@@ -439,20 +454,67 @@ def _job_summary(row: sqlite3.Row, by_state: Mapping[str, int]) -> JobSummary:
         created_at=row[6],
         finished_at=row[7],
         cancelled=bool(row[8]),
+        priority=int(row[9]),
     )
 
 
-class Ledger:
-    """The SQLite ledger. Not thread-safe by design: one owner, the daemon's main thread."""
+#: Default seconds of waiting worth one priority step (``[daemon] priority_aging``).
+DEFAULT_PRIORITY_AGING = 60.0
+#: Above every priority a job can have (they are -100..100; the ledger does not insist).
+_ABOVE_ANY_PRIORITY = 2**62
 
-    def __init__(self, connection: sqlite3.Connection, clock: Callable[[], float]) -> None:
+#: The best claim candidates of one priority: its oldest queued files not backed off,
+#: straight from the files_queue index (no sort). ``INDEXED BY`` because the planner,
+#: without statistics, would take files_state and sort the whole backlog instead.
+_CLAIM_CANDIDATES = (
+    "SELECT id, created_at FROM files INDEXED BY files_queue "
+    "WHERE state = 'queued' AND priority = ? "
+    "AND (retry_at IS NULL OR retry_at <= ?) ORDER BY created_at, id LIMIT ?"
+)
+#: The next lower priority that has queued files: one probe of the files_queue index.
+_NEXT_PRIORITY = (
+    "SELECT priority FROM files INDEXED BY files_queue WHERE state = 'queued' AND priority < ? "
+    "ORDER BY priority DESC LIMIT 1"
+)
+
+
+def _queued_priorities(db: sqlite3.Connection) -> Iterator[int]:
+    """The distinct priorities of queued files, highest first, by skipping through the
+    index (one probe each) instead of reading every queued row."""
+    row = db.execute(_NEXT_PRIORITY, (_ABOVE_ANY_PRIORITY,)).fetchone()
+    while row is not None:
+        yield int(row[0])
+        row = db.execute(_NEXT_PRIORITY, (row[0],)).fetchone()
+
+
+class Ledger:
+    """The SQLite ledger. Not thread-safe by design: one owner, the daemon's main thread.
+
+    ``priority_aging`` (seconds of waiting worth one priority step, see :meth:`claim`) is
+    a plain attribute: a reload may change it, and the next claim uses the new value.
+    """
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        clock: Callable[[], float],
+        *,
+        priority_aging: float = DEFAULT_PRIORITY_AGING,
+    ) -> None:
         self._db = connection
         self._clock = clock
+        self.priority_aging = priority_aging
 
     # --- opening ----------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, clock: Callable[[], float] = time.time) -> Ledger:
+    def open(
+        cls,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        priority_aging: float = DEFAULT_PRIORITY_AGING,
+    ) -> Ledger:
         """Open (creating and migrating as needed) the ledger at ``path``."""
         try:
             connection = sqlite3.connect(path, isolation_level=None, timeout=10.0)
@@ -463,7 +525,7 @@ class Ledger:
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA busy_timeout=10000")
             connection.execute("PRAGMA foreign_keys=ON")
-            ledger = cls(connection, clock)
+            ledger = cls(connection, clock, priority_aging=priority_aging)
             ledger._migrate()
         except LedgerError:
             connection.close()  # a refused ledger (newer schema) must not stay open
@@ -527,8 +589,8 @@ class Ledger:
             for item in job.files:
                 cursor = db.execute(
                     "INSERT INTO files (job_id, rel_path, source_path, output_path, archive_path, "
-                    "failed_path, state, size, mtime_ns, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    "failed_path, state, size, mtime_ns, created_at, priority, error) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         os.fsencode(item.rel),
@@ -539,6 +601,8 @@ class Ledger:
                         item.size,
                         item.mtime_ns,
                         now,
+                        job.priority,
+                        None if item.reject is None else _text(item.reject),
                     ),
                 )
                 file_ids.append(int(cursor.lastrowid or 0))
@@ -581,27 +645,64 @@ class Ledger:
             )
 
     def claim(self, limit: int) -> list[FileRecord]:
-        """queued -> running for up to ``limit`` files, oldest first, skipping backed-off ones."""
+        """queued -> running for up to ``limit`` files: highest effective priority first.
+
+        A file's effective priority is its job's priority plus one step for every
+        ``priority_aging`` seconds it has waited since it was recorded, so work of a low
+        priority is overtaken by newer work of a higher one, but never forever: a file is
+        never overtaken by one recorded more than ``(q - p) * priority_aging`` seconds
+        after it, where ``p`` and ``q`` are their priorities (docs/routing.md).
+
+        Comparing two files at the same instant, ``now`` cancels out: the one with the
+        smaller *rank* ``created_at - priority * priority_aging`` goes first; equal ranks
+        go oldest first, then by id (so one priority is plain FIFO). Backed-off files
+        (``retry_at`` in the future) are skipped, as are files not queued.
+
+        The cost does not grow with the backlog: one probe of the ``files_queue`` index per
+        distinct priority among the queued files, then at most ``limit`` index entries per
+        priority (each priority's best candidates are its oldest), merged here.
+        """
         if limit <= 0:
             return []
         now = self._clock()
+        aging = self.priority_aging
         with self._transaction() as db:
-            rows = db.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id "
-                "WHERE f.state = 'queued' AND (f.retry_at IS NULL OR f.retry_at <= ?) "
-                "ORDER BY f.id LIMIT ?",
-                (now, limit),
-            ).fetchall()
+            candidates: list[tuple[float, float, int]] = []
+            for priority in _queued_priorities(db):
+                for file_id, created_at in db.execute(_CLAIM_CANDIDATES, (priority, now, limit)):
+                    candidates.append((created_at - priority * aging, created_at, file_id))
+            chosen = [file_id for _rank, _created, file_id in heapq.nsmallest(limit, candidates)]
+            rows: dict[int, Any] = {}
+            for start in range(0, len(chosen), _IN_CHUNK):
+                chunk = chosen[start : start + _IN_CHUNK]
+                for row in db.execute(
+                    f"SELECT {_FILE_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id "
+                    f"WHERE f.id IN ({_marks(len(chunk))})",
+                    chunk,
+                ):
+                    rows[row[0]] = row
             claimed = []
-            for row in rows:
+            for file_id in chosen:
                 cursor = db.execute(
                     "UPDATE files SET state = 'running', attempts = attempts + 1, "
                     "started_at = ?, retry_at = NULL WHERE id = ? AND state = 'queued'",
-                    (now, row[0]),
+                    (now, file_id),
                 )
                 if cursor.rowcount == 1:
-                    claimed.append(_file_record(row))
+                    claimed.append(_file_record(rows[file_id]))
         return [replace(r, state="running", attempts=r.attempts + 1) for r in claimed]
+
+    def queued_by_priority(self) -> dict[int, int]:
+        """How many files wait (queued) at each priority, highest first; for operators.
+
+        Counts through the ``files_queue`` index (queued files only), so its cost is the
+        size of the queue, never the history.
+        """
+        rows = self._db.execute(
+            "SELECT priority, COUNT(*) FROM files INDEXED BY files_queue WHERE state = 'queued' "
+            "GROUP BY priority ORDER BY priority DESC"
+        ).fetchall()
+        return {int(priority): int(n) for priority, n in rows}
 
     def next_retry_at(self) -> float | None:
         """When the earliest backed-off queued file becomes claimable (None: none is waiting)."""
@@ -812,7 +913,7 @@ class Ledger:
 
     def job(self, job_id: int) -> JobRecord:
         row = self._db.execute(
-            "SELECT id, watch, name, kind, state, total, created_at, finished_at "
+            "SELECT id, watch, name, kind, state, total, created_at, finished_at, priority "
             "FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
@@ -822,7 +923,7 @@ class Ledger:
 
     def jobs(self, limit: int = 100) -> list[JobRecord]:
         rows = self._db.execute(
-            "SELECT id, watch, name, kind, state, total, created_at, finished_at "
+            "SELECT id, watch, name, kind, state, total, created_at, finished_at, priority "
             "FROM jobs ORDER BY id DESC LIMIT ?",
             (limit,),
         ).fetchall()
@@ -968,7 +1069,7 @@ class Ledger:
         counts always cover every file. Unknown id: NotFound.
         """
         row = self._db.execute(
-            f"SELECT {_JOB_COLUMNS}, options, priority, manifest_path FROM jobs WHERE id = ?",
+            f"SELECT {_JOB_COLUMNS}, options, manifest_path FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
@@ -988,8 +1089,7 @@ class Ledger:
             **{field.name: getattr(summary, field.name) for field in fields(JobSummary)},
             queued=by_state.get(FileState.QUEUED.value, 0),
             running=by_state.get(FileState.RUNNING.value, 0),
-            options=json.loads(row[9]),
-            priority=row[10],
+            options=json.loads(row[10]),
             manifest=None if row[11] is None else _path(row[11]),
             files=tuple(
                 FileDetail(
