@@ -24,6 +24,7 @@ import pytest
 from pebble import ProcessExpired
 from PIL import EpsImagePlugin, Image, ImageChops, ImageOps
 
+from watchd.config import OutputConfig
 from watchd.errors import InputRejected, UnsafePath
 from watchd.models import ModelStore
 from watchd.pipeline import (
@@ -62,6 +63,10 @@ def rejected(data: bytes) -> str:
 def size_of(path: Path) -> tuple[int, int]:
     with Image.open(path) as image:
         return image.size
+
+
+def level_output(level: int) -> OutputConfig:
+    return OutputConfig(png_compress_level=level)
 
 
 def noise_jpeg(width: int, height: int) -> bytes:
@@ -298,7 +303,7 @@ def worker(model_store: ModelStore) -> None:
 def astronaut_cutouts(worker: None, photos: dict[str, Path]) -> dict[int, Result]:
     data = photos["astronaut.jpg"].read_bytes()
     return {
-        level: process(Task(file_id=level, data=data, model="u2netp", png_compress_level=level))
+        level: process(Task(file_id=level, data=data, model="u2netp", output=level_output(level)))
         for level in (0, 9)
     }
 
@@ -363,7 +368,7 @@ def finished(*, result: Result | None = None, error: BaseException | None = None
 
 
 def test_outcome_passes_a_result_through() -> None:
-    result = Result(file_id=3, data=b"png", width=1, height=2)
+    result = Result(file_id=3, pages=(b"png",), width=1, height=2)
     assert outcome(finished(result=result)) is result
 
 
@@ -488,7 +493,7 @@ def test_pool_rejects_bad_input_without_losing_the_worker(
 
 def test_pool_survives_a_killed_worker(pool: LocalPool, photos: dict[str, Path]) -> None:
     # compress level 9 on 6 Mpixel of noise takes seconds: the worker is killed mid-task
-    big = Task(file_id=5, data=noise_jpeg(3000, 2000), model="u2netp", png_compress_level=9)
+    big = Task(file_id=5, data=noise_jpeg(3000, 2000), model="u2netp", output=level_output(9))
     assert isinstance(outcome(pool.submit(small_task(photos))), Result)  # a worker is up
     (victim,) = pool_workers()
     assert victim.pid is not None
@@ -526,7 +531,7 @@ def test_pool_stops_a_task_past_file_timeout(
     pool: LocalPool, photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pool, "file_timeout", 1.0)
-    big = Task(file_id=8, data=noise_jpeg(3000, 2000), model="u2netp", png_compress_level=9)
+    big = Task(file_id=8, data=noise_jpeg(3000, 2000), model="u2netp", output=level_output(9))
     started = time.monotonic()
     failed = outcome(pool.submit(big))
     assert isinstance(failed, AttemptFailed), failed

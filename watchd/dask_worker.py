@@ -27,6 +27,9 @@ option                      environment           meaning
                                                   run one process per core, ``--nthreads 1``)
 ``--watchd-providers``      ``WATCHD_PROVIDERS``  onnxruntime execution providers, in order of
                                                   preference (default ``CPUExecutionProvider``)
+``--watchd-model-cache``    ``WATCHD_MODEL_CACHE`` sessions kept loaded per process, least
+                                                  recently used one unloaded first (default 2,
+                                                  or the number of ``--watchd-models`` if more)
 ==========================  ====================  =========================================
 
 Dask runs tasks in threads of one process, so the sessions here are shared by
@@ -51,7 +54,15 @@ from typing import Any
 
 import click
 
-from watchd.pipeline import DEFAULT_PROVIDERS, Result, Task, init_worker, load_model, process
+from watchd.pipeline import (
+    DEFAULT_MODEL_CACHE,
+    DEFAULT_PROVIDERS,
+    Result,
+    Task,
+    init_worker,
+    load_model,
+    process,
+)
 
 #: Event topic a task announces its start on; the daemon's ``file_timeout`` clock starts then,
 #: not while the task waits in the scheduler's queue (as with the local pool).
@@ -85,9 +96,12 @@ def setup(
     models_dir: Path | None = None,
     threads: int = 1,
     providers: tuple[str, ...] = DEFAULT_PROVIDERS,
+    model_cache: int | None = None,
 ) -> dict[str, str]:
     """Check the model files, initialise this process as a watchd worker, load ``models``.
 
+    ``model_cache`` (default: enough for ``models``, at least 2) bounds the sessions
+    kept loaded; a preloaded model must not be unloaded by the next one it preloads.
     Returns the execution provider each model runs on. Raises
     :class:`~watchd.errors.ModelError` with the command that fixes a missing or
     corrupt model.
@@ -99,7 +113,8 @@ def setup(
     for model in models:
         store.verify(model)
     with _lock:
-        init_worker(store.worker_env(), threads, (), providers)
+        cache = model_cache or max(DEFAULT_MODEL_CACHE, len(models))
+        init_worker(store.worker_env(), threads, (), providers, cache)
         _initialised, _models_dir = True, store.root
         for model in models:
             _providers[model] = load_model(model)
@@ -138,7 +153,8 @@ def _lazy_init() -> None:
     env = {} if _models_dir is None else {"U2NET_HOME": str(_models_dir)}
     threads = int(os.environ.get("WATCHD_THREADS") or 1)
     providers = _names(os.environ.get("WATCHD_PROVIDERS", "")) or DEFAULT_PROVIDERS
-    init_worker(env, threads, (), providers)
+    cache = int(os.environ.get("WATCHD_MODEL_CACHE") or DEFAULT_MODEL_CACHE)
+    init_worker(env, threads, (), providers, cache)
     _initialised = True
     log.warning("watchd: worker was started without --preload watchd.dask_worker; initialised now")
 
@@ -153,12 +169,17 @@ def _lazy_init() -> None:
 )
 @click.option("--watchd-threads", envvar="WATCHD_THREADS", default=1, type=click.IntRange(1, 256))
 @click.option("--watchd-providers", envvar="WATCHD_PROVIDERS", default=",".join(DEFAULT_PROVIDERS))
+@click.option(
+    "--watchd-model-cache", envvar="WATCHD_MODEL_CACHE", default=None, type=click.IntRange(1, 64)
+)
 def dask_setup(
     worker: Any,
+    *,
     watchd_models: str,
     watchd_models_dir: Path | None,
     watchd_threads: int,
     watchd_providers: str,
+    watchd_model_cache: int | None,
 ) -> None:
     """Dask preload hook: runs once in each worker process, before it joins the scheduler."""
     _setup_logging()
@@ -170,6 +191,7 @@ def dask_setup(
             watchd_models_dir,
             watchd_threads,
             _names(watchd_providers) or DEFAULT_PROVIDERS,
+            watchd_model_cache,
         )
     except Exception as exc:
         # Dask only logs a failing preload and lets the worker join anyway; a worker without

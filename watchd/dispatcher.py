@@ -24,6 +24,7 @@ from watchd.errors import InputRejected
 from watchd.files import (
     atomic_write,
     move_file,
+    page_paths,
     read_input,
     remove_file,
     remove_stray_temp,
@@ -106,13 +107,7 @@ class Dispatcher:
             self.fail(record, str(exc))
             return
         output = output_config(record.options)
-        task = Task(
-            file_id=record.id,
-            data=data,
-            model=str(record.options["model"]),
-            png_compress_level=output.png_compress_level,
-            output=output,
-        )
+        task = Task(file_id=record.id, data=data, model=str(record.options["model"]), output=output)
         future = self._pool.submit(task)
         self.in_flight[future] = record
         future.add_done_callback(lambda _f: self._wake())
@@ -191,7 +186,7 @@ class Dispatcher:
 
     def _complete(self, record: FileRecord, result: Result) -> None:
         try:
-            atomic_write(record.output, result.data, record.id)
+            self._write_outputs(record, result)
         except OSError as exc:
             self._write_failures += 1
             delay = self._backoff(self._write_failures)
@@ -211,7 +206,8 @@ class Dispatcher:
                 self.dispose_failed(record, "cancelled")
             return
         self._write_failures = 0
-        self._ledger.mark_written(record.id, len(result.data))
+        pages = len(result.pages)
+        self._ledger.mark_written(record.id, result.output_bytes, pages=pages)
         latency = self._clock() - record.created_at
         self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())
         log.info(
@@ -220,7 +216,8 @@ class Dispatcher:
             job=record.job_id,
             watch=record.watch,
             output=str(record.output),
-            bytes=len(result.data),
+            pages=pages,
+            bytes=result.output_bytes,
             width=result.width,
             height=result.height,
             attempt=record.attempts,
@@ -228,6 +225,21 @@ class Dispatcher:
             latency_s=round(latency, 3),
         )
         self.dispose_done(record)
+
+    @staticmethod
+    def _write_outputs(record: FileRecord, result: Result) -> None:
+        """Write each output atomically: one, or one per page (:func:`page_paths`).
+
+        Page paths depend only on the assigned output and the page count, so a rerun
+        after a crash between two pages overwrites the same files; the file becomes
+        ``written`` only when its last page is complete.
+        """
+        paths = page_paths(record.output, len(result.pages))
+        if len(paths) == 1:
+            atomic_write(paths[0], result.pages[0], record.id)
+            return
+        for number, (path, data) in enumerate(zip(paths, result.pages, strict=True), start=1):
+            atomic_write(path, data, record.id, page=number)
 
     def dispose_done(self, record: FileRecord) -> None:
         """written -> done: archive, delete or keep the original (idempotent)."""

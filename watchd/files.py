@@ -10,9 +10,10 @@ Three promises live here (DESIGN.md invariants 1, 3 and 4):
 * moves keep exactly one copy: a rename where possible, and across file systems
   a durable copy followed by the removal of the source.
 
-Temp names are derived from the ledger's file id (``.watchd-<id>.tmp``), so
-recovery after a crash knows exactly which stray temp file to remove, and the
-name stays short whatever the user's file is called.
+Temp names are derived from the ledger's file id (``.watchd-<id>.tmp``; the pages of
+a multi-page input ``.watchd-<id>.p<n>.tmp``), so recovery after a crash knows exactly
+which stray temp files to remove, and the name stays short whatever the user's file
+is called.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import stat
 from collections.abc import Callable
@@ -31,9 +33,15 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CHUNK = 1024 * 1024
 
 
-def temp_name(file_id: int) -> str:
-    """The hidden temp name used while writing the output or a copy for file ``file_id``."""
-    return f".watchd-{file_id}.tmp"
+def temp_name(file_id: int, page: int | None = None) -> str:
+    """The hidden temp name used while writing the output or a copy for file ``file_id``.
+
+    Each page of a multi-page input has its own (``page`` counts from 1), so pages never
+    share a temp file, also if they are one day written concurrently.
+    """
+    if page is None:
+        return f".watchd-{file_id}.tmp"
+    return f".watchd-{file_id}.p{page}.tmp"
 
 
 def read_input(path: Path, max_bytes: int) -> bytes:
@@ -93,10 +101,13 @@ def ensure_dir(path: Path) -> None:
         fsync_dir(folder.parent)
 
 
-def atomic_write(path: Path, data: bytes, file_id: int) -> None:
-    """Write ``data`` to ``path`` so that readers see either nothing or the whole file."""
+def atomic_write(path: Path, data: bytes, file_id: int, *, page: int | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see either nothing or the whole file.
+
+    ``page``: which page of a multi-page input this is (its own temp name).
+    """
     ensure_dir(path.parent)
-    temp = path.parent / temp_name(file_id)
+    temp = path.parent / temp_name(file_id, page)
     # A leftover (or planted) entry at the temp name is removed, never written through.
     _unlink_quiet(temp)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
@@ -243,8 +254,21 @@ def remove_file(path: Path) -> None:
 
 
 def remove_stray_temp(folder: Path, file_id: int) -> bool:
-    """Remove the temp file a crash may have left for ``file_id``; True when one was there."""
-    return _unlink_quiet(folder / temp_name(file_id))
+    """Remove the temp files a crash may have left for ``file_id``; True when one was there.
+
+    That is the file's own temp name and, for a multi-page input, its pages' ones
+    (``.watchd-<id>.p<n>.tmp``), found by name in ``folder``; nothing else is touched.
+    """
+    removed = _unlink_quiet(folder / temp_name(file_id))
+    pattern = re.compile(rf"\.watchd-{file_id}\.p[1-9][0-9]*\.tmp")
+    try:
+        with os.scandir(folder) as entries:
+            strays = [entry.name for entry in entries if pattern.fullmatch(entry.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for name in strays:
+        removed = _unlink_quiet(folder / name) or removed
+    return removed
 
 
 def _is_regular(path: Path) -> bool:
@@ -330,6 +354,24 @@ def _cut(text: str, limit: int) -> str:
         end -= 1
         total -= sizes[end]
     return text[:end]
+
+
+def page_paths(output: Path, pages: int) -> list[Path]:
+    """Where the outputs of an input with ``pages`` pages go, given its assigned ``output``.
+
+    A single-page input keeps ``output``. The pages of a multi-page input (a scanned
+    TIFF) go next to it as ``<stem>-p<k><suffix>``, ``k`` counting from 1 and zero-padded
+    to the width of ``pages`` (``-p01`` .. ``-p12``), so a plain name sort is page order.
+    Deterministic in (``output``, ``pages``): a rerun after a crash overwrites the same
+    paths. Each name is shortened to fit :data:`NAME_MAX` like any derived name.
+    """
+    if pages <= 1:
+        return [output]
+    width = len(str(pages))
+    return [
+        output.with_name(fit_name(output.name, NAME_MAX, f"-p{k:0{width}d}"))
+        for k in range(1, pages + 1)
+    ]
 
 
 def with_suffix(rel: str, suffix: str) -> str:

@@ -15,13 +15,15 @@ dies, runs past ``file_timeout`` or hits an unexpected error surfaces as
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import multiprocessing
 import os
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -31,15 +33,52 @@ from typing import Any, Protocol
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from watchd.config import OutputConfig
-from watchd.errors import InputRejected, WatchdError
+from watchd.errors import InputRejected, ModelError, WatchdError
 
 #: Formats Pillow may decode. Anything else (EPS/PS/PDF through Ghostscript, exotic
-#: plug-ins) is refused before a decoder sees it.
+#: plug-ins) is refused before a decoder sees it. HEIF joins them when the optional
+#: ``watchd[heic]`` extra (pillow-heif) is installed; see :func:`_heif_opener`.
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"})
 
-#: Suffixes an input may have; other files in the inbox are failed with a clear reason.
+#: Suffixes an input may have. ``.heic``/``.heif`` are always listed: without the
+#: extra such a file still fails with a reason that says what to install.
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".bmp",
+        ".gif",
+        ".heic",
+        ".heif",
+    }
+)
+
+#: At most this many pages of one multi-page TIFF are processed; a longer document is
+#: refused as a whole (split it), before any page is processed.
+MAX_PAGES = 500
+
+#: The encoded outputs of one input together: a file's result travels to the daemon as one
+#: message, so a document whose pages would exceed this is refused (split it).
+MAX_RESULT_BYTES = 1 << 30
+
+#: Alpha matting (pymatting's closed-form matting) costs about 4 s and 500 MiB per
+#: megapixel (docs/outputs.md); larger images are matted on a copy scaled down to this.
+ALPHA_MATTING_MAX_PIXELS = 2_000_000
+
+#: Lossless WebP effort: method 0 / quality 25 encodes a 2.4 MP cutout in about 0.12 s,
+#: faster than PNG level 1 and smaller; Pillow's default (4 / 80) takes 2.4 s for 30 % less.
+WEBP_METHOD = 0
+WEBP_EFFORT = 25
+
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+_HEIF_MISSING = (
+    "a HEIC/HEIF photo, which this installation cannot read: "
+    "install the optional extra with  pip install 'watchd[heic]'  and restart watchd"
 )
 
 
@@ -50,17 +89,40 @@ class Task:
     file_id: int
     data: bytes
     model: str
-    png_compress_level: int = 1
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
 @dataclass(frozen=True)
 class Result:
+    """The encoded outputs of one input: one per page (a single-page input has one).
+
+    ``width``/``height`` are those of the first page. The daemon names the pages with
+    :func:`watchd.files.page_paths`.
+    """
+
     file_id: int
-    data: bytes
+    pages: tuple[bytes, ...]
     width: int
     height: int
     timings: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def data(self) -> bytes:
+        """The output of a single-page input (the first page of a multi-page one)."""
+        return self.pages[0]
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(len(page) for page in self.pages)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One decoded page, upright, in RGB or RGBA, with what its output should carry."""
+
+    image: Image.Image
+    icc_profile: bytes | None = None
+    dpi: tuple[float, float] | None = None
 
 
 class AttemptFailed(WatchdError):
@@ -74,11 +136,14 @@ class AttemptFailed(WatchdError):
 # --- worker side ---------------------------------------------------------------------------------
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+DEFAULT_MODEL_CACHE = 2
 
-_sessions: dict[str, Any] = {}
+#: Loaded sessions, least recently used first; at most ``_model_cache`` of them stay.
+_sessions: OrderedDict[str, Any] = OrderedDict()
 _session_lock = threading.Lock()  # a Dask worker runs tasks in threads of one process
 _threads = 1
 _providers: tuple[str, ...] = DEFAULT_PROVIDERS
+_model_cache = DEFAULT_MODEL_CACHE
 
 
 def init_worker(
@@ -86,34 +151,82 @@ def init_worker(
     threads: int,
     models: tuple[str, ...],
     providers: tuple[str, ...] = DEFAULT_PROVIDERS,
+    model_cache: int = DEFAULT_MODEL_CACHE,
 ) -> None:
-    """Worker initializer: point rembg at the model store and load the models once."""
-    global _threads, _providers  # noqa: PLW0603 - per-process worker state, set once
+    """Worker initializer: point rembg at the model store, load the models once, warm them up.
+
+    Only the first ``model_cache`` models are preloaded (more would evict each other);
+    the others load on first use. The warm-up runs one tiny inference per model, so the
+    first real photo does not also pay onnxruntime's first-run setup.
+    """
+    global _threads, _providers, _model_cache  # noqa: PLW0603 - per-process worker state, set once
     os.environ.update(env)
     _threads = threads
     _providers = providers
+    _model_cache = max(1, model_cache)
     # Decompression bombs: Pillow warns between 1x and 2x MAX_IMAGE_PIXELS and raises above;
     # a warning must stop the file too, not just scroll past in a log.
     warnings.simplefilter("error", Image.DecompressionBombWarning)
-    for model in models:
-        _session(model)
+    for model in models[:_model_cache]:
+        _warm_up(_session(model))
+
+
+def _warm_up(session: Any) -> None:
+    from rembg import remove
+
+    remove(Image.new("RGB", (32, 32), (128, 128, 128)), session=session)
 
 
 def _session(model: str) -> Any:
-    session = _sessions.get(model)
-    if session is None:
-        with _session_lock:  # one session per model and process, also with several threads
-            session = _sessions.get(model)
-            if session is None:
-                import onnxruntime as ort
-                from rembg import new_session
+    """The session of ``model``: loaded once per process, kept while it is recently used."""
+    with _session_lock:  # one session per model and process, also with several threads
+        session = _sessions.get(model)
+        if session is None:
+            session = _new_session(model)
+            _sessions[model] = session
+            # An evicted session may still be running in another thread: that thread holds
+            # a reference, so it is freed when that file is finished, not under it.
+            while len(_sessions) > _model_cache:
+                _sessions.popitem(last=False)
+        _sessions.move_to_end(model)
+        return session
 
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = _threads
-                options.inter_op_num_threads = 1
-                session = new_session(model, sess_opts=options, providers=list(_providers))
-                _sessions[model] = session
-    return session
+
+def _new_session(model: str) -> Any:
+    """A rembg session; a name rembg does not know is an imported model (``u2net_custom``).
+
+    ``watchd models import file.onnx --name NAME`` puts the file where
+    :class:`~watchd.models.ModelStore` finds it; the worker's environment carries the
+    same ``U2NET_HOME``, so ``ModelStore(None)`` resolves the very file checked there.
+    """
+    import onnxruntime as ort
+    from rembg import new_session
+    from rembg.sessions import sessions_names
+
+    from watchd.models import ModelStore
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _threads
+    options.inter_op_num_threads = 1
+    # Without the memory-pattern planner the arena is not sized for the largest run seen:
+    # peak RSS on 12 MP photos 975 -> 773 MiB at the same speed (docs/outputs.md).
+    options.enable_mem_pattern = False
+    providers = list(_providers)
+    if model in sessions_names:
+        return new_session(model, sess_opts=options, providers=providers)
+    path = ModelStore(None).path(model)
+    if not path.is_file():
+        raise ModelError(
+            f"model {model!r} is not installed in this worker (looked for {path}); "
+            f"import it with: watchd models import <file.onnx> --name {model}"
+        )
+    return new_session("u2net_custom", sess_opts=options, providers=providers, model_path=str(path))
+
+
+def loaded_models() -> tuple[str, ...]:
+    """The models whose sessions this process holds, least recently used first."""
+    with _session_lock:
+        return tuple(_sessions)
 
 
 def load_model(model: str) -> str:
@@ -128,28 +241,152 @@ def load_model(model: str) -> str:
     return str(providers[0])
 
 
+# --- decoding ------------------------------------------------------------------------------------
+
+
 def decode(data: bytes) -> Image.Image:
-    """Decode an input, refusing formats outside the allow-list and broken or huge images."""
+    """Decode an input (its first page), refusing formats outside the allow-list and bad images."""
+    return next(decode_pages(data)).image
+
+
+def decode_pages(data: bytes) -> Iterator[Page]:
+    """Decode each page of an input, one at a time, so only one is held in memory.
+
+    A TIFF yields every page (scanners put a document in one file), skipping reduced-
+    resolution copies (thumbnails) and transparency masks stored as extra pages; other
+    formats yield their first image only (an animated GIF/WebP/PNG is not a document).
+    The page count is checked against :data:`MAX_PAGES` before the first page is decoded.
+    """
     if not data:
         raise InputRejected("the file is empty (0 bytes)")
+    opened = _open(data)
+    frames = _pages(opened) if opened.format == "TIFF" else [0]
+    for index in frames:
+        yield _page(opened, index)
+
+
+def _open(data: bytes) -> Image.Image:
+    formats = set(ALLOWED_FORMATS)
+    if _looks_like_heif(data):
+        if not _heif_opener():
+            raise InputRejected(_HEIF_MISSING)
+        formats.add("HEIF")
+    with _decoding():
+        return Image.open(io.BytesIO(data), formats=sorted(formats))
+
+
+def _looks_like_heif(data: bytes) -> bool:
+    """An ISO-BMFF ``ftyp`` box naming a HEIF brand (major or compatible) in the header."""
+    if data[4:8] != b"ftyp":
+        return False
+    box = data[8 : min(len(data), int.from_bytes(data[:4], "big"), 64)]
+    brands = {box[0:4]} | {box[i : i + 4] for i in range(8, len(box) - 3, 4)}
+    return bool(brands & _HEIF_BRANDS)
+
+
+@functools.cache
+def _heif_opener() -> bool:
+    """Register pillow-heif's opener in this process, once, on the first HEIF input.
+
+    Lazy: most workers never see one, and the import pulls in libheif.
+    """
     try:
-        opened = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
-        opened.load()
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+@contextlib.contextmanager
+def _decoding() -> Iterator[None]:
+    """Decoder errors as :class:`InputRejected` with a sentence for the person who dropped it."""
+    try:
+        yield
     except UnidentifiedImageError:
         raise InputRejected(
-            "not an image watchd can read (supported: JPEG, PNG, WebP, TIFF, BMP, GIF)"
+            "not an image watchd can read (supported: JPEG, PNG, WebP, TIFF, BMP, GIF"
+            + (", HEIC/HEIF)" if _heif_opener() else "; HEIC/HEIF with watchd[heic])")
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputRejected(f"the image is too large to process safely: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputRejected(f"the image is damaged or truncated: {exc}") from None
-    image = _upright(opened)
-    if image.mode in ("RGB", "RGBA"):
-        return image
-    if image.mode.startswith("I") or image.mode == "F":
-        image = _to_8bit(image)
-    has_alpha = image.mode in ("LA", "PA") or "transparency" in image.info
-    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+#: TIFF NewSubfileType bits of pages that are not document pages: a reduced-resolution
+#: copy of another page (1) and a transparency mask (4).
+_NOT_A_PAGE = 0x1 | 0x4
+
+
+def _pages(opened: Image.Image) -> list[int]:
+    """The frame indexes of a TIFF's document pages, refusing more than :data:`MAX_PAGES`.
+
+    Counted by seeking (header reads only), stopping at the cap, so a file with a
+    million tiny pages costs no more than one with ``MAX_PAGES + 1``.
+    """
+    pages: list[int] = []
+    index = 0
+    with _decoding():
+        while True:
+            try:
+                opened.seek(index)
+            except EOFError:
+                break
+            subfile = opened.tag_v2.get(254, 0)  # type: ignore[attr-defined]
+            if not isinstance(subfile, int) or not subfile & _NOT_A_PAGE:
+                pages.append(index)
+            if len(pages) > MAX_PAGES:
+                raise InputRejected(
+                    f"the document has more than {MAX_PAGES} pages, the most watchd "
+                    "processes from one file: split it into several files"
+                )
+            index += 1
+    return pages or [0]
+
+
+def _page(opened: Image.Image, index: int) -> Page:
+    with _decoding():
+        if index:
+            opened.seek(index)
+            _check_pixels(opened.size)  # Image.open checks the first page only
+        opened.load()
+    icc = opened.info.get("icc_profile")
+    dpi = _dpi(opened.info.get("dpi"))
+    image, swapped = _upright(opened)
+    if swapped and dpi is not None:
+        dpi = (dpi[1], dpi[0])
+    if image.mode not in ("RGB", "RGBA"):
+        if image.mode.startswith("I") or image.mode == "F":
+            image = _to_8bit(image)
+        has_alpha = image.mode in ("LA", "PA", "La") or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    # A CMYK or greyscale profile does not describe the RGB pixels made from it
+    # (Pillow converts those naively): only an RGB profile is carried to the output.
+    keep_icc = isinstance(icc, bytes) and icc[16:20] == b"RGB "
+    return Page(image, icc if keep_icc else None, dpi)
+
+
+def _check_pixels(size: tuple[int, int]) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size[0] * size[1] > limit:
+        raise InputRejected(
+            f"the image is too large to process safely: a page of {size[0]}x{size[1]} pixels "
+            f"is more than the limit of {limit} pixels"
+        )
+
+
+def _dpi(value: object) -> tuple[float, float] | None:
+    """The resolution as two positive numbers, or None (absent, zero, or nonsense)."""
+    if not isinstance(value, tuple) or len(value) != 2:
+        return None
+    try:
+        x, y = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        return None
+    if not (0 < x < 1e6 and 0 < y < 1e6):
+        return None
+    return (x, y)
 
 
 _ORIENTATIONS = {
@@ -167,10 +404,11 @@ _ORIENTATIONS = {
 _METADATA_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
-def _upright(image: Image.Image) -> Image.Image:
+def _upright(image: Image.Image) -> tuple[Image.Image, bool]:
     """Apply the EXIF orientation and drop the EXIF/XMP metadata (the cutout carries none).
 
-    Like ``ImageOps.exif_transpose``, but that one rewrites the EXIF block, which raises
+    Returns the image and whether width and height were swapped. Like
+    ``ImageOps.exif_transpose``, but that one rewrites the EXIF block, which raises
     (struct.error) on some corrupt EXIF data; rembg's ``remove`` runs exif_transpose again
     on what it is given, so the metadata must go, or it would rotate twice or raise there.
     """
@@ -182,7 +420,7 @@ def _upright(image: Image.Image) -> Image.Image:
     upright = image.transpose(method) if method is not None else image.copy()
     for key in _METADATA_KEYS:
         upright.info.pop(key, None)
-    return upright
+    return upright, isinstance(orientation, int) and orientation >= 5 and method is not None
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -202,29 +440,137 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("F").point(lambda value: value * scale + offset).convert("L")
 
 
+# --- removing the background and encoding --------------------------------------------------------
+
+
 def process(task: Task) -> Result:
-    """Bytes in, PNG cutout bytes out: decode, remove the background, encode."""
+    """Bytes in, encoded outputs out (one per page): decode, remove the background, encode.
+
+    Pages are decoded, cut out and encoded one at a time; only the encoded bytes are kept.
+    """
+    session = _session(task.model)
+    timings = {"decode": 0.0, "infer": 0.0, "encode": 0.0}
+    outputs: list[bytes] = []
+    total = 0
+    size = (0, 0)
+    pages = decode_pages(task.data)
+    while True:
+        started = time.perf_counter()
+        page = next(pages, None)
+        decoded = time.perf_counter()
+        if page is None:
+            break
+        made = cut_out(page.image, session, task.output)
+        inferred = time.perf_counter()
+        data = encode(made, task.output, page)
+        encoded = time.perf_counter()
+        timings["decode"] += decoded - started
+        timings["infer"] += inferred - decoded
+        timings["encode"] += encoded - inferred
+        if not outputs:
+            size = page.image.size
+        outputs.append(data)
+        total += len(data)
+        if total > MAX_RESULT_BYTES:
+            raise InputRejected(
+                f"the outputs of this file's {len(outputs)} pages exceed "
+                f"{MAX_RESULT_BYTES >> 20} MiB, the most watchd makes from one file: "
+                "split it into several files"
+            )
+        del page, made  # the next page is decoded without this one still held
+    return Result(
+        file_id=task.file_id, pages=tuple(outputs), width=size[0], height=size[1], timings=timings
+    )
+
+
+def wants_mask(output: OutputConfig) -> bool:
+    """Whether the output is the greyscale mask rather than a cutout."""
+    return output.format == "mask" or output.only_mask
+
+
+def cut_out(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
+    """The RGBA cutout, the opaque composite on ``background``, or the "L" mask."""
     from rembg import remove
 
-    started = time.perf_counter()
-    image = decode(task.data)
-    decoded = time.perf_counter()
-    cutout = remove(image, session=_session(task.model))
-    inferred = time.perf_counter()
-    buffer = io.BytesIO()
-    cutout.save(buffer, "PNG", compress_level=task.png_compress_level)
-    encoded = time.perf_counter()
-    return Result(
-        file_id=task.file_id,
-        data=buffer.getvalue(),
-        width=cutout.width,
-        height=cutout.height,
-        timings={
-            "decode": decoded - started,
-            "infer": inferred - decoded,
-            "encode": encoded - inferred,
-        },
+    if wants_mask(output) and not output.alpha_matting:
+        mask: Image.Image = remove(
+            image, session=session, only_mask=True, post_process_mask=output.post_process_mask
+        )
+        return mask
+    if output.alpha_matting:
+        cutout = _matted(image, session, output)
+    else:
+        cutout = remove(image, session=session, post_process_mask=output.post_process_mask)
+    if wants_mask(output):
+        return cutout.getchannel("A")  # the matted alpha: the mask of the cutout one would get
+    if output.background is not None or output.format == "jpeg":
+        return _on_background(cutout, output.background or "#ffffff")
+    return cutout
+
+
+def _matted(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
+    """rembg's alpha matting, at most on :data:`ALPHA_MATTING_MAX_PIXELS`.
+
+    pymatting's cost grows with the pixel count (about 4 s and 500 MiB per megapixel),
+    so a 12 MP photo would take close to a minute and several GiB. Above the limit the
+    matting runs on a scaled copy (the erode size scaled with it); its alpha is scaled
+    back up and applied to the full-resolution pixels, as rembg's plain cutout does.
+    """
+    from rembg import remove
+
+    scale = min(1.0, (ALPHA_MATTING_MAX_PIXELS / (image.width * image.height)) ** 0.5)
+    small = image
+    erode = output.alpha_matting_erode_size
+    if scale < 1.0:
+        small = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            Image.Resampling.LANCZOS,
+        )
+        erode = max(1, round(erode * scale)) if erode else 0
+    cutout: Image.Image = remove(
+        small,
+        session=session,
+        alpha_matting=True,
+        alpha_matting_foreground_threshold=output.alpha_matting_foreground_threshold,
+        alpha_matting_background_threshold=output.alpha_matting_background_threshold,
+        alpha_matting_erode_size=erode,
+        post_process_mask=output.post_process_mask,
     )
+    if scale == 1.0:
+        return cutout
+    alpha = cutout.getchannel("A").resize(image.size, Image.Resampling.LANCZOS)
+    empty = Image.new("RGBA", image.size, 0)
+    return Image.composite(image.convert("RGBA"), empty, alpha)
+
+
+def _on_background(cutout: Image.Image, colour: str) -> Image.Image:
+    """The cutout over an opaque ``#rrggbb`` colour: an RGB image with no transparency."""
+    rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    flat = Image.new("RGBA", cutout.size, (*rgb, 255))
+    return Image.alpha_composite(flat, cutout.convert("RGBA")).convert("RGB")
+
+
+def encode(made: Image.Image, output: OutputConfig, page: Page) -> bytes:
+    """Encode in the output format, carrying the input's ICC profile and resolution.
+
+    A mask holds coverage, not colours: it gets the resolution but no colour profile.
+    WebP has no resolution field (only EXIF, which watchd does not write), so a WebP
+    output carries the profile only.
+    """
+    icc = None if made.mode == "L" else page.icc_profile
+    extra: dict[str, Any] = {}
+    if icc is not None:
+        extra["icc_profile"] = icc
+    if page.dpi is not None and output.format != "webp":
+        extra["dpi"] = page.dpi
+    buffer = io.BytesIO()
+    if output.format == "webp":
+        made.save(buffer, "WEBP", lossless=True, method=WEBP_METHOD, quality=WEBP_EFFORT, **extra)
+    elif output.format == "jpeg":
+        made.save(buffer, "JPEG", quality=output.jpeg_quality, **extra)
+    else:  # png, mask
+        made.save(buffer, "PNG", compress_level=output.png_compress_level, **extra)
+    return buffer.getvalue()
 
 
 # --- main-process side ---------------------------------------------------------------------------
@@ -270,10 +616,12 @@ class LocalPool:
         file_timeout: float,
         *,
         providers: tuple[str, ...] = DEFAULT_PROVIDERS,
+        model_cache: int = DEFAULT_MODEL_CACHE,
     ) -> None:
+        """``model_cache``: sessions each worker keeps loaded (``[pool] model_cache``)."""
         self.size = workers
         self.file_timeout = file_timeout
-        self._initargs = (dict(env), threads_per_worker, models, providers)
+        self._initargs = (dict(env), threads_per_worker, models, providers, model_cache)
         self._closed = False
         self._pending: set[Future[Result]] = set()
         self._pool: Any = self._new_pool()
