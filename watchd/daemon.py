@@ -25,12 +25,14 @@ import structlog
 
 from watchd import __version__, preflight
 from watchd.commands import Commands
-from watchd.config import Config, WatchConfig, load_config
+from watchd.completion import Completion
+from watchd.config import Config, HooksConfig, WatchConfig, load_config
 from watchd.control import ControlServer, ProtocolError, Request
 from watchd.dispatcher import Dispatcher
 from watchd.errors import ConfigError, ModelError, WatchdError
 from watchd.files import ensure_dir
 from watchd.fsinfo import filesystem_type, is_network
+from watchd.hooks import Hooks
 from watchd.intake import Intake
 from watchd.ledger import Ledger
 from watchd.models import ModelStore
@@ -50,6 +52,8 @@ PRUNE_INTERVAL = 3600.0
 PRUNE_BATCH = 1000
 #: How long a worker may take to load a model at start-up (seconds).
 MODEL_LOAD_TIMEOUT = 300.0
+#: At shutdown, how long running hooks may go on (within what is left of drain_seconds).
+HOOK_GRACE = 5.0
 
 
 class Daemon:
@@ -105,11 +109,16 @@ class Daemon:
             monotonic=time.monotonic,
         )
         self.intake = Intake(self.ledger, self._spool_dir, fail=self.dispatcher.fail)
+        # Manifest, then hooks, then "reported": see watchd/completion.py for the order.
+        self.hooks = Hooks(os.environ)  # the commands' base environment, read once here
+        self.completion = Completion(self.ledger, self.hooks, self._hook_settings, self._wake)
+        self.dispatcher.on_job_finished = lambda job: self.completion.job_finished(job.id)
         self.commands = Commands(
             self, self.ledger, self.intake, self.dispatcher.dispose_failed, self._spool_dir
         )
         try:
             self._install_signal_handlers()
+            self.hooks.start()
             self._recover()
             self.paused = self.dispatcher.paused = self.ledger.get_setting("paused") == "1"
             for model in models:
@@ -139,6 +148,7 @@ class Daemon:
         recovery = self.ledger.recover()
         self.dispatcher.finish_interrupted(recovery)
         self.intake.finish_pending(list(recovery.pending))
+        reported = self.completion.report_unreported()  # jobs that ended just before a crash
         log.info(
             "recovery.done",
             requeued=len(recovery.requeued),
@@ -146,6 +156,7 @@ class Daemon:
             written=len(recovery.written),
             failing=len(recovery.failing),
             unfinished=self.ledger.unfinished(),
+            reported=reported,
         )
 
     def _check_provider(self, model: str, active: str) -> None:
@@ -220,6 +231,7 @@ class Daemon:
                 for batch in watcher.poll(now):
                     self.intake.accept(batch, self.config.watch(batch.watch))
             self.dispatcher.collect()
+            self.completion.collect()
             self._serve_requests()
             if self._hup:
                 self._hup = False
@@ -268,6 +280,16 @@ class Daemon:
         if recovery.pending or recovery.written or recovery.failing:
             self.dispatcher.finish_interrupted(recovery)
             self.intake.finish_pending(list(recovery.pending))
+        self.completion.report_unreported()  # a manifest that could not be written before
+
+    def _hook_settings(self, watch: str) -> tuple[Path, HooksConfig] | None:
+        """A watch's outbox and hooks as configured *now* (a reload applies to jobs ending
+        after it); None for a watch a reload removed."""
+        try:
+            config = self.config.watch(watch)
+        except KeyError:
+            return None
+        return config.outbox, config.hooks
 
     def _prune(self) -> None:
         """Retention: forget finished jobs older than keep_days, a bounded slice at a time."""
@@ -336,6 +358,7 @@ class Daemon:
             self.dispatcher.last_error,
             now_wall=time.time(),
             now_mono=time.monotonic(),
+            hooks={"manifest": self.completion.counters(), **self.hooks.counters.snapshot()},
         )
 
     def _write_stats(self) -> None:
@@ -459,6 +482,9 @@ class Daemon:
             dispatcher.collect()
         requeued = dispatcher.abandon_in_flight()
         log.info("shutdown.drained", requeued=requeued, queued=self.ledger.unfinished())
+        left = self.hooks.close(min(deadline, time.monotonic() + HOOK_GRACE))
+        self.completion.collect()
+        log.info("shutdown.hooks_stopped", left=left, unreported=self.completion.open_jobs)
         self.pool.close(cancel=True)
         for retired in self._retired_pools:
             retired.close(cancel=True)

@@ -267,6 +267,7 @@ def build_snapshot(
     *,
     now_wall: float,
     now_mono: float,
+    hooks: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict[str, Any]:
     """The stats snapshot, schema version 1 (see docs/stats.md).
 
@@ -276,6 +277,8 @@ def build_snapshot(
     ledger knows (also watches no longer configured); ``watches`` lists the
     configured ones. States outside the documented sets are left out.
     ``last_error["at"]`` may be unix seconds or an ISO string already.
+    ``hooks`` (``{"manifest": {"written": n, ...}, "command": {...}, "webhook": {...}}``,
+    outcomes since start, see docs/completion.md) adds a ``hooks`` key when given.
     """
     file_counts = counts.get("files", {})
     job_counts = counts.get("jobs", {})
@@ -290,7 +293,7 @@ def build_snapshot(
             "totals": _zero_filled(TOTAL_KEYS, totals.get(name)),
             "files_per_second_15m": activity.rate(MAX_WINDOW, now_mono, name),
         }
-    return {
+    snapshot = {
         "version": SCHEMA_VERSION,
         "watchd_version": info.version,
         "pid": info.pid,
@@ -318,6 +321,9 @@ def build_snapshot(
         "last_error": _last_error(last_error),
         "generated_at": iso_utc(now_wall),
     }
+    if hooks is not None:
+        snapshot["hooks"] = {hook: dict(outcomes) for hook, outcomes in hooks.items()}
+    return snapshot
 
 
 def _last_error(error: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -427,6 +433,17 @@ class _SnapshotCollector:
                 [name], buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total
             )
         yield histogram
+
+        if "hooks" in snap:
+            hooks = CounterMetricFamily(
+                METRIC_PREFIX + "hooks",
+                "Completion hooks since the daemon started, by hook and outcome.",
+                labels=["hook", "outcome"],
+            )
+            for hook, outcomes in snap["hooks"].items():
+                for outcome, count in outcomes.items():
+                    hooks.add_metric([hook, outcome], count)
+            yield hooks
 
     @staticmethod
     def _per_watch(watches: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
