@@ -230,6 +230,8 @@ def test_defaults_are_filled_in_and_args_reach_the_handler_checked(
         "move": True,
         "name": "n",
     }
+    assert client.call("submit", paths=["/a"], priority=-100)["args"]["priority"] == -100
+    assert client.call("submit", paths=["/a"], priority=100)["args"]["priority"] == 100
     assert client.call("prune", older_than_days=0)["args"] == {"older_than_days": 0.0}
     assert client.call("prune", older_than_days=1.5)["args"] == {"older_than_days": 1.5}
     for command in ("ping", "status", "pause", "resume", "reload"):
@@ -302,6 +304,11 @@ BAD_ARGS = [
     ("submit", {"paths": ["/a.jpg"], "move": 1}, "true or false, got 1"),
     ("submit", {"paths": ["/a.jpg"], "name": "../x"}, "'name'"),
     ("submit", {"paths": ["/a.jpg"], "watch": 3}, "'watch'"),
+    ("submit", {"paths": ["/a.jpg"], "priority": 101}, "integer from -100 to 100, got 101"),
+    ("submit", {"paths": ["/a.jpg"], "priority": -101}, "integer from -100 to 100, got -101"),
+    ("submit", {"paths": ["/a.jpg"], "priority": "5"}, "'priority' of 'submit' must be"),
+    ("submit", {"paths": ["/a.jpg"], "priority": 5.0}, "integer from -100 to 100"),
+    ("submit", {"paths": ["/a.jpg"], "priority": True}, "integer from -100 to 100"),
     ("prune", {}, "needs argument 'older_than_days'"),
     ("prune", {"older_than_days": -1}, "a number from 0 to"),
     ("prune", {"older_than_days": True}, "a boolean"),

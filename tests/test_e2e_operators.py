@@ -231,3 +231,44 @@ def test_prune_removes_finished_jobs_but_not_files(
     assert cli_json(daemon, "status")["totals"]["files_done"] == 1  # lifetime totals stay
     bad = cli(daemon, "prune", "--older-than", "-1")
     assert bad.returncode == 2
+
+
+def test_submit_priority_orders_the_queue_and_is_shown(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    """Three jobs submitted while paused run highest priority first, whatever their order."""
+    from watchd.control import ControlClient, ProtocolError
+
+    daemon = daemon_factory().start()
+    root = daemon.root
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cli_json(daemon, "pause")
+    ids = {}
+    for name, priority in (("first", None), ("low", "-5"), ("urgent", "10")):
+        source = elsewhere / f"{name}.png"
+        shutil.copyfile(photos["coffee.png"], source)
+        extra = ["--priority", priority] if priority else []
+        answer = cli_json(daemon, "submit", str(source), *extra)
+        assert answer["priority"] == int(priority or 0)
+        ids[name] = answer["id"]
+
+    assert cli_json(daemon, "job", str(ids["urgent"]))["priority"] == 10
+    assert "priority  10" in cli(daemon, "job", str(ids["urgent"])).stdout
+    listed = {j["name"]: j["priority"] for j in cli_json(daemon, "jobs")["jobs"]}
+    assert listed == {"first.png": 0, "low.png": -5, "urgent.png": 10}
+    table = cli(daemon, "jobs").stdout.splitlines()
+    assert table[0].split()[:4] == ["ID", "WATCH", "PRI", "STATE"]
+
+    # the daemon refuses an out-of-range priority itself too, not only the CLI
+    client = ControlClient(root / "state" / "control.sock")
+    with pytest.raises(ProtocolError) as refused:
+        client.call("submit", paths=[str(elsewhere / "first.png")], priority=101)
+    assert refused.value.code == "bad_request" and "-100 to 100" in refused.value.message
+    bad = cli(daemon, "submit", str(elsewhere / "first.png"), "--priority", "101")
+    assert bad.returncode == 2 and "must be from -100 to 100" in bad.stderr
+
+    cli_json(daemon, "resume")
+    wait_for(lambda: daemon.count("file.done") == 3, what="three files done")
+    done = [Path(e["output"]).name for e in daemon.events("file.done")]
+    assert done == ["urgent.png", "first.png", "low.png"]

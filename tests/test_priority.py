@@ -284,3 +284,37 @@ def test_claim_costs_the_same_with_100000_queued_files(tmp_path: Path, clock: Cl
             ).fetchall()
         assert running == [("j3", 0, 8)]
     assert costs[100_000] <= 2 * costs[1_000] + 10, costs
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("101", "must be from -100 to 100 (higher runs first), got 101"),
+        ("-101", "must be from -100 to 100 (higher runs first), got -101"),
+        ("high", "expected a whole number from -100 to 100, got 'high'"),
+        ("1.5", "expected a whole number from -100 to 100, got '1.5'"),
+    ],
+)
+def test_submit_priority_is_checked_before_anything_is_sent(
+    value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from watchd.cli import main
+
+    missing_socket = tmp_path / "nobody.sock"  # nothing is sent: no daemon needed
+    with pytest.raises(SystemExit) as exited:
+        main(["submit", "/a.jpg", "--priority", value, "--socket", str(missing_socket)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --priority" in err and message in err
+
+
+def test_submit_priority_range_ends_are_accepted() -> None:
+    from watchd.cli import build_parser
+
+    for value in ("-100", "0", "100"):
+        args = build_parser().parse_args(["submit", "/a.jpg", "--priority", value])
+        assert args.priority == int(value)
+    assert build_parser().parse_args(["submit", "/a.jpg"]).priority is None

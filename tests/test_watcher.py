@@ -354,6 +354,65 @@ def test_only_regular_files_are_ever_yielded(inbox: Path, tmp_path: Path) -> Non
     }
 
 
+# --- sidecars (a folder job's watchd.toml) -------------------------------------------------------
+
+
+def settled(t: StabilityTracker, name: str) -> list[Batch]:
+    t.touch(name, 0.0)
+    t.tick(0.0)
+    return t.tick(SETTLE + 0.1)
+
+
+def test_a_folder_sidecar_is_listed_apart_from_the_files(inbox: Path) -> None:
+    album = inbox / "album"
+    write(album / "a.jpg")
+    write(album / "WATCHD.TOML", b'format = "webp"\n')  # any letter case: Windows clients
+    write(album / "sub" / "watchd.toml")  # nested: an ordinary file (intake fails it)
+    [batch] = settled(tracker(inbox), "album")
+    assert rels(batch) == ["a.jpg", "sub/watchd.toml"]
+    assert [(c.rel, c.path, c.size) for c in batch.sidecars] == [
+        ("WATCHD.TOML", album / "WATCHD.TOML", 16)
+    ]
+
+
+def test_an_edited_sidecar_keeps_its_folder_unsettled(inbox: Path) -> None:
+    album = inbox / "album"
+    write(album / "a.jpg")
+    sidecar = write(album / "watchd.toml", b"priority = 1\n", mtime_ns=10**18)
+    t = tracker(inbox)
+    t.touch("album", 0.0)
+    t.tick(0.0)
+    append(sidecar, 2 * 10**18)
+    assert t.tick(1.5) == []
+    [batch] = t.tick(2.6)
+    assert [c.size for c in batch.sidecars] == [sidecar.stat().st_size]
+
+
+def test_a_linked_sidecar_is_listed_so_that_intake_can_refuse_it(
+    inbox: Path, tmp_path: Path
+) -> None:
+    outside = write(tmp_path / "secret.toml")
+    album = inbox / "album"
+    write(album / "a.jpg")
+    (album / "watchd.toml").symlink_to(outside)
+    [batch] = settled(tracker(inbox), "album")
+    assert rels(batch) == ["a.jpg"]
+    assert [c.path.is_symlink() for c in batch.sidecars] == [True]
+
+
+def test_a_folder_holding_only_a_sidecar_is_no_job(inbox: Path) -> None:
+    write(inbox / "album" / "watchd.toml")
+    t = tracker(inbox)
+    assert settled(t, "album") == []
+    assert t.tracked() == 0  # like an empty folder: a later touch looks again
+
+
+def test_a_loose_watchd_toml_is_an_ordinary_loose_file(inbox: Path) -> None:
+    write(inbox / "watchd.toml")
+    [batch] = settled(tracker(inbox), "watchd.toml")
+    assert (batch.kind, rels(batch), batch.sidecars) == ("loose", ["watchd.toml"], ())
+
+
 def test_vanished_entries_are_dropped(inbox: Path) -> None:
     f = write(inbox / "a.jpg")
     write(inbox / "album" / "b.jpg")

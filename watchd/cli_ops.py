@@ -62,6 +62,12 @@ def add_operator_commands(
     submit.add_argument("--move", action="store_true", help="move the files instead of copying")
     submit.add_argument("--name", help="job name (default: the first file's name)")
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    submit.add_argument(
+        "--priority",
+        type=_priority,
+        metavar="N",
+        help="-100..100, higher first (default: the folder's watchd.toml, else the watch's)",
+    )
     command("stats", "the daemon's stats file")
     prune = command("prune", "delete finished jobs from the ledger")
     prune.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
@@ -74,6 +80,23 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _priority(text: str) -> int:
+    """A job priority, checked here so that a typo is a usage error before anything is sent."""
+    from watchd.control import MAX_PRIORITY, MIN_PRIORITY
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}, got {text!r}"
+        ) from None
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(
+            f"must be from {MIN_PRIORITY} to {MAX_PRIORITY} (higher runs first), got {value}"
+        )
     return value
 
 
@@ -194,12 +217,13 @@ def _jobs(client: Any, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _print_json(answer, out)
         return EXIT_OK
-    table = [("ID", "WATCH", "STATE", "FILES", "DONE", "FAILED", "CREATED", "NAME")]
+    table = [("ID", "WATCH", "PRI", "STATE", "FILES", "DONE", "FAILED", "CREATED", "NAME")]
     for job in answer["jobs"]:
         table.append(
             (
                 str(job["id"]),
                 job["watch"],
+                str(job.get("priority", "")),
                 job["state"],
                 str(job["total"]),
                 str(job.get("done", "")),
@@ -232,6 +256,7 @@ def _print_job(job: Mapping[str, Any], out: TextIO) -> None:
         [
             ("job", f"{job['id']} {job['name']!r} ({job['kind']}, watch {job['watch']})"),
             ("state", job["state"]),
+            ("priority", str(job.get("priority", "-"))),
             (
                 "progress",
                 f"{progress['processed']}/{progress['total']} processed, "
@@ -320,6 +345,8 @@ def _submit(client: Any, args: argparse.Namespace, out: TextIO) -> int:
         params["watch"] = args.watch
     if args.name:
         params["name"] = args.name
+    if args.priority is not None:
+        params["priority"] = args.priority
     answer = client.call("submit", **params)
     if args.wait:
         if not args.json:
@@ -332,7 +359,8 @@ def _submit(client: Any, args: argparse.Namespace, out: TextIO) -> int:
         _print_json(answer, out)
     else:
         print(
-            f"submitted job {answer['id']} ({answer['files']} files, watch {answer['watch']}); "
+            f"submitted job {answer['id']} ({answer['files']} files, watch {answer['watch']}, "
+            f"priority {answer.get('priority', '-')}); "
             f"follow it with: watchd job {answer['id']} --follow",
             file=out,
         )

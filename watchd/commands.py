@@ -23,7 +23,7 @@ from watchd.control import ProtocolError, Request
 from watchd.files import error_note_path, remove_file
 from watchd.intake import Intake
 from watchd.ledger import Conflict, Ledger, NotFound
-from watchd.watcher import Batch, Candidate, is_ignored
+from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
 log = structlog.get_logger()
 
@@ -153,10 +153,17 @@ class Commands:
         move = bool(args.get("move", False))
         paths = [Path(p) for p in args["paths"]]
         batch = submitted_batch(watch.name, paths, args.get("name"))
-        job_id = self._intake.accept(batch, watch, intake="move" if move else "copy")
+        job_id = self._intake.accept(
+            batch, watch, intake="move" if move else "copy", priority=args.get("priority")
+        )
         if job_id is None:
             raise ProtocolError("conflict", "nothing new to submit: every file was taken before")
-        return {"id": job_id, "watch": watch.name, "files": len(batch.files)}
+        return {
+            "id": job_id,
+            "watch": watch.name,
+            "files": len(batch.files),
+            "priority": self._ledger.job(job_id).priority,
+        }
 
     def _pick_watch(self, name: str | None) -> WatchConfig:
         watches = self._daemon.watches()
@@ -172,8 +179,10 @@ class Commands:
 def submitted_batch(watch: str, paths: list[Path], name: str | None) -> Batch:
     """Turn paths on the daemon's host into one batch; refuse anything but plain files/folders.
 
-    One folder alone keeps folder-job semantics (outputs under ``outbox/<folder>/``);
-    otherwise files land at the top of the outbox and folders keep their name as a prefix.
+    One folder alone keeps folder-job semantics (outputs under ``outbox/<folder>/``),
+    including its sidecar (``watchd.toml`` at its top, see docs/routing.md); otherwise
+    files land at the top of the outbox and folders keep their name as a prefix, and a
+    ``watchd.toml`` among them is an input that intake fails with the reason.
     """
     candidates: list[Candidate] = []
     for path in paths:
@@ -192,12 +201,14 @@ def submitted_batch(watch: str, paths: list[Path], name: str | None) -> Batch:
             candidates.extend(_folder_candidates(path, prefix))
         else:
             raise ProtocolError("bad_request", f"{path}: not a regular file or folder")
+    folder = len(paths) == 1 and paths[0].is_dir()
+    sidecars = tuple(c for c in candidates if folder and _is_top_sidecar(c))
+    candidates = [c for c in candidates if c not in sidecars]
     if not candidates:
         raise ProtocolError("bad_request", "no files to submit (folders were empty)")
     rels = [c.rel for c in candidates]
     if len(set(rels)) != len(rels):
         raise ProtocolError("bad_request", "two submitted files have the same name")
-    folder = len(paths) == 1 and paths[0].is_dir()
     job_name = name or (paths[0].name if folder else _loose_name(candidates))
     return Batch(
         watch=watch,
@@ -205,7 +216,12 @@ def submitted_batch(watch: str, paths: list[Path], name: str | None) -> Batch:
         root=paths[0] if folder else paths[0].parent,
         name=job_name,
         files=tuple(sorted(candidates, key=lambda c: c.rel)),
+        sidecars=sidecars,
     )
+
+
+def _is_top_sidecar(candidate: Candidate) -> bool:
+    return "/" not in candidate.rel and is_sidecar_name(candidate.rel)
 
 
 def _folder_candidates(root: Path, prefix: str) -> list[Candidate]:
@@ -217,7 +233,9 @@ def _folder_candidates(root: Path, prefix: str) -> list[Candidate]:
                 continue
             path = Path(dirpath) / filename
             info = os.lstat(path)
-            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            # a sidecar is listed whatever it is: intake refuses a link with a reason
+            sidecar = dirpath == str(root) and is_sidecar_name(filename)
+            if (stat.S_ISREG(info.st_mode) and info.st_nlink == 1) or sidecar:
                 rel = prefix + path.relative_to(root).as_posix()
                 found.append(Candidate(path, rel, info.st_size, info.st_mtime_ns))
     return found
@@ -229,7 +247,19 @@ def _loose_name(candidates: list[Candidate]) -> str:
 
 
 def _job_dict(job: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("id", "watch", "name", "kind", "state", "total", "done", "failed", "queued", "running")
+    keys = (
+        "id",
+        "watch",
+        "name",
+        "kind",
+        "priority",
+        "state",
+        "total",
+        "done",
+        "failed",
+        "queued",
+        "running",
+    )
     out = {k: job[k] for k in keys if k in job}
     out["created_at"] = job.get("created_at")
     out["finished_at"] = job.get("finished_at")

@@ -64,6 +64,9 @@ JOB_STATES: Final = ("active", "done", "failed", "cancelled")
 
 #: Largest integer accepted anywhere (SQLite's INTEGER is a signed 64-bit number).
 MAX_INT: Final = 2**63 - 1
+#: The range of ``submit``'s ``priority``: the same as a watch's or a sidecar's ``priority``.
+MIN_PRIORITY: Final = -100
+MAX_PRIORITY: Final = 100
 #: Largest ``older_than_days`` accepted by ``prune`` (about 270 years).
 MAX_PRUNE_DAYS: Final = 100_000
 #: The longest path a unix socket address may hold (``sun_path`` is 108 bytes with its NUL).
@@ -280,6 +283,7 @@ COMMANDS: Final[Mapping[str, Mapping[str, ArgSpec]]] = MappingProxyType(
             "watch": _text(),
             "move": _default(_boolean(), False),
             "name": _name(),
+            "priority": _integer(MIN_PRIORITY, MAX_PRIORITY),
         },
         "reload": {},
         "prune": {"older_than_days": _required(_number(0, MAX_PRUNE_DAYS))},

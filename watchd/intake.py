@@ -5,20 +5,28 @@ failed paths are assigned and the job is recorded in one transaction *before*
 anything moves; then each input is renamed into the spool, and only then marked
 queued. Recovery finishes whatever a crash interrupted (see
 :meth:`Intake.finish_pending`).
+
+A folder job may carry a *sidecar*, ``watchd.toml`` at the top of its folder, that
+overrides its watch's output options, model and priority for that job only
+(docs/routing.md). It is read here, once, safely (no links, at most
+:data:`SIDECAR_MAX_BYTES`), and its effect is frozen in the job's options. An invalid
+sidecar fails the whole job: every input is recorded with the reason and goes to the
+failed folder with a readable note, as any failed input does; the daemon carries on.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import structlog
 
-from watchd.config import JobOverrides, OutputConfig, WatchConfig
-from watchd.errors import UnsafePath
+from watchd.config import JobOverrides, OutputConfig, WatchConfig, sidecar_overrides
+from watchd.errors import ConfigError, InputRejected, UnsafePath
 from watchd.files import (
     OS_LITTER,
     copy_file,
@@ -26,11 +34,13 @@ from watchd.files import (
     fsync_dir,
     move_file,
     prune_taken_folder,
+    read_input,
+    remove_file,
     unique_path,
     with_suffix,
 )
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob
-from watchd.watcher import Batch, is_ignored
+from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
 #: The file suffix of each output format (a mask is a greyscale PNG).
 OUTPUT_SUFFIXES = {"png": ".png", "mask": ".png", "webp": ".webp", "jpeg": ".jpg"}
@@ -49,6 +59,22 @@ def spool_path(spool_dir: Path, file_id: int) -> Path:
 
 #: A job's manifest is named after its output folder (or first output) with this suffix.
 MANIFEST_SUFFIX = ".manifest.json"
+
+#: A sidecar larger than this is refused: a real one is a few lines, and it is read whole
+#: into memory (like every input, through ``O_NOFOLLOW``).
+SIDECAR_MAX_BYTES = 64 * 1024
+
+#: Why a ``watchd.toml`` that is not a folder job's sidecar is failed instead of being
+#: ignored: the person who dropped it expects options to apply, and the failed folder's
+#: note is the one place they will read that they did not.
+NESTED_SIDECAR = (
+    "only the watchd.toml at the top of a job's folder sets options; this one, in a "
+    "subfolder, was not used (move it to the top of the folder, or remove it)"
+)
+LOOSE_SIDECAR = (
+    "a watchd.toml dropped on its own sets no options: put it at the top of a folder "
+    "together with the images, and drop that folder"
+)
 
 IntakeMode = Literal["inbox", "copy", "move"]
 
@@ -94,9 +120,24 @@ class Intake:
         self._spool = spool_dir
         self._fail = fail
 
-    def accept(self, batch: Batch, watch: WatchConfig, intake: IntakeMode = "inbox") -> int | None:
-        """Record ``batch`` as a job of ``watch``; returns the job id (None if nothing was new)."""
-        options = job_options(watch, intake)
+    def accept(
+        self,
+        batch: Batch,
+        watch: WatchConfig,
+        intake: IntakeMode = "inbox",
+        priority: int | None = None,
+    ) -> int | None:
+        """Record ``batch`` as a job of ``watch``; returns the job id (None if nothing was new).
+
+        The job's priority is ``priority`` when given (``submit --priority``), else its
+        sidecar's, else its watch's: the most specific word wins.
+        """
+        overrides, problem = read_sidecar(batch, watch)
+        options = job_options(watch, intake, overrides)
+        if overrides is not None:
+            options["sidecar"] = sidecar_label(batch, batch.sidecars[0])
+        if priority is None:
+            priority = overrides.priority if overrides else watch.priority
         suffix = OUTPUT_SUFFIXES[output_config(options).format]
         files = batch.files
         if options["in_place"]:
@@ -127,8 +168,20 @@ class Intake:
                 failed=claim(unique_path(failed_root / c.rel, taken)),
                 size=c.size,
                 mtime_ns=c.mtime_ns,
+                reject=_rejection(batch, c, problem),
             )
             for c in files
+        ]
+        # The sidecar travels with its job: into the job's archive folder (failed folder
+        # when it is invalid), or deleted with after = "delete" (see _dispose_sidecars).
+        sidecar_root: Path | None = archive_root
+        if problem is not None:
+            sidecar_root = failed_root
+        elif watch.after == "delete":
+            sidecar_root = None
+        sidecar_targets = [
+            (c, None if sidecar_root is None else claim(unique_path(sidecar_root / c.rel, taken)))
+            for c in (batch.sidecars if batch.kind == "folder" else ())
         ]
         job_id, file_ids = self._ledger.create_job(
             NewJob(
@@ -137,7 +190,7 @@ class Intake:
                 kind=batch.kind,
                 options=options,
                 files=new_files,
-                priority=watch.priority,
+                priority=priority,
                 manifest=manifest,
             )
         )
@@ -150,7 +203,13 @@ class Intake:
             intake=intake,
             files=len(file_ids),
             bytes=sum(f.size for f in new_files),
+            priority=priority,
+            sidecar=options.get("sidecar"),
         )
+        if problem is not None:
+            log.warning("job.sidecar_invalid", job=job_id, watch=watch.name, error=problem)
+        if not options["in_place"] and intake != "copy":
+            _dispose_sidecars(sidecar_targets, file_ids[0])
         self.finish_pending(self._ledger.job_files(job_id))
         if batch.kind == "folder" and intake != "copy" and not options["in_place"]:
             prune_taken_folder(batch.root, _is_litter)
@@ -191,17 +250,24 @@ class Intake:
         queued (a crash before that finds them pending and redoes the moves).
         """
         queued: list[int] = []
+        rejected: list[FileRecord] = []
         touched: set[Path] = set()
         for record in records:
             if record.state != "pending":
                 continue
             if record.options.get("in_place"):
-                if os.path.lexists(record.source):
-                    queued.append(record.id)
-                else:
+                taken = os.path.lexists(record.source)
+                if not taken:
                     self._disappeared(record)
+            else:
+                taken = self._to_spool(record, touched)
+            if not taken:
                 continue
-            if self._to_spool(record, touched):
+            # A pending file only has an error when intake rejected it (an invalid sidecar):
+            # it is failed from the spool, never queued, also when recovery gets here.
+            if record.error is not None:
+                rejected.append(record)
+            else:
                 queued.append(record.id)
         for folder in sorted(touched):
             try:
@@ -211,6 +277,8 @@ class Intake:
             except OSError as exc:  # some network file systems refuse fsync on a folder
                 log.warning("intake.sync_failed", folder=str(folder), error=str(exc))
         self._ledger.mark_queued(queued)
+        for record in rejected:
+            self._fail(record, record.error or "rejected")
 
     def _to_spool(self, record: FileRecord, touched: set[Path]) -> bool:
         """Take one recorded input into the spool; False if it is not there now."""
@@ -245,3 +313,72 @@ class Intake:
     def _disappeared(self, record: FileRecord) -> None:
         log.warning("intake.disappeared", file=record.id, path=str(record.source))
         self._fail(record, "the file was removed from the inbox before watchd could take it")
+
+
+# --- sidecars ---------------------------------------------------------------------------------
+
+
+def sidecar_label(batch: Batch, sidecar: Candidate) -> str:
+    """How notes and logs name a sidecar: ``<folder>/watchd.toml``, as the person who
+    dropped the folder sees it on the share (not the daemon's path to the inbox)."""
+    return str(PurePosixPath(os.fsdecode(batch.root.name)) / sidecar.rel)
+
+
+def read_sidecar(batch: Batch, watch: WatchConfig) -> tuple[JobOverrides | None, str | None]:
+    """The overrides of a folder job's sidecar, or the reason it cannot be used.
+
+    ``(None, None)``: no sidecar. The file is read like an input (never through a link,
+    never a device or pipe, at most :data:`SIDECAR_MAX_BYTES`) and validated like the
+    config (:func:`watchd.config.sidecar_overrides`), so a reason always names the file
+    and, for a bad value, the key.
+    """
+    if batch.kind != "folder" or not batch.sidecars:
+        return None, None
+    labels = [sidecar_label(batch, c) for c in batch.sidecars]
+    if len(labels) > 1:
+        return None, (
+            f"{', '.join(labels)}: more than one options file in one folder; "
+            "keep exactly one, named watchd.toml"
+        )
+    sidecar, label = batch.sidecars[0], labels[0]
+    try:
+        mode = os.lstat(sidecar.path).st_mode
+        if stat.S_ISLNK(mode):
+            raise UnsafePath("the file is a symbolic link; watchd does not follow links")
+        if not stat.S_ISREG(mode):  # never opened: opening a device can do things
+            raise UnsafePath("not a regular file (a folder, device, pipe or socket)")
+        raw = read_input(sidecar.path, SIDECAR_MAX_BYTES)
+    except FileNotFoundError:
+        return None, f"{label}: the file disappeared before it could be read"
+    except OSError as exc:
+        return None, f"{label}: cannot be read: {exc.strerror or exc}"
+    except InputRejected as exc:  # UnsafePath too
+        return None, f"{label}: {exc}"
+    try:
+        return sidecar_overrides(Path(label), raw, watch), None
+    except ConfigError as exc:
+        return None, str(exc)
+
+
+def _rejection(batch: Batch, candidate: Candidate, problem: str | None) -> str | None:
+    """Why an input is failed at intake instead of processed (None: it is processed)."""
+    if problem is not None:
+        return f"not processed, because this job's options file is invalid: {problem}"
+    if is_sidecar_name(PurePosixPath(candidate.rel).name):
+        return NESTED_SIDECAR if batch.kind == "folder" else LOOSE_SIDECAR
+    return None
+
+
+def _dispose_sidecars(targets: list[tuple[Candidate, Path | None]], file_id: int) -> None:
+    """Take a job's sidecar out of the inbox with its job: moved to ``target`` (the job's
+    archive folder, or its failed folder when invalid), or deleted when ``target`` is None
+    (``after = "delete"``). What cannot be moved is left and logged: the folder then stays
+    in the inbox holding only the sidecar, which is no job, and nothing is lost."""
+    for sidecar, target in targets:
+        try:
+            if target is None:
+                remove_file(sidecar.path)
+            else:
+                move_file(sidecar.path, target, file_id, plain_only=True)
+        except (OSError, InputRejected) as exc:
+            log.warning("intake.sidecar_left", path=str(sidecar.path), error=str(exc))

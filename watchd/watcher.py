@@ -91,6 +91,18 @@ _SKIP_LOG_LIMIT = 10_000  # bound on remembered "already logged" paths
 POLL_MAX_FILES = 1000
 
 
+#: A folder job's options file (a *sidecar*): ``watchd.toml`` at the top of the folder.
+#: Any letter case counts (``WATCHD.TOML``, ``Watchd.toml``): people on Windows and macOS
+#: shares do not expect case to matter, and a near-miss that silently did nothing would be
+#: worse than the rare folder holding two spellings (that job fails, saying so).
+SIDECAR_NAME = "watchd.toml"
+
+
+def is_sidecar_name(name: str) -> bool:
+    """Whether a file name is ``watchd.toml`` in any letter case."""
+    return name.casefold() == SIDECAR_NAME
+
+
 @dataclass(frozen=True)
 class Candidate:
     path: Path  # absolute path of a regular file in the inbox
@@ -106,6 +118,10 @@ class Batch:
     root: Path  # the inbox for loose batches; the top-level folder for folder batches
     name: str  # folder name; for loose batches the first file's name or "<first> +N more"
     files: tuple[Candidate, ...]  # sorted by rel; never empty
+    #: Folder batches: the top-level ``watchd.toml`` entries (normally none or one), never
+    #: among ``files``. Listed whatever they are (a link too), so that intake can refuse a
+    #: bad one with a reason instead of the job silently running without its options.
+    sidecars: tuple[Candidate, ...] = ()
 
 
 @functools.lru_cache(maxsize=32)
@@ -243,10 +259,12 @@ class StabilityTracker:
         if not self._settled(entry, sig, now):
             return None
         del self._entries[name]  # ready, or stable and empty: a later touch brings it back
-        if not files:
+        sidecars = tuple(c for c in files if "/" not in c.rel and is_sidecar_name(c.rel))
+        files = [c for c in files if c not in sidecars]
+        if not files:  # nothing to process (a folder holding only a sidecar is no job yet)
             return None
         files.sort(key=lambda c: c.rel)
-        return Batch(self._watch, "folder", root, name, tuple(files))
+        return Batch(self._watch, "folder", root, name, tuple(files), sidecars)
 
     def _walk(
         self, root: Path, root_mtime_ns: int, collect: bool
@@ -271,7 +289,8 @@ class StabilityTracker:
                     newest_file = max(newest_file, st.st_mtime_ns)
                 if not collect:
                     continue
-                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                regular = stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+                if regular or (not prefix and is_sidecar_name(de.name)):
                     files.append(Candidate(Path(de.path), rel, st.st_size, st.st_mtime_ns))
                 else:
                     reason = "hard link" if stat.S_ISREG(st.st_mode) else _odd_kind(st.st_mode)
