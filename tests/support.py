@@ -7,8 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +132,74 @@ def write_config(root: Path, model_store: ModelStore, **overrides: Any) -> str:
 
 
 def _toml(value: Any) -> str:
-    if isinstance(value, str):
+    if isinstance(value, str | list):  # a JSON string or list of strings is valid TOML
         return json.dumps(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+#: Manifests sit in the outbox beside the outputs (docs/completion.md).
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def is_output(path: Path) -> bool:
+    """A finished output in an outbox: not a hidden temp being written, not a job's manifest."""
+    return path.is_file() and not path.name.startswith(".") and not is_manifest(path)
+
+
+def is_manifest(path: Path) -> bool:
+    return path.name.endswith(MANIFEST_SUFFIX) and not path.name.startswith(".")
+
+
+@dataclass
+class Received:
+    """One request the webhook receiver got."""
+
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class WebhookReceiver:
+    """A real HTTP server on 127.0.0.1 in a thread; ``answer(request)`` picks each status."""
+
+    requests: list[Received] = field(default_factory=list)
+    answer: Callable[[Received], int] = lambda _request: 200
+    url: str = ""
+    _server: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> WebhookReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                request = Received(dict(self.headers.items()), self.rfile.read(length))
+                receiver.requests.append(request)
+                status = receiver.answer(request)
+                self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # the test's output stays readable
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/watchd?token=abc"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()

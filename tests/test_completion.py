@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
+import shutil
 import sqlite3
+import sys
 import threading
 import time
 import tracemalloc
@@ -20,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import DaemonProcess, Received, WebhookReceiver, is_output, wait_for
 from watchd.completion import (
     MANIFEST_VERSION,
     Completion,
@@ -203,6 +208,21 @@ def test_loose_job_manifest_is_named_after_its_first_input(ledger: Ledger, outbo
     assert (manifest["kind"], manifest["state"]) == ("loose", "done")
     assert [i["outputs"] for i in manifest["inputs"]] == [["IMG_0001.png"], ["IMG_0002.png"]]
     assert all("error" not in i for i in manifest["inputs"])
+
+
+def test_a_multi_page_input_lists_one_output_per_page(ledger: Ledger, outbox: Path) -> None:
+    job_id, ids = record_job(ledger, outbox, ["scan.tif", "photo.jpg"])
+    ledger.mark_written(ids[0], 9000, pages=3)
+    ledger.mark_done(ids[0])
+    finish(ledger, ids[1:])
+    completion, _ = coordinator(ledger, outbox, RecordingHooks(per_job=0))
+
+    completion.job_finished(job_id)
+
+    scan, photo = read_manifest(outbox / "shoot.manifest.json")["inputs"]
+    assert scan["outputs"] == ["shoot/scan-p1.png", "shoot/scan-p2.png", "shoot/scan-p3.png"]
+    assert scan["bytes_out"] == 9000
+    assert photo["outputs"] == ["shoot/photo.png"]
 
 
 def test_non_utf8_names_become_valid_json_with_their_exact_bytes_beside(
@@ -455,3 +475,157 @@ def end_all_at_once(db_path: Path, job_id: int, failed_id: int) -> None:
         db.execute(
             "UPDATE jobs SET state = 'failed', finished_at = ? WHERE id = ?", (T0 + 60, job_id)
         )
+
+
+# --- end to end: the real daemon, real photos, the real model -------------------------------------
+
+RECORDER = """\
+import json, os, sys
+manifest = os.environ["WATCHD_MANIFEST"]
+seen = {k: v for k, v in os.environ.items() if k.startswith("WATCHD_")}
+seen["argv"] = sys.argv[1:]
+with open(manifest, "rb") as handle:  # written before the command runs
+    listed = json.load(handle)
+outbox = os.environ["WATCHD_OUTBOX"]
+outputs = [out for entry in listed["inputs"] for out in entry.get("outputs", [])]
+seen["outputs_exist"] = all(os.path.isfile(os.path.join(outbox, out)) for out in outputs)
+with open(sys.argv[1], "a") as log:
+    log.write(json.dumps(seen) + "\\n")
+print("imported", listed["files"]["done"], "files")
+"""
+
+
+def recorder(tmp_path: Path) -> tuple[Path, Path]:
+    program = tmp_path / "on-complete.py"
+    program.write_text(f"#!{sys.executable}\n{RECORDER}")
+    program.chmod(0o755)
+    return program, tmp_path / "hook-runs.jsonl"
+
+
+def runs(record: Path) -> list[dict[str, Any]]:
+    if not record.exists():
+        return []
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def verified(request: Received, secret: str) -> bool:
+    mac = hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(f"sha256={mac}", request.headers["X-Watchd-Signature"])
+
+
+def reported(root: Path) -> dict[int, int]:
+    with contextlib.closing(sqlite3.connect(root / "state" / "ledger.sqlite3")) as db:
+        return dict(db.execute("SELECT id, reported FROM jobs").fetchall())
+
+
+@pytest.mark.e2e
+def test_e2e_folder_job_gets_manifest_then_command_then_signed_webhook(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    program, record = recorder(tmp_path)
+    secret = "e2e secret"
+    server = WebhookReceiver().start()
+    try:
+        daemon = daemon_factory(
+            watch__on_complete=[str(program), str(record), "$(touch pwned); echo"],
+            watch__webhook_url=server.url,
+            watch__webhook_secret=secret,
+            watch__on_complete_timeout=60,
+            pool__workers=2,
+        ).start()
+        root = daemon.root
+        staging = root / "staging" / "shoot"
+        (staging / "sub").mkdir(parents=True)
+        shutil.copyfile(photos["astronaut.jpg"], staging / "a.jpg")
+        shutil.copyfile(photos["coffee.png"], staging / "sub" / "b.png")
+        (staging / "broken.jpg").write_bytes(b"not a photo at all")
+        os.rename(staging, root / "inbox" / "shoot")
+
+        manifest_path = root / "outbox" / "shoot.manifest.json"
+        wait_for(lambda: len(server.requests) == 1, what="the webhook")
+        wait_for(lambda: runs(record), what="the command")
+        wait_for(lambda: reported(root) == {1: 1}, what="the job reported")
+
+        outputs = sorted(
+            p.relative_to(root / "outbox").as_posix()
+            for p in (root / "outbox").rglob("*")
+            if is_output(p)
+        )
+        assert outputs == ["shoot/a.png", "shoot/sub/b.png"]
+        manifest = read_manifest(manifest_path)
+        assert (manifest["state"], manifest["files"]) == (
+            "failed",
+            {"total": 3, "done": 2, "failed": 1},
+        )
+        by_input = {i["input"]: i for i in manifest["inputs"]}
+        assert by_input["a.jpg"]["outputs"] == ["shoot/a.png"]
+        assert by_input["sub/b.png"]["outputs"] == ["shoot/sub/b.png"]
+        assert by_input["broken.jpg"]["state"] == "failed"
+        assert "image" in by_input["broken.jpg"]["error"]
+        for entry in (by_input["a.jpg"], by_input["sub/b.png"]):
+            assert (root / "outbox" / entry["outputs"][0]).stat().st_size == entry["bytes_out"]
+        # the manifest came last: after every output and every original's disposal
+        assert manifest_path.stat().st_mtime_ns >= max(
+            p.stat().st_mtime_ns for p in (root / "outbox" / "shoot").rglob("*.png")
+        )
+        assert (root / "failed" / "shoot" / "broken.jpg.error.txt").is_file()
+
+        [run] = runs(record)
+        assert run["argv"] == [str(record), "$(touch pwned); echo"]
+        assert not list(root.rglob("pwned")) and not list(tmp_path.rglob("pwned"))
+        assert run["outputs_exist"] is True
+        assert run["WATCHD_MANIFEST"] == str(manifest_path)
+        assert (run["WATCHD_JOB_STATE"], run["WATCHD_FILES_DONE"]) == ("failed", "2")
+        [done_event] = daemon.events("hook.command_done")
+        assert done_event["output"] == "imported 2 files"
+
+        [request] = server.requests
+        assert verified(request, secret)
+        body = request.json()
+        assert body["job"] == 1 and body["manifest"] == str(manifest_path)
+        assert body["files"] == manifest["files"]
+        assert request.headers["X-Watchd-Event"] == "job.finished"
+
+        assert daemon.stop() == 0
+        stats = json.loads((root / "state" / "stats.json").read_text())
+        assert stats["hooks"]["manifest"] == {"written": 1, "failed": 0}
+        assert stats["hooks"]["command"]["ok"] == 1
+        assert stats["hooks"]["webhook"]["delivered"] == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.e2e
+def test_e2e_kill9_before_the_webhook_is_delivered_delivers_it_after_restart(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    """A receiver that answers 500: the job stays unreported; kill -9; the restarted daemon
+    writes the manifest again, reruns the command and delivers to the healed receiver."""
+    program, record = recorder(tmp_path)
+    server = WebhookReceiver(answer=lambda _request: 500).start()
+    try:
+        daemon = daemon_factory(
+            watch__on_complete=[str(program), str(record)],
+            watch__webhook_url=server.url,
+            watch__webhook_secret="k",
+        ).start()
+        root = daemon.root
+        shutil.copyfile(photos["cat.png"], root / "inbox" / "cat.png")
+        wait_for(lambda: daemon.count("hook.webhook_retry") >= 1, what="a failed delivery")
+        wait_for(lambda: runs(record), what="the command")
+        assert reported(root) == {1: 0}
+        daemon.kill()
+        (root / "outbox" / "cat.manifest.json").unlink()  # as if the crash came before it
+
+        server.answer = lambda _request: 200
+        daemon.start()
+        wait_for(lambda: reported(root) == {1: 1}, what="reported after the restart")
+        manifest = read_manifest(root / "outbox" / "cat.manifest.json")
+        assert manifest["inputs"][0]["outputs"] == ["cat.png"]
+        assert len(runs(record)) == 2  # at least once: the command ran again
+        last = server.requests[-1]  # answered 200
+        assert verified(last, "k") and last.json()["job"] == 1
+        assert daemon.events("recovery.done")[-1]["reported"] == 1
+        assert daemon.stop() == 0
+    finally:
+        server.stop()

@@ -14,15 +14,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from tests.support import wait_for
+from tests.support import Received, WebhookReceiver, wait_for
 from watchd.config import HooksConfig
 from watchd.hooks import (
     CommandJob,
@@ -59,52 +57,11 @@ FACTS: dict[str, Any] = {
 # --- a real receiver ------------------------------------------------------------------------------
 
 
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    """An HTTP server on 127.0.0.1; ``answers(body)`` picks each response's status."""
-
-    url: str
-    requests: list[Received] = field(default_factory=list)
-    answers: Callable[[Received], int] = lambda _r: 200
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(r.body) for r in self.requests]
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    state = Receiver(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers["Content-Length"])
-            request = Received(dict(self.headers.items()), self.rfile.read(length))
-            state.requests.append(request)
-            status = state.answers(request)
-            self.send_response(status)
-            if status == 429:
-                self.send_header("Retry-After", "0")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return  # quiet
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/watchd?token=abc"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver().start()
+    yield server
+    server.stop()
 
 
 def closed_port_url() -> str:
@@ -155,7 +112,7 @@ def verify(secret: str, request: Received) -> bool:
 
 
 def test_webhook_posts_signed_json_the_receiver_can_verify(
-    receiver: Receiver, sender_factory: Callable[..., WebhookSender]
+    receiver: WebhookReceiver, sender_factory: Callable[..., WebhookSender]
 ) -> None:
     counters = HookCounters()
     sender = sender_factory(counters=counters, wall=lambda: 1_700_000_100.7)
@@ -188,7 +145,7 @@ def test_webhook_posts_signed_json_the_receiver_can_verify(
 
 
 def test_without_a_secret_there_is_no_signature_header(
-    receiver: Receiver, sender_factory: Callable[..., WebhookSender]
+    receiver: WebhookReceiver, sender_factory: Callable[..., WebhookSender]
 ) -> None:
     done = Done()
     sender_factory().submit(Delivery(1, receiver.url, None, FACTS, done))
@@ -197,9 +154,9 @@ def test_without_a_secret_there_is_no_signature_header(
 
 
 def test_500_twice_then_200_is_retried_with_the_same_delivery_id(
-    receiver: Receiver, sender_factory: Callable[..., WebhookSender]
+    receiver: WebhookReceiver, sender_factory: Callable[..., WebhookSender]
 ) -> None:
-    receiver.answers = lambda _r: 500 if len(receiver.requests) <= 2 else 200
+    receiver.answer = lambda _r: 500 if len(receiver.requests) <= 2 else 200
     counters = HookCounters()
     done = Done()
     with capture_logs() as logs:
@@ -219,9 +176,9 @@ def test_500_twice_then_200_is_retried_with_the_same_delivery_id(
 
 
 def test_429_is_retried_and_other_4xx_are_final(
-    receiver: Receiver, sender_factory: Callable[..., WebhookSender]
+    receiver: WebhookReceiver, sender_factory: Callable[..., WebhookSender]
 ) -> None:
-    receiver.answers = lambda r: 429 if json.loads(r.body)["job"] == 1 else 403
+    receiver.answer = lambda r: 429 if json.loads(r.body)["job"] == 1 else 403
     counters = HookCounters()
     sender = sender_factory(counters=counters, attempts=3)
     limited, forbidden = Done(), Done()
@@ -230,7 +187,7 @@ def test_429_is_retried_and_other_4xx_are_final(
         sender.submit(Delivery(2, receiver.url, SECRET, FACTS | {"job": 2}, forbidden))
         wait_for(lambda: limited.calls == 1 and forbidden.calls == 1, 10, "both given up")
 
-    jobs = [b["job"] for b in receiver.bodies()]
+    jobs = [b["job"] for b in [r.json() for r in receiver.requests]]
     assert jobs.count(1) == 3  # every attempt
     assert jobs.count(2) == 1  # never retried
     failed = {e["job"]: e for e in logs if e["event"] == "hook.webhook_failed"}
@@ -240,9 +197,9 @@ def test_429_is_retried_and_other_4xx_are_final(
 
 
 def test_a_delivery_waiting_to_retry_does_not_hold_up_newer_ones(
-    receiver: Receiver, sender_factory: Callable[..., WebhookSender]
+    receiver: WebhookReceiver, sender_factory: Callable[..., WebhookSender]
 ) -> None:
-    receiver.answers = lambda r: 503 if json.loads(r.body)["job"] == 1 else 200
+    receiver.answer = lambda r: 503 if json.loads(r.body)["job"] == 1 else 200
     sender = sender_factory(base_delay=30.0, max_delay=30.0)
     stuck, fresh = Done(), Done()
     sender.submit(Delivery(1, receiver.url, None, FACTS | {"job": 1}, stuck))
@@ -300,7 +257,7 @@ def test_connection_refused_is_retried_then_given_up(
 
 
 def test_shutdown_delivers_what_is_due_within_the_grace(
-    receiver: Receiver, sender_factory: Callable[..., WebhookSender]
+    receiver: WebhookReceiver, sender_factory: Callable[..., WebhookSender]
 ) -> None:
     sender = sender_factory()
     done = Done()
@@ -344,7 +301,7 @@ def test_sign_is_hmac_sha256_of_the_body() -> None:
 
 
 def test_the_receiver_snippet_in_the_docs_verifies_a_real_delivery(
-    receiver: Receiver, sender_factory: Callable[..., WebhookSender]
+    receiver: WebhookReceiver, sender_factory: Callable[..., WebhookSender]
 ) -> None:
     """docs/completion.md's verification code, run against what watchd really sent."""
     text = (ROOT / "docs" / "completion.md").read_text()

@@ -37,9 +37,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from watchd import files as _files
 from watchd.config import HooksConfig
-from watchd.files import ensure_dir, fsync_dir
+from watchd.files import ensure_dir, fsync_dir, page_paths
 from watchd.ledger import FileDetail, JobDetail, Ledger, NotFound
 from watchd.stats import iso_utc
 
@@ -80,18 +79,6 @@ def _clean(value: str | None) -> str | None:
     return None if value is None else _text(value)[0]
 
 
-def _page_paths(output: Path, pages: int) -> list[Path]:
-    """Every output of a file: one per page of a multi-page input.
-
-    ``files.page_paths`` names them when multi-page output is there; until then a file
-    has exactly one output.
-    """
-    name_pages: Callable[[Path, int], list[Path]] | None = getattr(_files, "page_paths", None)
-    if name_pages is None or pages <= 1:
-        return [output]
-    return list(name_pages(output, pages))
-
-
 def _relative(path: Path, outbox: Path) -> str:
     """``path`` relative to the outbox (where the manifest is); absolute if it is not below."""
     try:
@@ -114,7 +101,7 @@ def file_entry(file: FileDetail, outbox: Path) -> dict[str, Any]:
     entry["state"] = file.state
     entry["bytes_in"] = file.size
     if file.state == "done":
-        outputs = [_relative(p, outbox) for p in _page_paths(file.output, file.pages)]
+        outputs = [_relative(p, outbox) for p in page_paths(file.output, file.pages)]
         texts = [_text(o) for o in outputs]
         entry["outputs"] = [t for t, _ in texts]
         if any(lossy for _, lossy in texts):
