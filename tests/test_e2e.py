@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import DaemonProcess, wait_for
+from tests.support import DaemonProcess, is_output, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,7 @@ def outputs(root: Path) -> list[str]:
     return sorted(
         str(p.relative_to(base))
         for p in base.rglob("*")
-        if p.is_file() and not p.name.startswith(".")
+        if is_output(p)  # nor a job's manifest
     )
 
 
@@ -108,6 +108,7 @@ def test_folder_with_nested_subfolders_is_one_job_keeping_its_structure(
 
     expected = ["scan-0930/page/deep/p2.png", "scan-0930/page/p1.png", "scan-0930/top.png"]
     wait_for(lambda: outputs(root) == expected, what="folder outputs")
+    wait_for((root / "outbox" / "scan-0930.manifest.json").is_file, what="the job's manifest")
     accepted = daemon.events("job.accepted")
     assert len(accepted) == 1 and accepted[0]["kind"] == "folder" and accepted[0]["files"] == 3
     wait_for(lambda: daemon.count("job.done") == 1, what="job.done")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import DaemonProcess, wait_for
+from tests.support import DaemonProcess, is_output, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +39,7 @@ def cli_json(daemon: DaemonProcess, *args: str) -> Any:
 
 def outputs(root: Path) -> list[str]:
     base = root / "outbox"
-    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if is_output(p))
 
 
 def drop(src: Path, inbox: Path, name: str) -> None:

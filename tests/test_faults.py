@@ -48,7 +48,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import DEADLINE, DaemonProcess, wait_for
+from tests.support import DEADLINE, DaemonProcess, is_manifest, is_output, wait_for
 from watchd.control import ControlClient
 
 pytestmark = pytest.mark.e2e
@@ -297,7 +297,7 @@ def files_under(folder: Path) -> list[Path]:
 
 def output_names(root: Path) -> list[str]:
     base = root / "outbox"
-    return [p.relative_to(base).as_posix() for p in files_under(base)]
+    return [p.relative_to(base).as_posix() for p in files_under(base) if not is_manifest(p)]
 
 
 # --- counting by name -----------------------------------------------------------------------------
@@ -336,9 +336,7 @@ def tally(root: Path, inputs: Iterable[str], **details: Any) -> Tally:
     assert len(set(keys)) == len(keys), "test inputs must have distinct names"
     outbox, failed_dir = root / "outbox", root / "failed"
     outputs: Counter[str] = Counter(
-        name_key(p.relative_to(outbox).as_posix())
-        for p in files_under(outbox)
-        if not p.name.startswith(".")
+        name_key(p.relative_to(outbox).as_posix()) for p in files_under(outbox) if is_output(p)
     )
     failed: Counter[str] = Counter()
     for path in files_under(failed_dir):
@@ -561,7 +559,8 @@ def test_kill9_soak_every_input_is_exactly_one_result(
     verify_end_state(daemon.root, inputs, result)
     assert result.failed == 0, "good photos must not fail because the daemon was killed"
     assert daemon.count("file.retry") == 0, "a kill of the daemon must not cost a file an attempt"
-    digests = {hashlib.sha256(p.read_bytes()).digest() for p in files_under(daemon.root / "outbox")}
+    outbox = files_under(daemon.root / "outbox")
+    digests = {hashlib.sha256(p.read_bytes()).digest() for p in outbox if is_output(p)}
     assert len(digests) == len(inputs), "every output is a different image"
     assert sum(c.phase == "running" for c in cycles) > 0
 

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import DaemonProcess, wait_for
+from tests.support import DaemonProcess, is_output, wait_for
 from watchd.control import ControlClient, DaemonUnreachable
 from watchd.errors import UnsafePath
 from watchd.files import (
@@ -66,7 +66,7 @@ def ping_bound(intake_seconds: float) -> float:
 
 def outputs(root: Path) -> list[str]:
     base = root / "outbox"
-    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if is_output(p))
 
 
 def ledger_rows(root: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -202,7 +202,7 @@ def share_daemon(
 
 def share_outputs(backing: Path) -> list[str]:
     base = backing / "outbox"
-    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if is_output(p))
 
 
 # --- network shares -------------------------------------------------------------------------------

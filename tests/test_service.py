@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import DaemonProcess, wait_for
+from tests.support import DaemonProcess, is_output, wait_for
 from watchd.models import ModelStore
 
 TEST_USER = "watchd-test"
@@ -262,8 +262,12 @@ def test_reload_with_jobs_in_flight_loses_and_duplicates_nothing(
 
     shutil.copyfile(photos["cat.png"], root / "inbox2" / "cat.png")
     wait_for((root / "outbox2" / "cat.png").exists, what="new watch works")
-    wait_for(lambda: len(list((root / "outbox").iterdir())) == 6, what="all first outputs")
-    outputs = sorted(p.name for p in (root / "outbox").iterdir())
+
+    def first_outputs() -> list[Path]:
+        return [p for p in (root / "outbox").iterdir() if is_output(p)]
+
+    wait_for(lambda: len(first_outputs()) == 6, what="all first outputs")
+    outputs = sorted(p.name for p in first_outputs())
     assert outputs == [f"c{i}.png" for i in range(6)]  # each exactly once
     assert len(list((root / "archive").iterdir())) == 7
 
