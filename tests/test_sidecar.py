@@ -8,6 +8,7 @@ intake never touches. The last test runs the real daemon with the real model.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -20,12 +21,12 @@ import pytest
 
 from tests.support import DaemonProcess, wait_for
 from watchd.commands import submitted_batch
-from watchd.config import WatchConfig, load_config
+from watchd.config import OUTPUT_KEYS, DaemonConfig, WatchConfig, load_config
 from watchd.control import ControlClient
 from watchd.dispatcher import Dispatcher
 from watchd.files import error_note_path
-from watchd.intake import LOOSE_SIDECAR, NESTED_SIDECAR, Intake
-from watchd.ledger import JobDetail, Ledger
+from watchd.intake import LOOSE_SIDECAR, NESTED_SIDECAR, SIDECAR_MAX_BYTES, Intake
+from watchd.ledger import DEFAULT_PRIORITY_AGING, JobDetail, Ledger
 from watchd.stats import Activity
 from watchd.watcher import Batch, StabilityTracker
 
@@ -314,6 +315,19 @@ def test_a_crash_before_the_spool_still_fails_the_job_on_recovery(
     assert (job.state, job.queued, job.failed) == ("failed", 0, 2)
     assert all("format" in (f.error or "") for f in job.files)
     assert (tmp_path / "failed" / "album" / "a.jpg").exists()
+
+
+# --- the documentation ---------------------------------------------------------------------------
+
+
+def test_routing_doc_lists_every_sidecar_key_and_the_limits() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "routing.md").read_text()
+    for key in OUTPUT_KEYS:
+        assert f"| `{key}` |" in text, key
+    assert f"**{SIDECAR_MAX_BYTES // 1024} KiB**" in text
+    [aging] = [f.default for f in dataclasses.fields(DaemonConfig) if f.name == "priority_aging"]
+    assert aging == DEFAULT_PRIORITY_AGING  # the ledger's default is the config's
+    assert f"default **{aging:g}** seconds" in text
 
 
 # --- end to end -----------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ class Intake:
             files=len(file_ids),
             bytes=sum(f.size for f in new_files),
             priority=priority,
-            sidecar=options.get("sidecar"),
+            **({"sidecar": options["sidecar"]} if "sidecar" in options else {}),
         )
         if problem is not None:
             log.warning("job.sidecar_invalid", job=job_id, watch=watch.name, error=problem)
