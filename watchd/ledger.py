@@ -369,13 +369,17 @@ MIGRATIONS: tuple[str, ...] = (
     # with the job, like output paths), and how many outputs a file made (pages).
     # Each file carries its job's priority too, so that the queue index (files_queue:
     # queued files only, by priority, then age) lets claim() find the next files
-    # without sorting the whole backlog (see Ledger.claim).
+    # without sorting the whole backlog (see Ledger.claim); files_backed_off holds only
+    # the few files waiting to retry, so next_retry_at() (asked on every pass of the
+    # daemon's loop) is one probe instead of a walk over 100,000 queued files.
     """
     ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN manifest_path BLOB;
     ALTER TABLE files ADD COLUMN pages INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE files ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX files_queue ON files(priority, created_at, id) WHERE state = 'queued';
+    CREATE INDEX files_backed_off ON files(retry_at)
+        WHERE state = 'queued' AND retry_at IS NOT NULL;
     ALTER TABLE jobs ADD COLUMN reported INTEGER NOT NULL DEFAULT 0;
     UPDATE jobs SET reported = 1 WHERE state != 'active';
     CREATE INDEX jobs_manifest ON jobs(manifest_path) WHERE manifest_path IS NOT NULL;
@@ -692,22 +696,11 @@ class Ledger:
                     claimed.append(_file_record(rows[file_id]))
         return [replace(r, state="running", attempts=r.attempts + 1) for r in claimed]
 
-    def queued_by_priority(self) -> dict[int, int]:
-        """How many files wait (queued) at each priority, highest first; for operators.
-
-        Counts through the ``files_queue`` index (queued files only), so its cost is the
-        size of the queue, never the history.
-        """
-        rows = self._db.execute(
-            "SELECT priority, COUNT(*) FROM files INDEXED BY files_queue WHERE state = 'queued' "
-            "GROUP BY priority ORDER BY priority DESC"
-        ).fetchall()
-        return {int(priority): int(n) for priority, n in rows}
-
     def next_retry_at(self) -> float | None:
         """When the earliest backed-off queued file becomes claimable (None: none is waiting)."""
         row = self._db.execute(
-            "SELECT MIN(retry_at) FROM files WHERE state = 'queued' AND retry_at IS NOT NULL"
+            "SELECT MIN(retry_at) FROM files INDEXED BY files_backed_off "
+            "WHERE state = 'queued' AND retry_at IS NOT NULL"
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
