@@ -347,9 +347,8 @@ def _pages(opened: Image.Image) -> list[int]:
 
 def _page(opened: Image.Image, index: int) -> Page:
     with _decoding():
-        if index:
-            opened.seek(index)
-            _check_pixels(opened.size)  # Image.open checks the first page only
+        opened.seek(index)  # counting the pages left the file at its last one
+        _check_pixels(opened.size)  # Image.open checks the first page only
         opened.load()
     icc = opened.info.get("icc_profile")
     dpi = _dpi(opened.info.get("dpi"))
