@@ -4,33 +4,31 @@
 subprocesses (the venv's own ``dask`` command) with the real u2netp model, and
 :class:`watchd.dask_pool.DaskPool` is driven with real tasks built from real
 photos. Faults are real too: workers and the scheduler are killed with SIGKILL.
-Every process a test starts is killed in its fixture's ``finally``.
-
-A supervisor thread plays systemd's ``Restart=always`` for workers that should
-come back: a Dask worker exits when its scheduler goes away, and it is its
-supervisor that brings it back to wait for the scheduler.
+Every process a test starts is killed in its fixture's ``finally``. The
+cluster itself is :class:`tests.dask_support.Cluster`; the real daemon against
+it is in tests/test_dask_e2e.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
 
+from tests.dask_support import ROOT, Cluster, TLSFiles, free_port, need_distributed
 from tests.support import wait_for
+from watchd.dispatcher import pool_broke
 from watchd.errors import InputRejected
 from watchd.models import ModelStore
 from watchd.pipeline import AttemptFailed, Result, Task, init_worker, outcome, process
@@ -39,158 +37,6 @@ if TYPE_CHECKING:
     from watchd.dask_pool import DaskPool
 
 pytestmark = pytest.mark.e2e
-
-DASK = Path(sys.executable).parent / "dask"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def need_distributed() -> None:
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        pytest.skip("dask[distributed] is not installed (pip install 'watchd[dask]')")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Cluster:
-    """A scheduler and named workers as real subprocesses, each in its own process group."""
-
-    def __init__(
-        self,
-        root: Path,
-        model_dir: Path,
-        *,
-        scheduler_env: dict[str, str] | None = None,
-        tls: TLSFiles | None = None,
-    ) -> None:
-        self.root = root
-        self.port = free_port()
-        self.address = f"{'tls' if tls else 'tcp'}://127.0.0.1:{self.port}"
-        self.tls_args = [] if tls is None else tls.args()
-        self.env = {**os.environ, "U2NET_HOME": str(model_dir), "PYTHONPATH": str(ROOT)}
-        self.env.pop("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", None)
-        self.scheduler_env = scheduler_env or {}
-        self.scheduler: subprocess.Popen[bytes] | None = None
-        self.workers: dict[str, subprocess.Popen[bytes]] = {}
-        self.supervised: set[str] = set()  # workers restarted when they exit (Restart=always)
-        self.starts: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
-        self._supervisor.start()
-
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{name}.log").open("ab")
-        try:
-            return subprocess.Popen(
-                [str(DASK), *args],
-                cwd=self.root,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-
-    def start_scheduler(self) -> None:
-        args = ["scheduler", "--host", self.address.rsplit(":", 1)[0], "--port", str(self.port)]
-        args += ["--no-dashboard", *self.tls_args]
-        self.scheduler = self._spawn("scheduler", args, {**self.env, **self.scheduler_env})
-
-    def kill_scheduler(self) -> None:
-        assert self.scheduler is not None
-        kill_group(self.scheduler)
-        self.scheduler = None
-
-    def start_worker(self, name: str, *, supervise: bool = True) -> None:
-        args = [
-            "worker",
-            self.address,
-            "--name",
-            name,
-            "--nworkers",
-            "1",
-            "--nthreads",
-            "1",
-            "--no-dashboard",
-            "--local-directory",
-            str(self.root / "dask-scratch"),
-            "--preload",
-            "watchd.dask_worker",
-            "--watchd-models",
-            "u2netp",
-            *self.tls_args,
-        ]
-        with self._lock:
-            self.workers[name] = self._spawn(name, args, self.env)
-            self.starts[name] = self.starts.get(name, 0) + 1
-            if supervise:
-                self.supervised.add(name)
-
-    def kill_worker(self, name: str) -> None:
-        """SIGKILL the worker and its nanny: the host is gone, nothing restarts it."""
-        with self._lock:
-            self.supervised.discard(name)
-            process = self.workers.pop(name)
-        kill_group(process)
-
-    def _supervise(self) -> None:
-        while not self._stop.wait(0.3):
-            with self._lock:
-                exited = [n for n in self.supervised if self.workers[n].poll() is not None]
-            for name in exited:
-                self.start_worker(name)
-
-    def log(self, name: str) -> str:
-        path = self.root / f"{name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def close(self) -> None:
-        self._stop.set()
-        self._supervisor.join()
-        for child in [*self.workers.values(), self.scheduler]:
-            if child is not None:
-                kill_group(child)
-
-
-class TLSFiles:
-    """A throw-away CA and one certificate for 127.0.0.1, made with the openssl command."""
-
-    def __init__(self, folder: Path) -> None:
-        self.ca, self.cert, self.key = folder / "ca.pem", folder / "node.pem", folder / "node.key"
-        ca_key, csr, ext = folder / "ca.key", folder / "node.csr", folder / "san.cnf"
-        ext.write_text("subjectAltName = IP:127.0.0.1\n")
-        for command in (
-            f"req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=watchd-test-ca "
-            f"-keyout {ca_key} -out {self.ca}",
-            f"req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {self.key} -out {csr}",
-            f"x509 -req -in {csr} -CA {self.ca} -CAkey {ca_key} -CAcreateserial -days 2 "
-            f"-extfile {ext} -out {self.cert}",
-        ):
-            subprocess.run(["openssl", *command.split()], check=True, capture_output=True)
-
-    def args(self) -> list[str]:
-        return [
-            "--tls-ca-file",
-            str(self.ca),
-            "--tls-cert",
-            str(self.cert),
-            "--tls-key",
-            str(self.key),
-        ]
-
-
-def kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -306,6 +152,38 @@ def test_tls_settings_become_dask_security(tmp_path: Path) -> None:
     )
 
 
+def test_without_a_scheduler_nothing_waits_and_dispatch_stays_shut() -> None:
+    """The daemon builds pools and checks models in its main loop: none of that may block."""
+    need_distributed()
+    from watchd.dask_pool import MODEL_CHECK_WAIT, UNCHECKED, DaskPool
+
+    address = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
+    started = time.monotonic()
+    pool = DaskPool(address, models=("u2netp",), file_timeout=60, connect_timeout=30)
+    try:
+        assert time.monotonic() - started < 1.0
+        described = pool.describe()
+        assert (described["state"], described["connected"], described["workers"]) == (
+            "connecting",
+            False,
+            0,
+        )
+        assert pool.capacity == 0 and not pool.available()  # the dispatcher claims nothing
+
+        started = time.monotonic()
+        assert pool.check_model("u2netp", 300) == UNCHECKED  # deferred, not an error
+        assert time.monotonic() - started < MODEL_CHECK_WAIT + 2.0
+
+        # Retired by a reload while its cluster is away: what it holds goes back, refunded.
+        future = pool.submit(Task(file_id=1, data=b"not sent", model="u2netp"))
+        pool.close(cancel=False, wait=False)
+        wait_for(future.done, timeout=10, what="the stranded file to be handed back")
+        assert isinstance(future.exception(), BrokenProcessPool)
+        assert pool_broke(future)  # the dispatcher gives the attempt back and queues it again
+    finally:
+        pool.close(cancel=True)
+
+
 # --- a healthy cluster ---------------------------------------------------------------------------
 
 
@@ -324,6 +202,10 @@ def test_outputs_match_local_processing(
     assert (described["workers"], described["threads"], described["idle"]) == (2, 2, 2)
     assert sorted(w["name"] for w in described["per_worker"]) == ["w0", "w1"]
     assert pool.dispatch_window == pool.size == pool.capacity == 4  # 2 threads x 2
+    assert described["state"] == "connected"
+    # Each worker is asked which provider it runs the model on when it joins.
+    wait_for(lambda: pool.describe()["providers"] == {"u2netp": "CPUExecutionProvider"})
+    assert all(w["providers"] for w in pool.describe()["per_worker"])
 
     futures = [pool.submit(task(i, photos)) for i in range(len(photos) * 2)]
     wait_all(futures)
@@ -496,9 +378,14 @@ def test_scheduler_loss_pauses_dispatch_and_resumes(
     assert pool.capacity == 0  # the dispatcher stops claiming files
     wait_for(lambda: not pool.describe()["connected"], timeout=15, what="describe() to say so")
     more = [pool.submit(task(100 + i, photos)) for i in range(4)]
-    time.sleep(3.0)  # longer than connect_timeout: the client gives up, the pool makes a new one
+    # A fresh connection attempt runs into connect_timeout: the pool keeps trying, files wait.
+    wait_for(
+        lambda: "cannot connect" in str(pool.describe()["error"]),
+        timeout=30,
+        what="a failed reconnection attempt",
+    )
     described = pool.describe()
-    assert not described["connected"] and described["error"], described
+    assert not described["connected"] and described["state"] == "disconnected", described
     assert described["in_cluster"] == 0
     unfinished = [f for f in futures + more if not f.done()]
     assert described["waiting"] == len(unfinished) >= 4  # parked, not failed
@@ -543,8 +430,7 @@ def test_tls_scheduler_needs_and_gets_the_client_certificate(
 
     plain = DaskPool(cluster.address, models=("u2netp",), file_timeout=60, connect_timeout=2)
     try:  # without the certificates the scheduler cannot be reached, and the pool says why
-        wait_for(lambda: plain.describe()["error"] != "not connected yet", timeout=30)
-        time.sleep(1.0)
+        wait_for(lambda: plain.describe()["state"] == "disconnected", timeout=30)
         described = plain.describe()
         assert not plain.available() and not described["connected"], described
         assert "cannot connect" in described["error"], described

@@ -14,6 +14,13 @@ How faults map onto the dispatcher's rules:
   becomes :class:`~watchd.pipeline.AttemptFailed` (one attempt, retried up to
   ``max_attempts``). Our future completes at most once, so a task that Dask
   ran twice still gives one output.
+* **The scheduler is not there yet.** The constructor never waits: a background
+  thread connects, :meth:`describe` says ``connecting`` (then ``disconnected``
+  with the reason) and :attr:`capacity` is 0, so the dispatcher claims nothing
+  until workers are connected. :meth:`check_model` waits only
+  :data:`MODEL_CHECK_WAIT` for the cluster; without one it defers the check to
+  each worker as it joins, because a reload into ``backend = "dask"`` runs in the
+  daemon's main loop and must not stall it for minutes.
 * **The scheduler goes away.** Nothing fails: files sent to it go back into
   this pool's own queue (without costing an attempt), dispatch pauses,
   :meth:`available` is false and :meth:`describe` says why. When the
@@ -24,6 +31,11 @@ How faults map onto the dispatcher's rules:
   local pool's; when it runs out our future fails with :class:`AttemptFailed`
   and the Dask future is released, so the result is thrown away. A task that
   never starts (the cluster is saturated) gives up after twice the time.
+* **Retired by a reload.** Files already in the cluster finish. Files this pool
+  holds but cannot send (its cluster is gone) fail as a broken pool
+  (:class:`~concurrent.futures.process.BrokenProcessPool`): the dispatcher gives
+  their attempt back and queues them for the new pool, instead of leaving them
+  waiting for a cluster nobody uses any more.
 * **Bounded.** At most :attr:`dispatch_window` files are in the cluster (by
   default two per worker thread, at least one); the rest wait here, and the
   dispatcher's own cap bounds those.
@@ -42,6 +54,7 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -76,6 +89,11 @@ FETCH_GRACE = 60.0
 FETCHERS = 4
 #: check_model: how long the other workers may take once the first one has loaded the model.
 LATE_ANSWER = 30.0
+#: check_model: the longest it waits for a scheduler with a worker before deferring the check
+#: (seconds). It runs in the daemon's main loop (start-up, reload): the loop must keep going.
+MODEL_CHECK_WAIT = 5.0
+#: What check_model returns for a model it could not check yet (no cluster to ask).
+UNCHECKED = "unknown (not checked yet: no dask worker connected)"
 
 
 def security_from(
@@ -137,6 +155,14 @@ def route_dask_logs() -> None:
         logger.propagate = False
 
 
+def _summary(by_worker: dict[str, str]) -> str:
+    """One provider for a model, or ``"A on w1, B on w2"`` where the workers disagree."""
+    distinct = sorted(set(by_worker.values()))
+    if len(distinct) == 1:
+        return distinct[0]
+    return ", ".join(f"{provider} on {worker}" for worker, provider in sorted(by_worker.items()))
+
+
 @dataclass(eq=False)
 class _Entry:
     """One submitted file, from :meth:`DaskPool.submit` to its future's completion."""
@@ -189,8 +215,12 @@ class DaskPool:
         self._sent: dict[str, _Entry] = {}
         self._workers: dict[str, dict[str, Any]] = {}
         self._connected = False
-        self._error: str | None = "not connected yet"
+        self._error: str | None = "connecting to the scheduler"
+        self._tried = False  # an attempt failed, or a connection was lost: "disconnected"
         self._since = time.time()
+        # Which execution provider each worker runs each model on (asked when it joins).
+        self._providers: dict[str, dict[str, str]] = {}
+        self._probes: dict[str, Any] = {}  # key -> distributed.Future of a model check
         self._closed = False
         self._next_info = 0.0
         self._next_connect = 0.0
@@ -241,20 +271,21 @@ class DaskPool:
     def check_model(self, model: str, timeout: float) -> str:
         """Load ``model`` on every connected worker; returns the execution provider in use.
 
-        Waits up to ``timeout`` for the scheduler and a first worker. Workers that
-        disagree (one on a GPU, one on the CPU) give ``"A on worker, B on worker"``,
-        which the daemon reports as a provider fallback.
+        Workers that disagree (one on a GPU, one on the CPU) give ``"A on worker, B on
+        worker"``, which the daemon reports as a provider fallback; a worker that cannot
+        load the model raises its error (the daemon refuses the start or the reload).
+
+        The daemon calls this in its main loop, at start-up and on every reload that
+        makes a new pool. So it waits at most :data:`MODEL_CHECK_WAIT` seconds (or
+        ``timeout``, if shorter) for the scheduler and a first worker. Without them it
+        returns :data:`UNCHECKED` at once and leaves the check to the monitor, which asks
+        each worker as it joins (:meth:`describe` shows the answers); dispatch waits for
+        the cluster meanwhile. Waiting here instead (for ``timeout``: minutes) would stop
+        the daemon from taking files, answering ``watchd status`` and pinging systemd.
         """
+        if not self._wait_for_cluster(model, min(timeout, MODEL_CHECK_WAIT)):
+            return UNCHECKED
         deadline = time.monotonic() + timeout
-        while not self.available():
-            if self._closed or time.monotonic() >= deadline:
-                with self._cond:
-                    why = self._error or "no dask worker is connected"
-                raise AttemptFailed(
-                    f"cannot load model {model!r}: the dask cluster at {self.scheduler} is not "
-                    f"available after {timeout:g} s ({why})"
-                )
-            time.sleep(TICK)
         with self._cond:
             client, workers = self._client, sorted(self._workers)
         assert client is not None
@@ -289,10 +320,31 @@ class DaskPool:
                 future.release()
         if not providers:
             raise AttemptFailed(f"loading model {model!r} took longer than {timeout:g} s")
-        distinct = sorted(set(providers.values()))
-        if len(distinct) == 1:
-            return distinct[0]
-        return ", ".join(f"{p} on {w}" for w, p in sorted(providers.items()))
+        with self._cond:
+            for address, provider in providers.items():
+                self._providers.setdefault(address, {})[model] = provider
+        return _summary(providers)
+
+    def _wait_for_cluster(self, model: str, wait: float) -> bool:
+        """Whether a worker is there within ``wait`` s (False at once if connecting failed)."""
+        deadline = time.monotonic() + wait
+        while not self.available():
+            with self._cond:
+                closed, tried = self._closed, self._tried
+                why = self._error or "no dask worker is connected"
+            if closed:
+                raise AttemptFailed(f"cannot load model {model!r}: the dask pool is closed")
+            if tried or time.monotonic() >= deadline:
+                log.warning(
+                    "dask.model_check_deferred",
+                    model=model,
+                    scheduler=self.scheduler,
+                    reason=why,
+                    message="each worker is checked when it joins; dispatch waits for one",
+                )
+                return False
+            time.sleep(TICK)
+        return True
 
     def close(self, *, cancel: bool, wait: bool = True) -> None:
         """Stop using the cluster: fail what is not done when ``cancel``, else let it finish.
@@ -323,8 +375,11 @@ class DaskPool:
             for entry in self._sent.values():
                 if entry.started_at is not None and entry.worker is not None:
                     executing[entry.worker] = executing.get(entry.worker, 0) + 1
-            per_worker = []
+            per_worker: list[dict[str, Any]] = []
+            providers: dict[str, dict[str, str]] = {}  # model -> worker name -> provider
             for address, info in sorted(self._workers.items()):
+                for model, provider in self._providers.get(address, {}).items():
+                    providers.setdefault(model, {})[str(info.get("name", address))] = provider
                 threads = int(info.get("nthreads") or 0)
                 busy = executing.get(address, 0)  # our files it started and has not finished
                 per_worker.append(
@@ -336,6 +391,7 @@ class DaskPool:
                         "busy": min(threads, busy),
                         "memory_limit": info.get("memory_limit"),
                         "status": info.get("status"),
+                        "providers": dict(self._providers.get(address, {})),
                     }
                 )
             threads = sum(int(w["threads"] or 0) for w in per_worker)
@@ -343,6 +399,7 @@ class DaskPool:
             return {
                 "backend": "dask",
                 "scheduler": self.scheduler,
+                "state": self._state(connected),
                 "connected": connected,
                 "error": None if connected and self._workers else self._error,
                 "since": self._since,
@@ -354,9 +411,18 @@ class DaskPool:
                 "in_cluster": len(self._sent),
                 "waiting": len(self._waiting),
                 "per_worker": per_worker,
+                "providers": {model: _summary(by) for model, by in providers.items()},
             }
 
     # --- state helpers (call with the lock held) --------------------------------------------------
+
+    def _state(self, connected: bool) -> str:
+        """One word for status: connecting, connected, no workers, disconnected, closed."""
+        if self._closed:
+            return "closed"
+        if connected:
+            return "connected" if self._workers else "no workers"
+        return "disconnected" if self._tried else "connecting"
 
     def _window(self) -> int:
         if self._window_setting is not None:
@@ -539,6 +605,7 @@ class DaskPool:
                 self._keep_connected()
                 self._expire()
                 self._pump()
+                self._give_back_stranded()
                 with self._cond:
                     self._cond.wait(TICK)
         except Exception:  # a bug here must be loud, not a silently stalled pool
@@ -610,7 +677,10 @@ class DaskPool:
         with self._cond:
             if client is not self._client:
                 return
+            joined = sorted(workers.keys() - self._workers.keys())
             gone = self._workers.keys() - workers.keys()
+            for address in gone:
+                self._providers.pop(address, None)
             now = time.monotonic()
             for entry in self._sent.values():
                 if entry.worker in gone:  # dask runs it again elsewhere: its clock starts again
@@ -622,6 +692,75 @@ class DaskPool:
         if gone:
             log.warning("dask.workers_lost", workers=sorted(gone), remaining=len(workers))
         self._set_state(True, None if workers else "no dask worker is connected")
+        self._probe(client, joined)
+
+    def _probe(self, client: Any, addresses: list[str]) -> None:
+        """Ask each newly joined worker which provider runs each model (loading it if needed).
+
+        The preload has loaded the models already, so this costs a worker a moment.
+        It keeps :meth:`describe` true as workers come and go (a GPU host next to CPU
+        hosts), and it is the model check when :meth:`check_model` had no cluster to ask.
+        The keys do not start with ``watchd-``: these are not files.
+        """
+        for address in addresses:
+            for model in self.models:
+                key = f"watchd.probe-{model}-{self._token}-{next(self._serial)}"
+                try:
+                    probe = client.submit(
+                        dask_worker.load_on_worker,
+                        model,
+                        key=key,
+                        workers=[address],
+                        allow_other_workers=False,
+                        pure=False,
+                    )
+                except Exception as exc:  # the client is closing: the next connection asks again
+                    log.debug("dask.probe_failed", worker=address, error=str(exc))
+                    return
+                with self._cond:
+                    self._probes[key] = probe
+                probe.add_done_callback(partial(self._probed, address, model, key))
+
+    def _probed(self, address: str, model: str, key: str, probe: Any) -> None:
+        """In Dask's callback thread: a model check ended; fetching its answer may block."""
+        if probe.status in ("finished", "error"):
+            self._fetcher.submit(self._record_probe, address, model, key, probe)
+        else:  # cancelled (connection lost, worker gone): asked again when it joins again
+            with self._cond:
+                self._probes.pop(key, None)
+
+    def _record_probe(self, address: str, model: str, key: str, probe: Any) -> None:
+        try:
+            provider = str(probe.result(timeout=RPC_TIMEOUT))
+        except Exception as exc:
+            provider = f"cannot load: {type(exc).__name__}: {exc}"
+            log.error("dask.model_failed", worker=address, model=model, error=provider)
+        finally:
+            with self._cond:
+                self._probes.pop(key, None)
+            probe.release()
+        with self._cond:
+            if address in self._workers:
+                self._providers.setdefault(address, {})[model] = provider
+
+    def _give_back_stranded(self) -> None:
+        """A retired pool that cannot reach its cluster hands its unsent files back.
+
+        After a reload replaced this pool, nobody waits for its scheduler to come back;
+        files still queued here would wait for ever. Failing them as a broken pool makes
+        the dispatcher give the attempt back and queue them for the new pool.
+        """
+        with self._cond:
+            if not self._closed or not self._waiting or self._can_send():
+                return
+            stranded = list(self._waiting)
+        for entry in stranded:
+            self._settle(
+                entry,
+                error=BrokenProcessPool(
+                    f"the retired dask pool cannot reach {self.scheduler}; sent back to the queue"
+                ),
+            )
 
     def _set_state(self, connected: bool, error: str | None) -> None:
         with self._cond:
@@ -630,7 +769,9 @@ class DaskPool:
                 self._since = time.time()
             self._connected, self._error = connected, error
             if not connected:
+                self._tried = True
                 self._workers = {}
+                self._providers = {}
         if not changed:
             return
         if connected and error is None:
@@ -676,6 +817,9 @@ class DaskPool:
             client, self._client = self._client, None
             self._connected = False
             self._error = "closed"
+            probes, self._probes = list(self._probes.values()), {}
+        for probe in probes:
+            probe.release()
         self._fetcher.shutdown(wait=False, cancel_futures=True)
         if client is not None:
             self._close_client(client)
