@@ -542,3 +542,17 @@ def test_hook_counters_appear_in_the_stats_and_the_metrics() -> None:
     assert 'watchd_hooks_total{hook="manifest",outcome="written"} 4.0' in text
     assert 'watchd_hooks_total{hook="command",outcome="failed"} 1.0' in text
     assert 'watchd_hooks_total{hook="webhook",outcome="delivered"} 1.0' in text
+
+
+def test_a_delivery_that_raises_costs_only_itself(
+    receiver: WebhookReceiver, sender_factory: Callable[..., WebhookSender]
+) -> None:
+    counters = HookCounters()
+    sender = sender_factory(counters=counters)
+    broken, fine = Done(), Done()
+    with capture_logs() as logs:
+        sender.submit(Delivery(1, "http://[::1/broken", None, FACTS, broken))  # not a URL
+        sender.submit(Delivery(2, receiver.url, None, FACTS, fine))
+        wait_for(lambda: broken.calls == 1 and fine.calls == 1, 10, "both finished")
+    assert [e["job"] for e in logs if e["event"] == "hook.webhook_failed"] == [1]
+    assert counters.snapshot()["webhook"]["delivered"] == 1

@@ -272,14 +272,18 @@ class CommandRunner:
             job = self._queue.get()
             if job is None or self._stopping.is_set():
                 return
-            result = run_command(
-                job.argv,
-                job.env,
-                job.timeout,
-                grace=self._grace,
-                clock=self._clock,
-                started=self._track,
-            )
+            try:
+                result = run_command(
+                    job.argv,
+                    job.env,
+                    job.timeout,
+                    grace=self._grace,
+                    clock=self._clock,
+                    started=self._track,
+                )
+            except Exception as exc:  # a bug must cost this hook, never the thread
+                log.exception("hook.command_failed", job=job.job, error=repr(exc))
+                result = CommandResult(None, False, b"", 0, 0.0, f"{type(exc).__name__}: {exc}")
             with self._lock:
                 self._running = None
                 if self._cut_short:
@@ -530,6 +534,10 @@ class WebhookSender:
         while (delivery := self._next()) is not None:
             try:
                 self._attempt(delivery)
+            except Exception as exc:  # a bug (or an unusable URL) costs this delivery only
+                self._counters.add("webhook", "failed")
+                log.exception("hook.webhook_failed", job=delivery.job, error=repr(exc))
+                delivery.done()
             finally:
                 with self._cond:
                     self._busy = False
