@@ -153,11 +153,12 @@ def init_worker(
     providers: tuple[str, ...] = DEFAULT_PROVIDERS,
     model_cache: int = DEFAULT_MODEL_CACHE,
 ) -> None:
-    """Worker initializer: point rembg at the model store, load the models once, warm them up.
+    """Worker initializer: point rembg at the model store and load the models once.
 
     Only the first ``model_cache`` models are preloaded (more would evict each other);
-    the others load on first use. The warm-up runs one tiny inference per model, so the
-    first real photo does not also pay onnxruntime's first-run setup.
+    the others load on first use. No warm-up inference: with the session options below
+    the first photo is no slower than the next ones (measured, docs/outputs.md), and a
+    warm-up would cost every worker start about a second.
     """
     global _threads, _providers, _model_cache  # noqa: PLW0603 - per-process worker state, set once
     os.environ.update(env)
@@ -168,13 +169,7 @@ def init_worker(
     # a warning must stop the file too, not just scroll past in a log.
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     for model in models[:_model_cache]:
-        _warm_up(_session(model))
-
-
-def _warm_up(session: Any) -> None:
-    from rembg import remove
-
-    remove(Image.new("RGB", (32, 32), (128, 128, 128)), session=session)
+        _session(model)
 
 
 def _session(model: str) -> Any:
@@ -211,6 +206,10 @@ def _new_session(model: str) -> Any:
     # Without the memory-pattern planner the arena is not sized for the largest run seen:
     # peak RSS on 12 MP photos 975 -> 773 MiB at the same speed (docs/outputs.md).
     options.enable_mem_pattern = False
+    # Without the arena, a session's activations (~280 MiB for u2netp) are returned after
+    # each run instead of kept per session: 550 / 825 / 1100 MiB of worker RSS with 1 / 2 / 3
+    # models loaded becomes 320 / 370 / 420 MiB, at the same speed (docs/outputs.md).
+    options.enable_cpu_mem_arena = False
     providers = list(_providers)
     if model in sessions_names:
         return new_session(model, sess_opts=options, providers=providers)
@@ -348,7 +347,8 @@ def _pages(opened: Image.Image) -> list[int]:
 def _page(opened: Image.Image, index: int) -> Page:
     with _decoding():
         opened.seek(index)  # counting the pages left the file at its last one
-        _check_pixels(opened.size)  # Image.open checks the first page only
+        if index:
+            _check_pixels(opened.size)  # Image.open checks the first page only
         opened.load()
     icc = opened.info.get("icc_profile")
     dpi = _dpi(opened.info.get("dpi"))
@@ -367,12 +367,16 @@ def _page(opened: Image.Image, index: int) -> Page:
 
 
 def _check_pixels(size: tuple[int, int]) -> None:
+    """Pillow's decompression-bomb rule for a later page: an error above twice the limit,
+    a warning above it (which a worker turns into an error, see :func:`init_worker`)."""
     limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and size[0] * size[1] > limit:
-        raise InputRejected(
-            f"the image is too large to process safely: a page of {size[0]}x{size[1]} pixels "
-            f"is more than the limit of {limit} pixels"
-        )
+    pixels = size[0] * size[1]
+    if limit is None or pixels <= limit:
+        return
+    message = f"a page of {size[0]}x{size[1]} = {pixels} pixels is more than the limit of {limit}"
+    if pixels > 2 * limit:
+        raise Image.DecompressionBombError(message)
+    warnings.warn(message, Image.DecompressionBombWarning, stacklevel=2)
 
 
 def _dpi(value: object) -> tuple[float, float] | None:
