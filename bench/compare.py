@@ -681,7 +681,7 @@ def one_photo_stages(
     for level in (1, 6):
         with watch(f"encode_png{level}"):
             cutout.save(io.BytesIO(), "PNG", compress_level=level)
-    task = pipeline.Task(file_id=1, data=data, model=MODEL, png_compress_level=1)
+    task = pipeline.Task(file_id=1, data=data, model=MODEL)
     with watch("watchd_process_total"):
         pipeline.process(task)
     # cheaper alternatives, and how far their alpha is from what rembg's steps give
@@ -773,7 +773,7 @@ def _variant_worker(variant: str, model_path: str, photos: list[str], results: A
         )
 
         def run(data: bytes) -> bytes:
-            return pipeline.process(pipeline.Task(1, data, MODEL, 1)).data
+            return pipeline.process(pipeline.Task(1, data, MODEL)).data
 
     me = os.getpid()
     row: dict[str, Any] = {"variant": variant, "start_s": round(time.perf_counter() - started, 2)}

@@ -133,6 +133,8 @@ def test_a_batch_on_the_cluster_matches_local_processing_and_status_shows_the_cl
     daemon = daemon_factory(pool__backend="dask", pool__scheduler=cluster.address).start()
     root = daemon.root
     assert daemon.count("dask.model_check_deferred") == 0  # checked on the workers at start-up
+    ready = daemon.events("daemon.ready")[-1]  # what runs the files, not [pool] workers
+    assert (ready["backend"], ready["scheduler"], ready["workers"]) == ("dask", cluster.address, 2)
     before = status(daemon)
     assert before["backend"] == "dask"
     assert before["pool"] == {"scheduler": cluster.address, "connected": True, "error": None}
@@ -173,6 +175,8 @@ def test_reload_switches_backend_and_back_losing_and_duplicating_nothing(
     cluster.wait_for_workers(2)
     daemon = daemon_factory().start()  # the local pool: one worker process, two files in flight
     root, inbox = daemon.root, daemon.root / "inbox"
+    ready = daemon.events("daemon.ready")[-1]
+    assert (ready["backend"], ready["scheduler"], ready["workers"]) == ("local", None, 1)
     assert status(daemon)["backend"] == "local"
 
     # Batch 1 on the local pool; switch to the cluster while its files are running.
@@ -249,5 +253,9 @@ def test_reload_into_an_unreachable_scheduler_does_not_block_and_dispatch_resume
     wait_for(lambda: states(root) == {"done": 1}, what="the file done")
     connected = status(daemon)
     assert connected["pool"]["connected"] is True and connected["workers"]["total"] >= 1
+    wait_for(  # the check deferred at the reload, done by the pool as the workers joined
+        lambda: status(daemon)["providers"] == {"u2netp": "CPUExecutionProvider"},
+        what="the workers' providers in watchd status",
+    )
     assert not daemon.events("file.retry") and not daemon.events("file.failed")
     assert daemon.stop() == 0

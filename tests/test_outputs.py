@@ -536,7 +536,7 @@ def test_daemon_writes_the_pages_of_a_scanned_tiff(
     names = ["scan-p1.png", "scan-p2.png", "scan-p3.png"]
     outbox = root / "outbox"
     wait_for(lambda: sorted(p.name for p in outbox.glob("*.png")) == names, what="3 pages")
-    wait_for(lambda: daemon.count("job.done") == 1, what="job.done")
+    wait_for((outbox / "scan.manifest.json").exists, what="the job manifest")
     for name, image in zip(names, scan_pages, strict=True):
         with Image.open(root / "outbox" / name) as page:
             assert page.size == image.size and page.mode == "RGBA"

@@ -94,7 +94,9 @@ class Daemon:
             ensure_dir(path)
         self._lock = hold_state_lock(self._state_dir)
 
-        self.ledger = Ledger.open(self._state_dir / "ledger.sqlite3")
+        self.ledger = Ledger.open(
+            self._state_dir / "ledger.sqlite3", priority_aging=config.daemon.priority_aging
+        )
         log.info("ledger.opened", path=str(self._state_dir / "ledger.sqlite3"))
         self.pool = new_pool(config, store)
         self.dispatcher = Dispatcher(
@@ -127,10 +129,14 @@ class Daemon:
             self._start_watchers()
             self._start_control()
             self._write_stats()
+            pool = self.pool.describe()
             log.info(
                 "daemon.ready",
                 pid=os.getpid(),
-                workers=config.pool.workers,
+                backend=pool["backend"],
+                workers=pool["workers"],  # local: processes; dask: workers connected right now
+                scheduler=pool.get("scheduler"),
+                cluster=pool.get("state"),
                 paused=self.paused,
                 socket=str(config.daemon.socket),
                 watches=[
@@ -164,6 +170,14 @@ class Daemon:
         wanted = self.config.pool.providers[0]
         if active == wanted:
             log.info("model.loaded", model=model, provider=active)
+            return
+        if active.startswith("unknown"):  # DaskPool: no worker to ask yet; each is asked on joining
+            if self.config.pool.require_accelerator:
+                raise ModelError(
+                    f"model {model!r} cannot be checked ({active}); refusing to start "
+                    "because require_accelerator = true"
+                )
+            log.info("model.check_deferred", model=model, provider=active)
             return
         message = (
             f"{wanted} was asked for but model {model!r} runs on {active}: onnxruntime could "
@@ -344,7 +358,8 @@ class Daemon:
             backend=str(pool["backend"]),
             pool=pool,
             models=tuple(sorted({w.model for w in config.watches})),
-            providers=dict(self._providers),
+            # A Dask cluster's workers report their own providers as they join.
+            providers={**self._providers, **pool.get("providers", {})},
             watches={
                 w.name: {"inbox": str(w.inbox), "outbox": str(w.outbox), "model": w.model}
                 for w in config.watches
@@ -413,6 +428,7 @@ class Daemon:
             self.config = new
             self._start_watchers()
         self.config = new
+        self.ledger.priority_aging = new.daemon.priority_aging
         self.dispatcher.use_pool(self.pool, new.pool.max_attempts)
         log.info("reload.done", changes=changes)
         return changes
@@ -437,7 +453,9 @@ class Daemon:
         """One line for ``systemctl status``."""
         names = ", ".join(f"{w.name}: {w.inbox}" for w in self.config.watches)
         paused = "paused; " if self.paused else ""
-        return f"{paused}{self.pool.size} workers; watching {names}"
+        pool = self.pool.describe()
+        cluster = f" on {pool['scheduler']} ({pool['state']})" if pool.get("scheduler") else ""
+        return f"{paused}{pool['workers']} workers{cluster}; watching {names}"
 
     # --- signals and shutdown ---------------------------------------------------------------------
 
@@ -530,6 +548,7 @@ def pool_settings(config: Config) -> tuple[Any, ...]:
         pool.threads_per_worker,
         pool.file_timeout,
         pool.providers,
+        pool.model_cache,
         models_of(config),
         config.daemon.models_dir,
     )
@@ -575,6 +594,7 @@ def new_pool(config: Config, store: ModelStore) -> Pool:
         models=models_of(config),
         file_timeout=config.pool.file_timeout,
         providers=config.pool.providers,
+        model_cache=config.pool.model_cache,
     )
 
 

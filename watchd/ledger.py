@@ -802,7 +802,8 @@ class Ledger:
         else:
             state = JobState.FAILED.value if failed else JobState.DONE.value
         db.execute(
-            "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ? AND state = 'active'",
+            "UPDATE jobs SET state = ?, finished_at = ?, reported = 0 "
+            "WHERE id = ? AND state = 'active'",
             (state, now, job_id),
         )
         return FinishedJob(
@@ -831,7 +832,8 @@ class Ledger:
     def mark_reported(self, job_id: int) -> None:
         """The job's manifest is written and its hooks are handed over."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET reported = 1 WHERE id = ?", (job_id,))
+            # not a job reopened by a retry meanwhile: its next end is reported anew
+            db.execute("UPDATE jobs SET reported = 1 WHERE id = ? AND state != 'active'", (job_id,))
 
     def _transition(self, file_id: int, from_state: str, sql: str, params: tuple[Any, ...]) -> None:
         with self._transaction() as db:
