@@ -25,6 +25,7 @@ from watchd.files import (
     remove_file,
     remove_stray_temp,
     temp_name,
+    unique_named,
     unique_path,
     with_suffix,
     write_error_note,
@@ -477,6 +478,16 @@ def test_unique_path_returns_the_first_free_option() -> None:
     # Deterministic: the same history gives the same answer.
     assert unique_path(Path("/out/a.png"), is_taken) == Path("/out/a (3).png")
     assert unique_path(Path("/out/b.png"), is_taken) == Path("/out/b.png")
+
+
+def test_unique_named_numbers_before_a_compound_suffix_and_fits_name_max() -> None:
+    taken = {Path("/out/a.manifest.json"), Path("/out/a (2).manifest.json")}
+    found = unique_named(Path("/out"), "a", ".manifest.json", taken.__contains__)
+    assert found == Path("/out/a (3).manifest.json")  # still matches *.manifest.json
+    long = "é" * 200  # 400 bytes: the stem is cut at a character, the suffix kept whole
+    name = unique_named(Path("/out"), long, ".manifest.json", lambda _p: False).name
+    assert name.endswith(".manifest.json") and len(os.fsencode(name)) <= 255
+    assert name.startswith("é" * 120)
 
 
 def test_unique_path_for_folders_keeps_the_whole_name() -> None:

@@ -405,6 +405,21 @@ def unique_path(candidate: Path, taken: Callable[[Path], bool], *, folder: bool 
         n += 1
 
 
+def unique_named(folder: Path, stem: str, suffix: str, taken: Callable[[Path], bool]) -> Path:
+    """The first of ``<stem><suffix>``, ``<stem> (2)<suffix>``, ... in ``folder`` not taken.
+
+    For names with a compound suffix that tools match on (``x.manifest.json``): the
+    number goes before the whole suffix, and the stem is shortened to fit NAME_MAX.
+    """
+    n = 1
+    while True:
+        tail = (f" ({n})" if n > 1 else "") + suffix
+        option = folder / (_cut(stem, NAME_MAX - _nbytes(tail)).rstrip(" ") + tail)
+        if not taken(option):
+            return option
+        n += 1
+
+
 def _numbered_folder(path: Path, n: int) -> Path:
     if n == 1:
         return path

@@ -36,6 +36,7 @@ from watchd.files import (
     prune_taken_folder,
     read_input,
     remove_file,
+    unique_named,
     unique_path,
     with_suffix,
 )
@@ -158,7 +159,7 @@ class Intake:
             # beside the job's output folder (or its first output), never inside it, so a
             # tool that sees it knows everything it lists is complete
             stem = out_root.name if batch.kind == "folder" else Path(files[0].rel).stem
-            manifest = claim(unique_path(watch.outbox / f"{stem}{MANIFEST_SUFFIX}", taken))
+            manifest = claim(unique_named(watch.outbox, stem, MANIFEST_SUFFIX, taken))
         new_files = [
             NewFile(
                 rel=c.rel,

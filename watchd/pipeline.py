@@ -34,6 +34,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from watchd.config import OutputConfig
 from watchd.errors import InputRejected, ModelError, WatchdError
+from watchd.png import encode_png
 
 #: Formats Pillow may decode. Anything else (EPS/PS/PDF through Ghostscript, exotic
 #: plug-ins) is refused before a decoder sees it. HEIF joins them when the optional
@@ -571,8 +572,8 @@ def encode(made: Image.Image, output: OutputConfig, page: Page) -> bytes:
         made.save(buffer, "WEBP", lossless=True, method=WEBP_METHOD, quality=WEBP_EFFORT, **extra)
     elif output.format == "jpeg":
         made.save(buffer, "JPEG", quality=output.jpeg_quality, **extra)
-    else:  # png, mask
-        made.save(buffer, "PNG", compress_level=output.png_compress_level, **extra)
+    else:  # png, mask: see watchd/png.py for why not Pillow's encoder
+        return encode_png(made, output.png_compress_level, icc_profile=icc, dpi=extra.get("dpi"))
     return buffer.getvalue()
 
 
