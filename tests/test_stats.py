@@ -239,13 +239,28 @@ TOTALS = {
 ERROR = {"at": WALL0 + 100.25, "watch": "photos", "job": 309, "file": 5126, "message": "bad"}
 
 
+#: What the daemon passes: the completion hooks' outcomes since start.
+HOOKS = {
+    "manifest": {"written": 3, "failed": 0},
+    "command": {"ok": 2, "failed": 1, "dropped": 0},
+    "webhook": {"delivered": 3, "failed": 0, "dropped": 0, "retried": 1},
+}
+
+
 def _snapshot(activity: Activity | None = None, **info: Any) -> dict[str, Any]:
     if activity is None:
         activity = Activity()
         for i in range(12):
             activity.record("photos", ok=True, latency=2.0 + i, now=T0 - i)
     return build_snapshot(
-        _info(**info), COUNTS, TOTALS, activity, ERROR, now_wall=WALL0 + 3600.5, now_mono=T0
+        _info(**info),
+        COUNTS,
+        TOTALS,
+        activity,
+        ERROR,
+        now_wall=WALL0 + 3600.5,
+        now_mono=T0,
+        hooks=HOOKS,
     )
 
 
@@ -271,6 +286,7 @@ def test_snapshot_has_every_key_with_its_type() -> None:
         "watches",
         "last_error",
         "generated_at",
+        "hooks",
     ]
     assert snap["version"] == 1
     assert snap["watchd_version"] == "0.1.0"
@@ -468,7 +484,11 @@ def test_render_metrics_families_labels_and_values() -> None:
         ("watchd_start_time_seconds", "gauge"),
         ("watchd_drop_to_output_seconds", "histogram"),
         ("watchd_throughput_files_per_second", "gauge"),
+        ("watchd_hooks", "counter"),
     }
+    hooks = _values(fams["watchd_hooks", "counter"], "watchd_hooks_total")
+    assert hooks[("hook", "command"), ("outcome", "failed")] == 1
+    assert hooks[("hook", "webhook"), ("outcome", "retried")] == 1
     for family in {name for name, _ in fams}:
         assert f"# HELP {family}" in text
         assert f"# TYPE {family}" in text
