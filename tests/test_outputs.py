@@ -492,7 +492,16 @@ def own_store(
     monkeypatch.setenv("U2NET_HOME", str(store.root))
     monkeypatch.setattr(pipeline, "_sessions", OrderedDict())
     monkeypatch.setattr(pipeline, "_model_cache", pipeline._model_cache)
+    monkeypatch.setattr(pipeline, "_memory_arena", pipeline._memory_arena)
     yield store
+
+
+@pytest.mark.parametrize("arena", [True, False])
+def test_memory_arena_setting_reaches_the_session(own_store: ModelStore, arena: bool) -> None:
+    init_worker(own_store.worker_env(), 1, ("copy-a",), model_cache=1, memory_arena=arena)
+    options = pipeline._session("copy-a").inner_session.get_session_options()
+    assert options.enable_cpu_mem_arena is arena
+    assert options.enable_mem_pattern is False  # either way: no pattern planning
 
 
 def test_model_cache_keeps_the_most_recently_used(own_store: ModelStore) -> None:

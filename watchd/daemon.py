@@ -549,6 +549,7 @@ def pool_settings(config: Config) -> tuple[Any, ...]:
         pool.file_timeout,
         pool.providers,
         pool.model_cache,
+        pool.memory_arena,
         models_of(config),
         config.daemon.models_dir,
     )
@@ -595,6 +596,7 @@ def new_pool(config: Config, store: ModelStore) -> Pool:
         file_timeout=config.pool.file_timeout,
         providers=config.pool.providers,
         model_cache=config.pool.model_cache,
+        memory_arena=config.pool.memory_arena,
     )
 
 

@@ -145,14 +145,16 @@ _session_lock = threading.Lock()  # a Dask worker runs tasks in threads of one p
 _threads = 1
 _providers: tuple[str, ...] = DEFAULT_PROVIDERS
 _model_cache = DEFAULT_MODEL_CACHE
+_memory_arena = True
 
 
-def init_worker(
+def init_worker(  # noqa: PLR0917 - pebble passes initargs positionally
     env: Mapping[str, str],
     threads: int,
     models: tuple[str, ...],
     providers: tuple[str, ...] = DEFAULT_PROVIDERS,
     model_cache: int = DEFAULT_MODEL_CACHE,
+    memory_arena: bool = True,
 ) -> None:
     """Worker initializer: point rembg at the model store and load the models once.
 
@@ -161,8 +163,9 @@ def init_worker(
     the first photo is no slower than the next ones (measured, docs/outputs.md), and a
     warm-up would cost every worker start about a second.
     """
-    global _threads, _providers, _model_cache  # noqa: PLW0603 - per-process worker state, set once
+    global _threads, _providers, _model_cache, _memory_arena  # noqa: PLW0603 - set once per process
     os.environ.update(env)
+    _memory_arena = memory_arena
     _threads = threads
     _providers = providers
     _model_cache = max(1, model_cache)
@@ -207,10 +210,11 @@ def _new_session(model: str) -> Any:
     # Without the memory-pattern planner the arena is not sized for the largest run seen:
     # peak RSS on 12 MP photos 975 -> 773 MiB at the same speed (docs/outputs.md).
     options.enable_mem_pattern = False
-    # Without the arena, a session's activations (~280 MiB for u2netp) are returned after
-    # each run instead of kept per session: 550 / 825 / 1100 MiB of worker RSS with 1 / 2 / 3
-    # models loaded becomes 320 / 370 / 420 MiB, at the same speed (docs/outputs.md).
-    options.enable_cpu_mem_arena = False
+    # ``[pool] memory_arena``: with the arena a session keeps its activations (~280 MiB for
+    # u2netp) between runs, which makes inference about 14 % cheaper; without it a worker
+    # holding 1 / 2 / 3 models needs 339 / 367 / 357 MiB instead of 550 / 825 / 1100 MiB
+    # (docs/performance.md, docs/outputs.md).
+    options.enable_cpu_mem_arena = _memory_arena
     providers = list(_providers)
     if model in sessions_names:
         return new_session(model, sess_opts=options, providers=providers)
@@ -621,11 +625,19 @@ class LocalPool:
         *,
         providers: tuple[str, ...] = DEFAULT_PROVIDERS,
         model_cache: int = DEFAULT_MODEL_CACHE,
+        memory_arena: bool = True,
     ) -> None:
-        """``model_cache``: sessions each worker keeps loaded (``[pool] model_cache``)."""
+        """``model_cache`` and ``memory_arena``: the ``[pool]`` settings of the same names."""
         self.size = workers
         self.file_timeout = file_timeout
-        self._initargs = (dict(env), threads_per_worker, models, providers, model_cache)
+        self._initargs = (
+            dict(env),
+            threads_per_worker,
+            models,
+            providers,
+            model_cache,
+            memory_arena,
+        )
         self._closed = False
         self._pending: set[Future[Result]] = set()
         self._pool: Any = self._new_pool()
