@@ -374,6 +374,23 @@ def page_paths(output: Path, pages: int) -> list[Path]:
     ]
 
 
+#: Zero-padding widths a first page's name can have (page_paths pads to the page count,
+#: and a worker refuses more than pipeline.MAX_PAGES = 500 pages).
+_PAGE_WIDTHS = (1, 2, 3)
+_PAGE_RE = re.compile(r"(?s)(.*)-p[0-9]+(\.[^.]*)")
+
+
+def page_base(path: Path) -> Path | None:
+    """The output a page name (``scan-p02.png``) would belong to (``scan.png``), if any."""
+    match = _PAGE_RE.fullmatch(path.name)
+    return path.with_name(match[1] + match[2]) if match else None
+
+
+def first_page_names(output: Path) -> list[Path]:
+    """The names page 1 of a multi-page input assigned ``output`` can get (-p1, -p01, -p001)."""
+    return [output.with_name(fit_name(output.name, NAME_MAX, f"-p{1:0{w}d}")) for w in _PAGE_WIDTHS]
+
+
 def with_suffix(rel: str, suffix: str) -> str:
     """``sub/a.jpg`` -> ``sub/a.png``; names without a suffix just gain one."""
     path = PurePosixPath(rel)

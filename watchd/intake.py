@@ -20,6 +20,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -31,8 +32,10 @@ from watchd.files import (
     OS_LITTER,
     copy_file,
     error_note_path,
+    first_page_names,
     fsync_dir,
     move_file,
+    page_base,
     prune_taken_folder,
     read_input,
     remove_file,
@@ -51,6 +54,14 @@ log = structlog.get_logger()
 
 def _is_litter(name: str) -> bool:
     return is_ignored(name, OS_LITTER)
+
+
+#: Inputs that may hold several pages (one output per page): scanners' TIFFs.
+MULTI_PAGE_SUFFIXES = frozenset({".tif", ".tiff"})
+
+
+def _may_have_pages(rel: str) -> bool:
+    return Path(rel).suffix.lower() in MULTI_PAGE_SUFFIXES
 
 
 def spool_path(spool_dir: Path, file_id: int) -> Path:
@@ -147,7 +158,7 @@ class Intake:
             )
         if not files:
             return None
-        taken, claim = self._name_checker()
+        taken, claim, output_taken = self._name_checker()
         if batch.kind == "folder":
             out_root = claim(unique_path(watch.outbox / batch.name, taken, folder=True))
             archive_root = claim(unique_path(watch.archive / batch.name, taken, folder=True))
@@ -164,7 +175,12 @@ class Intake:
             NewFile(
                 rel=c.rel,
                 source=c.path,
-                output=claim(unique_path(out_root / with_suffix(c.rel, suffix), taken)),
+                output=claim(
+                    unique_path(
+                        out_root / with_suffix(c.rel, suffix),
+                        partial(output_taken, multi_page=_may_have_pages(c.rel)),
+                    )
+                ),
                 archive=claim(unique_path(archive_root / c.rel, taken)),
                 failed=claim(unique_path(failed_root / c.rel, taken)),
                 size=c.size,
@@ -221,13 +237,23 @@ class Intake:
 
         The failed path stays: the original sits there and leaves it for the spool.
         """
-        taken, claim = self._name_checker()
-        output = claim(unique_path(record.output, taken))
+        taken, claim, output_taken = self._name_checker()
+        multi_page = _may_have_pages(record.rel)
+        output = claim(unique_path(record.output, partial(output_taken, multi_page=multi_page)))
         archive = claim(unique_path(record.archive, taken))
         return output, archive, record.failed
 
-    def _name_checker(self) -> tuple[Callable[[Path], bool], Callable[[Path], Path]]:
-        """``taken(path)``: on disk, assigned to an unfinished file, or claimed here."""
+    def _name_checker(
+        self,
+    ) -> tuple[Callable[[Path], bool], Callable[[Path], Path], Callable[..., bool]]:
+        """``taken(path)``: on disk, assigned to an unfinished file, or claimed here.
+
+        ``output_taken(path, multi_page=...)`` also keeps outputs apart from the pages of
+        multi-page inputs, whose names (``scan-p1.png``) are only known once a worker has
+        counted the pages: a page-like name is taken while its base name (``scan.png``) is
+        claimed or unfinished, and a multi-page input's name is taken while a first-page
+        name of it exists or is in use.
+        """
         reserved: set[Path] = set()
 
         def taken(path: Path) -> bool:
@@ -242,7 +268,15 @@ class Intake:
             reserved.add(path)
             return path
 
-        return taken, claim
+        def output_taken(path: Path, *, multi_page: bool) -> bool:
+            if taken(path):
+                return True
+            base = page_base(path)
+            if base is not None and (base in reserved or self._ledger.path_in_use(base)):
+                return True
+            return multi_page and any(taken(page) for page in first_page_names(path))
+
+        return taken, claim, output_taken
 
     def finish_pending(self, records: list[FileRecord]) -> None:
         """Move recorded inputs into the spool and mark them queued (idempotent, for recovery).
