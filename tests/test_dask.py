@@ -436,3 +436,26 @@ def test_tls_scheduler_needs_and_gets_the_client_certificate(
         assert "cannot connect" in described["error"], described
     finally:
         plain.close(cancel=True)
+
+
+@pytest.mark.parametrize("arena", [True, False])
+def test_worker_setup_passes_memory_arena_to_its_sessions(
+    monkeypatch: pytest.MonkeyPatch, model_store: ModelStore, arena: bool
+) -> None:
+    """``--watchd-[no-]memory-arena`` on a worker host is ``[pool] memory_arena`` locally."""
+    from collections import OrderedDict
+
+    from watchd import dask_worker, pipeline
+
+    monkeypatch.setattr(pipeline, "_sessions", OrderedDict())
+    for name in ("_threads", "_providers", "_model_cache", "_memory_arena"):
+        monkeypatch.setattr(pipeline, name, getattr(pipeline, name))
+    monkeypatch.setattr(dask_worker, "_providers", {})
+    monkeypatch.setattr(dask_worker, "_initialised", False)
+    monkeypatch.setattr(dask_worker, "_models_dir", None)
+    folder = model_store.path("u2netp").parent
+    monkeypatch.setenv("U2NET_HOME", str(folder))  # setup exports it: restored afterwards
+    providers = dask_worker.setup(("u2netp",), folder, memory_arena=arena)
+    assert providers == {"u2netp": "CPUExecutionProvider"}
+    options = pipeline._session("u2netp").inner_session.get_session_options()
+    assert options.enable_cpu_mem_arena is arena

@@ -97,11 +97,14 @@ def setup(
     threads: int = 1,
     providers: tuple[str, ...] = DEFAULT_PROVIDERS,
     model_cache: int | None = None,
+    *,
+    memory_arena: bool = True,
 ) -> dict[str, str]:
     """Check the model files, initialise this process as a watchd worker, load ``models``.
 
     ``model_cache`` (default: enough for ``models``, at least 2) bounds the sessions
     kept loaded; a preloaded model must not be unloaded by the next one it preloads.
+    ``memory_arena`` is ``[pool] memory_arena`` of a local pool, for this worker host.
     Returns the execution provider each model runs on. Raises
     :class:`~watchd.errors.ModelError` with the command that fixes a missing or
     corrupt model.
@@ -114,7 +117,7 @@ def setup(
         store.verify(model)
     with _lock:
         cache = model_cache or max(DEFAULT_MODEL_CACHE, len(models))
-        init_worker(store.worker_env(), threads, (), providers, cache)
+        init_worker(store.worker_env(), threads, (), providers, cache, memory_arena)
         _initialised, _models_dir = True, store.root
         for model in models:
             _providers[model] = load_model(model)
@@ -154,7 +157,8 @@ def _lazy_init() -> None:
     threads = int(os.environ.get("WATCHD_THREADS") or 1)
     providers = _names(os.environ.get("WATCHD_PROVIDERS", "")) or DEFAULT_PROVIDERS
     cache = int(os.environ.get("WATCHD_MODEL_CACHE") or DEFAULT_MODEL_CACHE)
-    init_worker(env, threads, (), providers, cache)
+    arena = os.environ.get("WATCHD_MEMORY_ARENA", "1").strip().lower() not in ("0", "false", "no")
+    init_worker(env, threads, (), providers, cache, arena)
     _initialised = True
     log.warning("watchd: worker was started without --preload watchd.dask_worker; initialised now")
 
@@ -172,6 +176,9 @@ def _lazy_init() -> None:
 @click.option(
     "--watchd-model-cache", envvar="WATCHD_MODEL_CACHE", default=None, type=click.IntRange(1, 64)
 )
+@click.option(
+    "--watchd-memory-arena/--watchd-no-memory-arena", envvar="WATCHD_MEMORY_ARENA", default=True
+)
 def dask_setup(
     worker: Any,
     *,
@@ -180,6 +187,7 @@ def dask_setup(
     watchd_threads: int,
     watchd_providers: str,
     watchd_model_cache: int | None,
+    watchd_memory_arena: bool,
 ) -> None:
     """Dask preload hook: runs once in each worker process, before it joins the scheduler."""
     _setup_logging()
@@ -192,6 +200,7 @@ def dask_setup(
             watchd_threads,
             _names(watchd_providers) or DEFAULT_PROVIDERS,
             watchd_model_cache,
+            memory_arena=watchd_memory_arena,
         )
     except Exception as exc:
         # Dask only logs a failing preload and lets the worker join anyway; a worker without
