@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -194,7 +195,9 @@ def test_outputs_match_local_processing(
     reference: dict[str, bytes],
 ) -> None:
     cluster = cluster_factory()
-    pool = pool_factory(cluster)
+    can_take_work = threading.Event()  # the daemon passes its wake-up here
+    pool = pool_factory(cluster, on_capacity=can_take_work.set)
+    wait_for(can_take_work.is_set, what="the pool saying it can take work")
     assert pool.available()
     assert pool.check_model("u2netp", 60) == "CPUExecutionProvider"
     described = pool.describe()

@@ -16,6 +16,7 @@ import queue
 import random
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
@@ -98,7 +99,7 @@ class Daemon:
             self._state_dir / "ledger.sqlite3", priority_aging=config.daemon.priority_aging
         )
         log.info("ledger.opened", path=str(self._state_dir / "ledger.sqlite3"))
-        self.pool = new_pool(config, store)
+        self.pool = new_pool(config, store, wake=self._wake)
         self.dispatcher = Dispatcher(
             self.ledger,
             self.pool,
@@ -434,7 +435,7 @@ class Daemon:
         return changes
 
     def _replace_pool(self, config: Config, store: ModelStore) -> None:
-        pool = new_pool(config, store)
+        pool = new_pool(config, store, wake=self._wake)
         try:
             providers = {m: load_in_worker(pool, m) for m in models_of(config)}
         except WatchdError as exc:
@@ -575,7 +576,7 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     return sorted(changes)
 
 
-def new_pool(config: Config, store: ModelStore) -> Pool:
+def new_pool(config: Config, store: ModelStore, wake: Callable[[], None] | None = None) -> Pool:
     pool = config.pool
     if pool.backend == "dask":
         assert pool.scheduler is not None  # config validation
@@ -587,6 +588,7 @@ def new_pool(config: Config, store: ModelStore) -> Pool:
             file_timeout=pool.file_timeout,
             dispatch_window=pool.dispatch_window,
             security=security_from(pool.tls_ca_file, pool.tls_client_cert, pool.tls_client_key),
+            on_capacity=wake,  # dispatch as soon as the cluster can take work
         )
     return LocalPool(
         workers=config.pool.workers,

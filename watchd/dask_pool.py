@@ -53,6 +53,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -195,6 +196,7 @@ class DaskPool:
         dispatch_window: int | None = None,
         security: Any | None = None,
         connect_timeout: float = 10.0,
+        on_capacity: Callable[[], None] | None = None,
     ) -> None:
         if dispatch_window is not None and dispatch_window < 1:
             raise ValueError("dispatch_window must be at least 1")
@@ -204,6 +206,9 @@ class DaskPool:
         self._window_setting = dispatch_window
         self._security = security
         self._connect_timeout = connect_timeout
+        # Called (from the pool's own thread) when work can be sent again: connected with
+        # workers. The daemon's loop otherwise only looks at the pool on its next pass.
+        self._on_capacity = on_capacity
         self._token = uuid.uuid4().hex[:12]
         self._serial = itertools.count(1)
         # Everything below is guarded by this condition's lock. Never hold it while waiting
@@ -776,6 +781,8 @@ class DaskPool:
             return
         if connected and error is None:
             log.info("dask.connected", scheduler=self.scheduler, workers=len(self._workers))
+            if self._on_capacity is not None:
+                self._on_capacity()
         elif connected:
             log.warning("dask.no_workers", scheduler=self.scheduler, message=error)
         else:
