@@ -26,7 +26,6 @@ is needed to get there, so ``kill -9`` loses no completion.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import queue
@@ -38,7 +37,7 @@ from typing import Any, Protocol
 import structlog
 
 from watchd.config import HooksConfig
-from watchd.files import ensure_dir, fsync_dir, page_paths
+from watchd.files import page_paths, write_via_temp
 from watchd.ledger import FileDetail, JobDetail, Ledger, NotFound
 from watchd.stats import iso_utc
 
@@ -154,31 +153,12 @@ def encode_manifest(manifest: Mapping[str, Any]) -> bytes:
 def write_manifest(path: Path, data: bytes, job_id: int) -> None:
     """Write ``data`` to ``path`` so that readers see nothing or the whole manifest.
 
-    The same rules as ``files.atomic_write``: a hidden temp beside the target, never
-    opened through a planted link (``O_NOFOLLOW | O_EXCL``), fsynced, renamed over the
-    target, and the folder fsynced. A temp left by a crash is removed the next time
-    the same job's manifest is written (its job is still unreported then).
+    It is ``files.atomic_write`` with a temp name of its own, derived from the job id
+    (``.watchd-<id>.tmp`` of file ``<id>`` could be in the same folder). A temp left by
+    a crash is removed the next time the same job's manifest is written (its job is
+    still unreported then).
     """
-    ensure_dir(path.parent)
-    temp = path.parent / manifest_temp_name(job_id)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temp)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temp, flags, 0o666)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    fsync_dir(path.parent)
+    write_via_temp(path, data, manifest_temp_name(job_id))
 
 
 # --- the coordinator ------------------------------------------------------------------------------

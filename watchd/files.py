@@ -106,8 +106,13 @@ def atomic_write(path: Path, data: bytes, file_id: int, *, page: int | None = No
 
     ``page``: which page of a multi-page input this is (its own temp name).
     """
+    write_via_temp(path, data, temp_name(file_id, page))
+
+
+def write_via_temp(path: Path, data: bytes, temp_name: str) -> None:
+    """:func:`atomic_write` with a temp name of the caller's (hidden, beside ``path``)."""
     ensure_dir(path.parent)
-    temp = path.parent / temp_name(file_id, page)
+    temp = path.parent / temp_name
     # A leftover (or planted) entry at the temp name is removed, never written through.
     _unlink_quiet(temp)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
