@@ -387,6 +387,41 @@ def test_bad_choices(raw: dict[str, Any], key: str, fragment: str, tmp_path: Pat
     assert fragment in message
 
 
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        (with_watch(format="tiff"), "watch[0].format", "must be one of 'png', 'webp'"),
+        (with_watch(format="jpeg"), "watch[0].background", 'set background = "#rrggbb"'),
+        (with_watch(background="white"), "watch[0].background", 'like "#ffffff"'),
+        (with_watch(background="#fff"), "watch[0].background", 'like "#ffffff"'),
+        (with_watch(jpeg_quality=0), "watch[0].jpeg_quality", "at least 1 and at most 100"),
+        (with_watch(alpha_matting="yes"), "watch[0].alpha_matting", "expected true or false"),
+        (
+            with_watch(alpha_matting_foreground_threshold=256),
+            "watch[0].alpha_matting_foreground_threshold",
+            "at most 255",
+        ),
+        (with_watch(priority=101), "watch[0].priority", "at least -100 and at most 100"),
+        (with_watch(on_complete="/bin/true"), "watch[0].on_complete", "no shell is used"),
+        (with_watch(on_complete=["notify"]), "watch[0].on_complete", "an absolute path"),
+        (with_watch(on_complete=[]), "watch[0].on_complete", "non-empty list"),
+        (with_watch(on_complete_timeout=0), "watch[0].on_complete_timeout", "at least 1"),
+        (with_watch(webhook_url="ftp://x/y"), "watch[0].webhook_url", "http:// or https://"),
+        (with_watch(webhook_secret=""), "watch[0].webhook_secret", "non-empty string"),
+        (with_watch(manifest="no"), "watch[0].manifest", "expected true or false"),
+        ({**with_watch(), "pool": {"model_cache": 0}}, "pool.model_cache", "at least 1"),
+        ({**with_watch(), "pool": {"memory_arena": 1}}, "pool.memory_arena", "true or false"),
+        ({**with_watch(), "daemon": {"priority_aging": 0}}, "daemon.priority_aging", "at least 1"),
+    ],
+)
+def test_bad_output_priority_and_hook_values(
+    raw: dict[str, Any], key: str, fragment: str, tmp_path: Path
+) -> None:
+    message = config_error(raw, tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: {key}: "), message
+    assert fragment in message, message
+
+
 @pytest.mark.parametrize("key", ["name", "inbox", "outbox"])
 def test_missing_required_watch_keys(key: str, tmp_path: Path) -> None:
     watch = {k: v for k, v in WATCH.items() if k != key}
