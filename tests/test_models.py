@@ -362,3 +362,40 @@ def test_root_none_installs_where_rembg_looks(
     custom = store.import_file(real_model, "custom")
     assert custom == rembg_homes / "rembg" / "models" / "custom" / "custom.onnx"
     assert _info(store, "custom").checksum == "unknown"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"U2NET_HOME": "/srv/u2"},
+        {"U2NET_HOME": ""},
+        {"REMBG_HOME": "/srv/rembg"},
+        {"XDG_DATA_HOME": "/srv/xdg"},
+        {"XDG_DATA_HOME": "/srv/xdg", "REMBG_HOME": "~/r"},
+        {"U2NET_HOME": "~/u", "REMBG_HOME": "/srv/rembg", "XDG_DATA_HOME": "/srv/xdg"},
+    ],
+)
+def test_root_none_looks_where_every_rembg_session_looks(
+    tmp_path: Path, real_model: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    """Workers find models without importing rembg (watchd/u2net.py): the folders computed
+    here must stay rembg's, for each of its sessions and each way of setting them."""
+    from rembg.sessions import sessions_class
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # U2NET_HOME="" makes rembg's old folder the current one
+    for key in ("U2NET_HOME", "REMBG_HOME", "XDG_DATA_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.replace("/srv", str(tmp_path)))
+    store = ModelStore(None)
+    for cls in sessions_class:
+        name = cls.name()
+        fname = name + ".onnx"
+        assert store.path(name) == Path(cls.model_dir()) / fname, name
+        legacy = Path(cls.legacy_home()) / fname  # found there when only the old copy exists
+        legacy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(real_model, legacy)
+        assert store.path(name) == Path(cls.resolve_existing(fname)), name
+        legacy.unlink()

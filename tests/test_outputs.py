@@ -31,6 +31,7 @@ from watchd.files import NAME_MAX, page_paths, remove_stray_temp, temp_name
 from watchd.ledger import FileRecord
 from watchd.models import ModelStore
 from watchd.pipeline import Result, Task, decode_pages, init_worker, process
+from watchd.u2net import U2netSession
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 RED = (200, 30, 40)
@@ -515,15 +516,13 @@ def test_model_cache_keeps_the_most_recently_used(own_store: ModelStore) -> None
     assert pipeline.loaded_models() == ("u2netp", "copy-a")
 
 
-def test_imported_model_runs_through_u2net_custom(
-    own_store: ModelStore, photos: dict[str, Path]
-) -> None:
-    from rembg.sessions.u2net_custom import U2netCustomSession
-
+def test_imported_model_runs_as_a_u2net(own_store: ModelStore, photos: dict[str, Path]) -> None:
+    """An imported model runs as rembg's ``u2net_custom`` would (tests/test_u2net.py), in
+    watchd's own U²-Net session."""
     init_worker(own_store.worker_env(), 1, (), model_cache=2)
     data = encode(small(photos, "coffee.png"), "PNG")
     custom = process(Task(file_id=1, data=data, model="copy-a", output=OutputConfig()))
-    assert isinstance(pipeline._session("copy-a"), U2netCustomSession)
+    assert isinstance(pipeline._session("copy-a"), U2netSession)
     builtin = process(Task(file_id=2, data=data, model="u2netp", output=OutputConfig()))
     assert custom.data == builtin.data  # the same weights: the same cutout
     with pytest.raises(Exception, match=r"watchd models import"):

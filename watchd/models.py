@@ -187,21 +187,25 @@ def _rembg_sessions() -> Mapping[str, Any]:
     return MappingProxyType({cls.name(): cls for cls in sessions_class})
 
 
-@cache
-def _session_class(name: str) -> Any:
-    """The rembg session class for ``name``, or a stand-in with rembg's folder logic.
+def _legacy_home() -> Path:
+    """rembg's old flat model folder, still searched: ``U2NET_HOME``, else ``~/.u2net``.
 
-    The stand-in lets imported custom models follow the same per-model layout
-    and lookup order as rembg's own ones.
+    The same expressions as rembg's ``BaseSession.legacy_home``, written out so that a
+    worker finds its model without importing rembg (2.4 s and ~175 MiB, see
+    watchd/u2net.py); tests/test_models.py checks both agree for every rembg model.
     """
-    cls = _rembg_sessions().get(name)
-    if cls is not None:
-        return cls
-    from rembg.sessions.base import BaseSession
+    default = os.path.join(os.getenv("XDG_DATA_HOME", "~"), ".u2net")
+    return Path(os.path.expanduser(os.getenv("U2NET_HOME", default)))
 
-    return type(
-        f"_Custom_{name}", (BaseSession,), {"name": classmethod(lambda _c, *_a, **_k: name)}
-    )
+
+def _rembg_home() -> Path:
+    """rembg's model root (``BaseSession.rembg_home``): ``U2NET_HOME`` wins, else ``REMBG_HOME``,
+    else ``$XDG_DATA_HOME/rembg`` or ``~/.rembg``."""
+    if os.getenv("U2NET_HOME"):
+        return _legacy_home()
+    xdg = os.getenv("XDG_DATA_HOME")
+    default = os.path.join(xdg, "rembg") if xdg else os.path.join("~", ".rembg")
+    return Path(os.path.expanduser(os.getenv("REMBG_HOME", default)))
 
 
 def _rembg_download(name: str, dest: Path) -> None:
@@ -314,14 +318,14 @@ class ModelStore:
     def _install_path(self, name: str) -> Path:
         if self.root is not None:
             return self.root / (name + _SUFFIX)
-        return Path(_session_class(name).model_dir()) / (name + _SUFFIX)
+        return _rembg_home() / "models" / name / (name + _SUFFIX)
 
     def _existing(self, name: str) -> Path | None:
+        fname = name + _SUFFIX  # rembg's order: its per-model folder, then the flat one
         if self.root is None:
-            found = _session_class(name).resolve_existing(name + _SUFFIX)
-            return None if found is None else Path(found)
-        fname = name + _SUFFIX  # rembg's order when workers get U2NET_HOME=root
-        candidates = [self.root / "models" / name / fname, self.root / fname]
+            candidates = [_rembg_home() / "models" / name / fname, _legacy_home() / fname]
+        else:  # what rembg's order gives when workers get U2NET_HOME=root
+            candidates = [self.root / "models" / name / fname, self.root / fname]
         return next((p for p in candidates if p.exists()), None)
 
     def path(self, name: str) -> Path:

@@ -30,11 +30,12 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError, _imaging
 
 from watchd.config import OutputConfig
 from watchd.errors import InputRejected, ModelError, WatchdError
 from watchd.png import encode_png
+from watchd.u2net import FAMILY, PILLOW_BLOCK_SIZE, U2netSession, naive_cutout
 
 #: Formats Pillow may decode. Anything else (EPS/PS/PDF through Ghostscript, exotic
 #: plug-ins) is refused before a decoder sees it. HEIF joins them when the optional
@@ -172,6 +173,7 @@ def init_worker(  # noqa: PLR0917 - pebble passes initargs positionally
     # Decompression bombs: Pillow warns between 1x and 2x MAX_IMAGE_PIXELS and raises above;
     # a warning must stop the file too, not just scroll past in a log.
     warnings.simplefilter("error", Image.DecompressionBombWarning)
+    _imaging.set_block_size(PILLOW_BLOCK_SIZE)  # cutouts relabelled without a copy (u2net.py)
     for model in models[:_model_cache]:
         _session(model)
 
@@ -192,15 +194,17 @@ def _session(model: str) -> Any:
 
 
 def _new_session(model: str) -> Any:
-    """A rembg session; a name rembg does not know is an imported model (``u2net_custom``).
+    """A session for ``model``: U²-Net models without rembg, other rembg models through it.
 
-    ``watchd models import file.onnx --name NAME`` puts the file where
-    :class:`~watchd.models.ModelStore` finds it; the worker's environment carries the
-    same ``U2NET_HOME``, so ``ModelStore(None)`` resolves the very file checked there.
+    U²-Net models (rembg's ``u2net``, ``u2netp``, ``u2net_human_seg``, ``silueta``, and
+    any imported model, which rembg would run as ``u2net_custom``) run in
+    :class:`~watchd.u2net.U2netSession`, so a worker that serves only them never imports
+    rembg (2.4 s and ~175 MiB). ``watchd models import file.onnx --name NAME`` puts the
+    file where :class:`~watchd.models.ModelStore` finds it; the worker's environment
+    carries the same ``U2NET_HOME``, so ``ModelStore(None)`` resolves the very file
+    checked there.
     """
     import onnxruntime as ort
-    from rembg import new_session
-    from rembg.sessions import sessions_names
 
     from watchd.models import ModelStore
 
@@ -212,19 +216,26 @@ def _new_session(model: str) -> Any:
     options.enable_mem_pattern = False
     # ``[pool] memory_arena``: with the arena a session keeps its activations (~280 MiB for
     # u2netp) between runs, which makes inference about 14 % cheaper; without it a worker
-    # holding 1 / 2 / 3 models needs 339 / 367 / 357 MiB instead of 550 / 825 / 1100 MiB
-    # (docs/performance.md, docs/outputs.md).
+    # holding 1 / 2 / 3 models needs less (docs/performance.md, docs/outputs.md).
     options.enable_cpu_mem_arena = _memory_arena
     providers = list(_providers)
-    if model in sessions_names:
-        return new_session(model, sess_opts=options, providers=providers)
+    if model not in FAMILY:
+        from rembg import new_session
+        from rembg.sessions import sessions_names
+
+        if model in sessions_names:
+            return new_session(model, sess_opts=options, providers=providers)
     path = ModelStore(None).path(model)
     if not path.is_file():
         raise ModelError(
             f"model {model!r} is not installed in this worker (looked for {path}); "
-            f"import it with: watchd models import <file.onnx> --name {model}"
+            + (
+                f"install it with: watchd models pull {model}"
+                if model in FAMILY
+                else f"import it with: watchd models import <file.onnx> --name {model}"
+            )
         )
-    return new_session("u2net_custom", sess_opts=options, providers=providers, model_path=str(path))
+    return U2netSession(path, options, providers)
 
 
 def loaded_models() -> tuple[str, ...]:
@@ -357,7 +368,8 @@ def _page(opened: Image.Image, index: int) -> Page:
         opened.load()
     icc = opened.info.get("icc_profile")
     dpi = _dpi(opened.info.get("dpi"))
-    image, swapped = _upright(opened)
+    # A TIFF's next page is decoded into the same image object: a page it yields is a copy.
+    image, swapped = _upright(opened, copy=opened.format == "TIFF")
     if swapped and dpi is not None:
         dpi = (dpi[1], dpi[0])
     if image.mode not in ("RGB", "RGBA"):
@@ -412,10 +424,11 @@ _ORIENTATIONS = {
 _METADATA_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
-def _upright(image: Image.Image) -> tuple[Image.Image, bool]:
+def _upright(image: Image.Image, *, copy: bool) -> tuple[Image.Image, bool]:
     """Apply the EXIF orientation and drop the EXIF/XMP metadata (the cutout carries none).
 
-    Returns the image and whether width and height were swapped. Like
+    Returns the image (``image`` itself when it needs no turning and no ``copy``; 12 MP
+    copied costs 13 ms) and whether width and height were swapped. Like
     ``ImageOps.exif_transpose``, but that one rewrites the EXIF block, which raises
     (struct.error) on some corrupt EXIF data; rembg's ``remove`` runs exif_transpose again
     on what it is given, so the metadata must go, or it would rotate twice or raise there.
@@ -425,7 +438,9 @@ def _upright(image: Image.Image) -> tuple[Image.Image, bool]:
     except Exception:  # unreadable EXIF: the pixels are still good, keep them as stored
         orientation = 1
     method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
-    upright = image.transpose(method) if method is not None else image.copy()
+    upright = image if method is None else image.transpose(method)
+    if copy and upright is image:
+        upright = image.copy()
     for key in _METADATA_KEYS:
         upright.info.pop(key, None)
     return upright, isinstance(orientation, int) and orientation >= 5 and method is not None
@@ -497,20 +512,32 @@ def wants_mask(output: OutputConfig) -> bool:
 
 
 def cut_out(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
-    """The RGBA cutout, the opaque composite on ``background``, or the "L" mask."""
-    from rembg import remove
+    """The RGBA cutout, the opaque composite on ``background``, or the "L" mask.
 
-    if wants_mask(output) and not output.alpha_matting:
-        mask: Image.Image = remove(
-            image, session=session, only_mask=True, post_process_mask=output.post_process_mask
-        )
-        return mask
-    if output.alpha_matting:
-        cutout = _matted(image, session, output)
+    A U²-Net session without alpha matting or post-processing takes watchd's own copy of
+    rembg's steps (watchd/u2net.py), the same pixels without importing rembg.
+    """
+    plain = not output.alpha_matting and not output.post_process_mask
+    if plain and isinstance(session, U2netSession):
+        mask = session.mask(image)
+        if wants_mask(output):
+            return mask
+        cutout = naive_cutout(image, mask)
+        del mask
     else:
-        cutout = remove(image, session=session, post_process_mask=output.post_process_mask)
-    if wants_mask(output):
-        return cutout.getchannel("A")  # the matted alpha: the mask of the cutout one would get
+        from rembg import remove
+
+        if wants_mask(output) and not output.alpha_matting:
+            only: Image.Image = remove(
+                image, session=session, only_mask=True, post_process_mask=output.post_process_mask
+            )
+            return only
+        if output.alpha_matting:
+            cutout = _matted(image, session, output)
+        else:
+            cutout = remove(image, session=session, post_process_mask=output.post_process_mask)
+        if wants_mask(output):
+            return cutout.getchannel("A")  # the matted alpha: the mask of the cutout one would get
     if output.background is not None or output.format == "jpeg":
         return _on_background(cutout, output.background or "#ffffff")
     return cutout
