@@ -554,15 +554,16 @@ def _infer_worker(job: tuple[str, int, float, bytes], barrier: Any, results: Any
 
 
 def model_input(photo: Path, model_dir: Path) -> bytes:
-    """A real photo, prepared for u2netp exactly as rembg does it (its ``normalize``)."""
+    """A real photo, prepared for u2netp exactly as rembg does it (its ``normalize``,
+    watchd/u2net.py)."""
     from PIL import Image
 
     from watchd import pipeline
 
     pipeline.init_worker({"U2NET_HOME": str(model_dir)}, 1, (MODEL,))
     with Image.open(photo) as image:
-        feed = pipeline._session(MODEL).normalize(image.convert("RGB"), MEAN, STD, MODEL_SIZE)
-    return bytes(next(iter(feed.values())).tobytes())
+        tensor = pipeline._session(MODEL).model_input(image.convert("RGB"))
+    return bytes(tensor.tobytes())
 
 
 def inference_layouts(
@@ -631,19 +632,29 @@ class Stopwatch:
 def stage_costs(photos: list[Path], model_dir: Path) -> dict[str, Any]:
     """Single-threaded cost of each step of one photo, in this process (1 onnxruntime thread).
 
-    ``decode`` (Pillow, no EXIF handling) and ``encode_png1`` (the cutout as PNG,
-    compress_level 1, watchd's default) are what any tool must pay; the rest is rembg's
-    pre/post-processing around the model. For contrast: ``encode_png6`` (Pillow's default
-    level, what ``rembg p`` writes), and two cheaper resizes, with how much they change alpha.
+    ``decode`` (Pillow, no EXIF handling) and ``encode_watchd`` (the cutout as PNG, level 1,
+    with watchd's encoder, watchd/png.py) are what any tool must pay; the rest is rembg's
+    pre/post-processing around the model, timed as rembg does it (its own session and
+    ``naive_cutout``) and as watchd does it (watchd/u2net.py, the same pixels). For contrast:
+    Pillow's PNG encoder at level 1 and at its default level 6 (what ``rembg p`` writes),
+    and two cheaper resizes, with how much they would change alpha.
     """
+    import onnxruntime as ort
+    from rembg import new_session
+
     from watchd import pipeline
 
     pipeline.init_worker({"U2NET_HOME": str(model_dir)}, 1, (MODEL,))
-    session = pipeline._session(MODEL)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    sessions = (
+        new_session(MODEL, sess_opts=options, providers=["CPUExecutionProvider"]),
+        pipeline._session(MODEL),
+    )
     watch = Stopwatch()
     diffs: dict[str, list[tuple[int, float]]] = {}
     for photo in photos:
-        one_photo_stages(photo.read_bytes(), session, watch, diffs)
+        one_photo_stages(photo.read_bytes(), sessions, watch, diffs)
     result: dict[str, Any] = watch.means()
     result["alt_alpha_vs_rembg"] = {
         name: {
@@ -657,14 +668,19 @@ def stage_costs(photos: list[Path], model_dir: Path) -> dict[str, Any]:
 
 
 def one_photo_stages(
-    data: bytes, session: Any, watch: Stopwatch, diffs: dict[str, list[tuple[int, float]]]
+    data: bytes,
+    sessions: tuple[Any, Any],
+    watch: Stopwatch,
+    diffs: dict[str, list[tuple[int, float]]],
 ) -> None:
     import numpy as np
     from PIL import Image
     from rembg.bg import naive_cutout
 
-    from watchd import pipeline
+    from watchd import pipeline, u2net
+    from watchd.png import encode_png
 
+    session, ours = sessions
     lanczos, bilinear = Image.Resampling.LANCZOS, Image.Resampling.BILINEAR
     with watch("decode"):
         Image.open(io.BytesIO(data)).convert("RGB")
@@ -678,6 +694,12 @@ def one_photo_stages(
         mask = mask_from(pred, image.size, lanczos)
     with watch("cutout_composite"):
         cutout = naive_cutout(image, mask)
+    with watch("mask_watchd"):
+        ours.mask(image)
+    with watch("cutout_watchd"):
+        u2net.naive_cutout(image, mask)
+    with watch("encode_watchd"):
+        encode_png(cutout, 1)
     for level in (1, 6):
         with watch(f"encode_png{level}"):
             cutout.save(io.BytesIO(), "PNG", compress_level=level)
@@ -702,7 +724,7 @@ def mask_from(pred: Any, size: tuple[int, int], method: Any) -> Any:
 
     pred = pred[:, 0, :, :]
     pred = np.squeeze((pred - pred.min()) / (pred.max() - pred.min()))
-    return Image.fromarray((pred * 255).astype("uint8"), mode="L").resize(size, method)
+    return Image.fromarray((pred * 255).astype("uint8")).resize(size, method)
 
 
 def alpha_diff(a: Any, b: Any, np: Any) -> tuple[int, float]:
@@ -714,17 +736,18 @@ def limit_for(set_costs: dict[str, Any], best: dict[str, Any], cores: int) -> di
     """Photos/s if a tool did nothing but decode, infer at the best layout and encode.
 
     Every core busy: one photo costs ``cores / best_rate`` core-seconds of inference plus
-    ``decode + encode_png1`` core-seconds, so limit = cores / that (wall-clock costs, as
-    measured now). ``cpu_model_photos_per_s`` is the same from CPU seconds (inference CPU
-    per run at the best layout, decode and encode CPU): what a quiet machine would allow.
+    ``decode + encode_watchd`` core-seconds (the PNG at level 1 with the fastest encoder
+    measured, watchd's), so limit = cores / that (wall-clock costs, as measured now).
+    ``cpu_model_photos_per_s`` is the same from CPU seconds (inference CPU per run at the
+    best layout, decode and encode CPU): what a quiet machine would allow.
     """
-    unavoidable = set_costs["decode"] + set_costs["encode_png1"]
+    unavoidable = set_costs["decode"] + set_costs["encode_watchd"]
     core_seconds = cores / best["inferences_per_s"] + unavoidable
     cpu = set_costs["cpu_s"]
-    cpu_seconds = best["cpu_ms_per_inference"] / 1000 + cpu["decode"] + cpu["encode_png1"]
+    cpu_seconds = best["cpu_ms_per_inference"] / 1000 + cpu["decode"] + cpu["encode_watchd"]
     return {
         "decode_s": set_costs["decode"],
-        "encode_png1_s": set_costs["encode_png1"],
+        "encode_s": set_costs["encode_watchd"],
         "inference_core_s": round(cores / best["inferences_per_s"], 4),
         "core_seconds_per_photo": round(core_seconds, 4),
         "photos_per_s": round(cores / core_seconds, 3),
@@ -735,42 +758,33 @@ def limit_for(set_costs: dict[str, Any], best: dict[str, Any], cores: int) -> di
 
 # --- what-if: the worker's memory ----------------------------------------------------------------
 
-#: Worker variants measured by :func:`worker_variants`: as watchd runs today; with
-#: onnxruntime's memory pattern planning off (``enable_mem_pattern``); with its CPU memory
-#: arena off (``enable_cpu_mem_arena``); and without importing rembg at all (u2netp's
-#: pre/post-processing done here, as :func:`lean_process`), with either of those off.
-VARIANTS = (
-    "watchd",
-    "watchd-pattern-off",
-    "watchd-arena-off",
-    "lean-pattern-off",
-    "lean-arena-off",
-)
+#: Worker variants measured by :func:`worker_variants`: watchd's worker as it runs by
+#: default (U²-Net steps of watchd/u2net.py, rembg not imported); the same with
+#: onnxruntime's CPU memory arena off (``[pool] memory_arena = false``); and the way
+#: watchd's workers ran before, through rembg's own session and ``remove`` (rembg imported).
+VARIANTS = ("watchd", "watchd-arena-off", "rembg-remove")
 
 
 def _variant_worker(variant: str, model_path: str, photos: list[str], results: Any) -> None:
     """One fresh process acting as a worker: RSS after start, after each photo, peak."""
     started = time.perf_counter()
     os.environ["U2NET_HOME"] = str(Path(model_path).parent)
-    import onnxruntime as ort
-
     from watchd import pipeline
+    from watchd.png import encode_png
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    options.enable_cpu_mem_arena = "arena-off" not in variant
-    options.enable_mem_pattern = "pattern-off" not in variant
-    if variant.startswith("lean"):
-        session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    if variant == "rembg-remove":
+        import onnxruntime as ort
+        from rembg import new_session, remove
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+        options.enable_mem_pattern = False
+        session = new_session(MODEL, sess_opts=options, providers=["CPUExecutionProvider"])
 
         def run(data: bytes) -> bytes:
-            return lean_process(session, data)
+            return encode_png(remove(pipeline.decode(data), session=session), 1)
     else:
-        from rembg import new_session
-
-        pipeline._sessions[MODEL] = new_session(
-            MODEL, sess_opts=options, providers=["CPUExecutionProvider"]
-        )
+        pipeline.init_worker({}, 1, (MODEL,), memory_arena=variant != "watchd-arena-off")
 
         def run(data: bytes) -> bytes:
             return pipeline.process(pipeline.Task(1, data, MODEL)).data
@@ -794,26 +808,6 @@ def _variant_worker(variant: str, model_path: str, photos: list[str], results: A
     row["steps"] = steps
     row["peak_rss_mib"] = mib(status_kib(me, "VmHWM"))
     results.put((row, outputs))
-
-
-def lean_process(session: Any, data: bytes) -> bytes:
-    """What rembg's ``remove`` does for u2netp (normalize, run, min-max, LANCZOS up,
-    naive cutout), written against onnxruntime and Pillow only, then watchd's PNG."""
-    import numpy as np
-    from PIL import Image
-
-    from watchd.pipeline import decode
-
-    image = decode(data)
-    small = np.array(image.convert("RGB").resize(MODEL_SIZE, Image.Resampling.LANCZOS))
-    small = small / max(np.max(small), 1e-6)
-    tensor = ((small - np.array(MEAN)) / np.array(STD)).transpose((2, 0, 1))[None]
-    pred = session.run(None, {session.get_inputs()[0].name: tensor.astype(np.float32)})[0]
-    mask = mask_from(pred, image.size, Image.Resampling.LANCZOS)
-    cutout = Image.composite(image, Image.new("RGBA", image.size, 0), mask)
-    buffer = io.BytesIO()
-    cutout.save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def worker_variants(photos: list[Path], model_path: Path) -> dict[str, Any]:

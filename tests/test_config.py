@@ -411,6 +411,11 @@ def test_bad_choices(raw: dict[str, Any], key: str, fragment: str, tmp_path: Pat
         (with_watch(manifest="no"), "watch[0].manifest", "expected true or false"),
         ({**with_watch(), "pool": {"model_cache": 0}}, "pool.model_cache", "at least 1"),
         ({**with_watch(), "pool": {"memory_arena": 1}}, "pool.memory_arena", "true or false"),
+        (
+            {**with_watch(), "pool": {"lone_file_uses_all_cores": "yes"}},
+            "pool.lone_file_uses_all_cores",
+            "true or false",
+        ),
         ({**with_watch(), "daemon": {"priority_aging": 0}}, "daemon.priority_aging", "at least 1"),
     ],
 )

@@ -75,6 +75,7 @@ class PoolConfig:
     tls_client_key: Path | None = None
     model_cache: int = 2  # models each worker keeps loaded (least recently used one goes)
     memory_arena: bool = True  # onnxruntime's CPU arena: faster, more memory per model
+    lone_file_uses_all_cores: bool = True  # a file alone in the pool: all its threads
 
 
 @dataclass(frozen=True)
@@ -324,6 +325,7 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "tls_client_key": (_path, None),
     "model_cache": (_integer(1, 64), 2),
     "memory_arena": (_boolean, True),
+    "lone_file_uses_all_cores": (_boolean, True),
 }
 
 #: Keys a job's sidecar ``watchd.toml`` may set (the model and how outputs look), with
@@ -498,6 +500,7 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
         tls_client_key=resolve(pool_raw["tls_client_key"]) if pool_raw["tls_client_key"] else None,
         model_cache=pool_raw["model_cache"],
         memory_arena=pool_raw["memory_arena"],
+        lone_file_uses_all_cores=pool_raw["lone_file_uses_all_cores"],
     )
     _check_pool(reader, pool)
     watches_raw = raw.get("watch", [DEFAULT_WATCH] if source is None else None)

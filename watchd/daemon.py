@@ -551,6 +551,7 @@ def pool_settings(config: Config) -> tuple[Any, ...]:
         pool.providers,
         pool.model_cache,
         pool.memory_arena,
+        pool.lone_file_uses_all_cores,
         models_of(config),
         config.daemon.models_dir,
     )
@@ -599,6 +600,7 @@ def new_pool(config: Config, store: ModelStore, wake: Callable[[], None] | None 
         providers=config.pool.providers,
         model_cache=config.pool.model_cache,
         memory_arena=config.pool.memory_arena,
+        lone_file_uses_all_cores=config.pool.lone_file_uses_all_cores,
     )
 
 

@@ -251,6 +251,11 @@ class DaskPool:
         return self.dispatch_window
 
     @property
+    def alone_threads(self) -> int:
+        """0: a file alone gets no more threads (each Dask worker host sets its own)."""
+        return 0
+
+    @property
     def capacity(self) -> int:
         """In-flight cap for the dispatcher: the window while the cluster can work, else 0."""
         with self._cond:

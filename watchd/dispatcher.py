@@ -92,22 +92,33 @@ class Dispatcher:
         """Claim queued files up to the in-flight cap and hand them to the pool."""
         started = 0
         while not self.paused and len(self.in_flight) < self.capacity:
-            records = self._ledger.claim(self.capacity - len(self.in_flight))
+            wanted = self.capacity - len(self.in_flight)
+            records = self._ledger.claim(wanted)
             if not records:
                 break
+            # The only file queued, with nothing in flight: it has the pool to itself, and
+            # may use every thread of it (the pool's ``alone_threads``; 0 = no difference).
+            alone = not self.in_flight and len(records) == 1 and wanted > 1
+            threads = self._pool.alone_threads if alone else 0
             for record in records:
-                self._start(record)
+                self._start(record, threads)
                 started += 1
         return started
 
-    def _start(self, record: FileRecord) -> None:
+    def _start(self, record: FileRecord, threads: int = 0) -> None:
         try:
             data = read_input(self.original(record), int(record.options["max_file_bytes"]))
         except InputRejected as exc:
             self.fail(record, str(exc))
             return
         output = output_config(record.options)
-        task = Task(file_id=record.id, data=data, model=str(record.options["model"]), output=output)
+        task = Task(
+            file_id=record.id,
+            data=data,
+            model=str(record.options["model"]),
+            output=output,
+            threads=threads,
+        )
         future = self._pool.submit(task)
         self.in_flight[future] = record
         future.add_done_callback(lambda _f: self._wake())
@@ -221,6 +232,7 @@ class Dispatcher:
             width=result.width,
             height=result.height,
             attempt=record.attempts,
+            threads=result.threads,
             **{f"{k}_s": round(v, 3) for k, v in result.timings.items()},
             latency_s=round(latency, 3),
         )

@@ -92,6 +92,9 @@ class Task:
     data: bytes
     model: str
     output: OutputConfig = field(default_factory=OutputConfig)
+    #: onnxruntime threads for this file: 0 is the worker's own count; more when the file is
+    #: alone in the pool and may use all of it (the pool's ``alone_threads``).
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class Result:
     width: int
     height: int
     timings: Mapping[str, float] = field(default_factory=dict)
+    threads: int = 1  # the onnxruntime threads its inference ran on
 
     @property
     def data(self) -> bytes:
@@ -140,13 +144,17 @@ class AttemptFailed(WatchdError):
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 DEFAULT_MODEL_CACHE = 2
 
-#: Loaded sessions, least recently used first; at most ``_model_cache`` of them stay.
-_sessions: OrderedDict[str, Any] = OrderedDict()
+#: Loaded sessions by model, least recently used model first, at most ``_model_cache``
+#: models; each model's sessions by onnxruntime thread count (the worker's own, and
+#: ``_alone_threads`` for a file that has the pool to itself).
+_sessions: OrderedDict[str, dict[int, Any]] = OrderedDict()
 _session_lock = threading.Lock()  # a Dask worker runs tasks in threads of one process
 _threads = 1
+_alone_threads = 0
 _providers: tuple[str, ...] = DEFAULT_PROVIDERS
 _model_cache = DEFAULT_MODEL_CACHE
 _memory_arena = True
+_shared_arena = False  # this process's one CPU arena is registered (_share_arena)
 
 
 def init_worker(  # noqa: PLR0917 - pebble passes initargs positionally
@@ -156,18 +164,20 @@ def init_worker(  # noqa: PLR0917 - pebble passes initargs positionally
     providers: tuple[str, ...] = DEFAULT_PROVIDERS,
     model_cache: int = DEFAULT_MODEL_CACHE,
     memory_arena: bool = True,
+    alone_threads: int = 0,
 ) -> None:
     """Worker initializer: point rembg at the model store and load the models once.
 
     Only the first ``model_cache`` models are preloaded (more would evict each other);
-    the others load on first use. No warm-up inference: with the session options below
-    the first photo is no slower than the next ones (measured, docs/outputs.md), and a
-    warm-up would cost every worker start about a second.
+    the others load on first use. Each preloaded model is warmed up (:func:`_warm_up`).
+    ``alone_threads`` (more than ``threads``): each model gets a second session with that
+    many threads, for a file alone in the pool (:attr:`Task.threads`).
     """
-    global _threads, _providers, _model_cache, _memory_arena  # noqa: PLW0603 - set once per process
+    global _threads, _alone_threads, _providers, _model_cache, _memory_arena  # noqa: PLW0603 - set once per process
     os.environ.update(env)
     _memory_arena = memory_arena
     _threads = threads
+    _alone_threads = alone_threads if alone_threads > threads else 0
     _providers = providers
     _model_cache = max(1, model_cache)
     # Decompression bombs: Pillow warns between 1x and 2x MAX_IMAGE_PIXELS and raises above;
@@ -175,16 +185,35 @@ def init_worker(  # noqa: PLR0917 - pebble passes initargs positionally
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     _imaging.set_block_size(PILLOW_BLOCK_SIZE)  # cutouts relabelled without a copy (u2net.py)
     for model in models[:_model_cache]:
-        _session(model)
+        _warm_up(_session(model))
+        if _alone_threads:
+            _warm_up(_session(model, _alone_threads))
 
 
-def _session(model: str) -> Any:
-    """The session of ``model``: loaded once per process, kept while it is recently used."""
-    with _session_lock:  # one session per model and process, also with several threads
-        session = _sessions.get(model)
+def _warm_up(session: Any) -> None:
+    """One small image through the whole default path, once, when the worker starts.
+
+    The first inference of a session grows onnxruntime's arena and the first PNG loads
+    libpng: without this, a fresh worker's first photo costs 0.81 CPU-s at 2 MP against
+    0.67 for the next ones (docs/performance.md). It costs about 0.6 s per worker start.
+    """
+    page = Page(Image.new("RGB", (64, 64), (128, 128, 128)))
+    encode(cut_out(page.image, session, OutputConfig()), OutputConfig(), page)
+
+
+def _session(model: str, threads: int = 0) -> Any:
+    """The session of ``model`` with ``threads`` onnxruntime threads (0: the worker's own).
+
+    Loaded once per process and kept while the model is recently used.
+    """
+    threads = threads or _threads
+    with _session_lock:  # one session per model, thread count and process
+        by_threads = _sessions.get(model, {})
+        session = by_threads.get(threads)
         if session is None:
-            session = _new_session(model)
-            _sessions[model] = session
+            session = _new_session(model, threads)
+            by_threads[threads] = session
+            _sessions[model] = by_threads
             # An evicted session may still be running in another thread: that thread holds
             # a reference, so it is freed when that file is finished, not under it.
             while len(_sessions) > _model_cache:
@@ -193,7 +222,27 @@ def _session(model: str) -> Any:
         return session
 
 
-def _new_session(model: str) -> Any:
+def _share_arena() -> None:
+    """Register one onnxruntime CPU arena for every session of this process, once.
+
+    Sessions then take their working memory (about 280 MiB for u2netp) from this one
+    arena instead of each keeping its own: a worker holding several models, or a model's
+    second session for lone files, costs their weights, not another arena. Sessions of one
+    worker process run one at a time (a Dask worker's threads share it safely).
+    """
+    global _shared_arena  # noqa: PLW0603 - once per process
+    if _shared_arena:
+        return
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # its defaults
+    _shared_arena = True
+
+
+def _new_session(model: str, threads: int) -> Any:
     """A session for ``model``: U²-Net models without rembg, other rembg models through it.
 
     U²-Net models (rembg's ``u2net``, ``u2netp``, ``u2net_human_seg``, ``silueta``, and
@@ -209,8 +258,12 @@ def _new_session(model: str) -> Any:
     from watchd.models import ModelStore
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = _threads
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if threads > 1:
+        # Threads that spin between operators take the core from the other workers: two
+        # workers x two threads made 3.07 inferences/s spinning, 3.65 not (docs/performance.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Without the memory-pattern planner the arena is not sized for the largest run seen:
     # peak RSS on 12 MP photos 975 -> 773 MiB at the same speed (docs/outputs.md).
     options.enable_mem_pattern = False
@@ -218,6 +271,9 @@ def _new_session(model: str) -> Any:
     # u2netp) between runs, which makes inference about 14 % cheaper; without it a worker
     # holding 1 / 2 / 3 models needs less (docs/performance.md, docs/outputs.md).
     options.enable_cpu_mem_arena = _memory_arena
+    if _memory_arena:
+        _share_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     providers = list(_providers)
     if model not in FAMILY:
         from rembg import new_session
@@ -471,7 +527,7 @@ def process(task: Task) -> Result:
 
     Pages are decoded, cut out and encoded one at a time; only the encoded bytes are kept.
     """
-    session = _session(task.model)
+    session = _session(task.model, task.threads)
     timings = {"decode": 0.0, "infer": 0.0, "encode": 0.0}
     outputs: list[bytes] = []
     total = 0
@@ -502,7 +558,12 @@ def process(task: Task) -> Result:
             )
         del page, made  # the next page is decoded without this one still held
     return Result(
-        file_id=task.file_id, pages=tuple(outputs), width=size[0], height=size[1], timings=timings
+        file_id=task.file_id,
+        pages=tuple(outputs),
+        width=size[0],
+        height=size[1],
+        timings=timings,
+        threads=task.threads or _threads,
     )
 
 
@@ -617,6 +678,11 @@ class Pool(Protocol):
     file_timeout: float
 
     @property
+    def alone_threads(self) -> int:
+        """onnxruntime threads for a file that has the pool to itself (0: the usual)."""
+        ...
+
+    @property
     def size(self) -> int: ...
 
     @property
@@ -653,10 +719,15 @@ class LocalPool:
         providers: tuple[str, ...] = DEFAULT_PROVIDERS,
         model_cache: int = DEFAULT_MODEL_CACHE,
         memory_arena: bool = True,
+        lone_file_uses_all_cores: bool = True,
     ) -> None:
-        """``model_cache`` and ``memory_arena``: the ``[pool]`` settings of the same names."""
+        """``model_cache``, ``memory_arena``, ``lone_file_uses_all_cores``: the ``[pool]``
+        settings of the same names."""
         self.size = workers
         self.file_timeout = file_timeout
+        total = workers * threads_per_worker
+        #: threads a file may use when it is alone in the pool (0: no more than the others)
+        self.alone_threads = total if lone_file_uses_all_cores and total > threads_per_worker else 0
         self._initargs = (
             dict(env),
             threads_per_worker,
@@ -664,6 +735,7 @@ class LocalPool:
             providers,
             model_cache,
             memory_arena,
+            self.alone_threads,
         )
         self._closed = False
         self._pending: set[Future[Result]] = set()

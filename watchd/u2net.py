@@ -59,18 +59,24 @@ class U2netSession:
         """rembg's interface: the list of masks (one) for ``img``."""
         return [self.mask(img)]
 
-    def mask(self, img: Image.Image) -> Image.Image:
-        """The "L" mask of ``img``, at its size: rembg's ``normalize`` and ``predict``.
+    def model_input(self, img: Image.Image) -> Any:
+        """rembg's ``normalize``: LANCZOS to 320x320, scaled by the brightest value, then
+        ImageNet's mean and std, in float64 as rembg computes it, as a 1x3x320x320 float32.
 
-        The arithmetic is rembg's (float64, then float32 for the model), so the mask is
-        the same to the bit; only copies rembg makes and does not need are left out.
+        The arithmetic is rembg's, so the input is the same to the bit; only copies rembg
+        makes and does not need are left out.
         """
         rgb = img if img.mode == "RGB" else img.convert("RGB")
         small = np.asarray(rgb.resize(SIZE, Image.Resampling.LANCZOS))
         scaled = small / max(np.max(small), 1e-6)
         normalised = (scaled - np.array(MEAN)) / np.array(STD)
-        tensor = np.expand_dims(normalised.transpose((2, 0, 1)), 0).astype(np.float32)
-        pred = self.inner_session.run([self._output], {self._input: tensor})[0][:, 0, :, :]
+        return np.expand_dims(normalised.transpose((2, 0, 1)), 0).astype(np.float32)
+
+    def mask(self, img: Image.Image) -> Image.Image:
+        """The "L" mask of ``img``, at its size: rembg's ``predict`` (min-max scaled, 8 bits,
+        LANCZOS back up)."""
+        feed = {self._input: self.model_input(img)}
+        pred = self.inner_session.run([self._output], feed)[0][:, 0, :, :]
         high, low = np.max(pred), np.min(pred)
         pred = np.squeeze((pred - low) / (high - low))
         mask = Image.fromarray((pred * 255).astype("uint8"))

@@ -1,0 +1,119 @@
+"""A file alone in the pool runs its inference on all of the pool's threads.
+
+Who decides (the dispatcher: the only file queued, nothing in flight), what the worker
+does (a second session of the model with more threads, sharing one memory arena), that
+the cutout is the same to the byte, and the real daemon doing it for a lone photo and
+not for a batch. Real model, real worker processes, real photos.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import DaemonProcess, wait_for
+from watchd import pipeline
+from watchd.models import ModelStore
+from watchd.pipeline import LocalPool, Task, init_worker, process
+
+
+@pytest.mark.parametrize(
+    ("workers", "threads", "enabled", "expected"),
+    [
+        (2, 1, True, 2),  # the default on a 2-core machine
+        (4, 2, True, 8),
+        (2, 1, False, 0),  # [pool] lone_file_uses_all_cores = false
+        (1, 2, True, 0),  # one worker already has all the threads: nothing to add
+    ],
+)
+def test_a_lone_file_may_use_every_thread_of_the_pool(
+    workers: int, threads: int, enabled: bool, expected: int
+) -> None:
+    pool = LocalPool(
+        workers, threads, {}, (), 60.0, lone_file_uses_all_cores=enabled
+    )  # workers start on the first task: none here
+    try:
+        assert pool.alone_threads == expected
+    finally:
+        pool.close(cancel=True)
+
+
+@pytest.fixture
+def fresh_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process as a new worker; the other tests' worker state is restored afterwards."""
+    monkeypatch.setattr(pipeline, "_sessions", OrderedDict())
+    for name in ("_threads", "_alone_threads", "_model_cache", "_memory_arena"):
+        monkeypatch.setattr(pipeline, name, getattr(pipeline, name))
+    yield
+
+
+@pytest.mark.usefixtures("fresh_worker")
+def test_the_lone_file_session_has_more_threads_and_the_same_cutout(
+    model_store: ModelStore, photos: dict[str, Path]
+) -> None:
+    init_worker(model_store.worker_env(), 1, ("u2netp",), alone_threads=2)
+    usual, wide = (pipeline._session("u2netp", n) for n in (1, 2))
+    assert usual is pipeline._session("u2netp") and wide is not usual  # both preloaded
+    assert pipeline.loaded_models() == ("u2netp",)  # one model, two sessions
+    for session, threads, spinning in ((usual, 1, None), (wide, 2, "0")):
+        options = session.inner_session.get_session_options()
+        assert options.intra_op_num_threads == threads
+        entries = {"session.intra_op.allow_spinning": spinning, "session.use_env_allocators": "1"}
+        for key, value in entries.items():
+            found = options.get_session_config_entry(key) if value is not None else None
+            assert found == value, key
+    data = photos["astronaut.jpg"].read_bytes()
+    alone = process(Task(1, data, "u2netp", threads=2))
+    assert alone.threads == 2
+    assert alone.data == process(Task(2, data, "u2netp")).data  # the same bytes
+
+
+@pytest.mark.usefixtures("fresh_worker")
+def test_without_the_arena_no_session_shares_one(model_store: ModelStore) -> None:
+    init_worker(model_store.worker_env(), 1, ("u2netp",), memory_arena=False, alone_threads=2)
+    for threads in (1, 2):
+        options = pipeline._session("u2netp", threads).inner_session.get_session_options()
+        assert options.enable_cpu_mem_arena is False
+        with pytest.raises(Exception, match="use_env_allocators"):
+            options.get_session_config_entry("session.use_env_allocators")
+
+
+def drop(src: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.parent / f".{target.name}.partial"
+    shutil.copyfile(src, temp)
+    os.rename(temp, target)
+
+
+def threads_of(daemon: DaemonProcess) -> dict[str, int]:
+    return {Path(e["output"]).name: e["threads"] for e in daemon.events("file.done")}
+
+
+@pytest.mark.e2e
+def test_the_daemon_gives_a_lone_photo_every_core_and_a_batch_one_each(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path]
+) -> None:
+    daemon = daemon_factory(pool__workers=2).start()
+    inbox = daemon.root / "inbox"
+    drop(photos["coffee.png"], inbox / "lone.png")
+    wait_for(lambda: "lone.png" in threads_of(daemon), what="the lone photo")
+    assert threads_of(daemon) == {"lone.png": 2}
+    album = daemon.root / "staging" / "album"  # a folder job: three files queued at once
+    for name in ("astronaut.jpg", "coffee.png", "chelsea.webp"):
+        drop(photos[name], album / name)
+    album.rename(inbox / "album")
+    wait_for(lambda: len(threads_of(daemon)) == 4, what="the album's three photos")
+    assert threads_of(daemon) == {
+        "lone.png": 2,
+        "astronaut.png": 1,
+        "coffee.png": 1,
+        "chelsea.png": 1,
+    }
+    drop(photos["rocket.jpg"], inbox / "later.jpg")  # alone again once the album is done
+    wait_for(lambda: "later.png" in threads_of(daemon), what="the later photo")
+    assert threads_of(daemon)["later.png"] == 2
