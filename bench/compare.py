@@ -322,7 +322,11 @@ def run_rembg_set(
 # --- watchd, end to end ---------------------------------------------------------------------------
 
 
-def start_daemon(root: Path, store: ModelStore, args: argparse.Namespace, settle: float) -> Any:
+def start_daemon(
+    root: Path, store: ModelStore, args: argparse.Namespace, settle: float, **overrides: Any
+) -> Any:
+    """A real daemon, measured once its workers have started and warmed up (a daemon runs
+    for days: its start is not part of its throughput)."""
     root.mkdir(parents=True, exist_ok=True)
     config = write_config(
         root,
@@ -333,6 +337,7 @@ def start_daemon(root: Path, store: ModelStore, args: argparse.Namespace, settle
         watch__settle_seconds=settle,
         daemon__rescan_interval=60,  # the production default (the tests' helper uses 5)
         daemon__stats_interval=10,
+        **overrides,
     )
     daemon = DaemonProcess(root, config)
     started = time.perf_counter()
@@ -341,7 +346,20 @@ def start_daemon(root: Path, store: ModelStore, args: argparse.Namespace, settle
     deadline = time.monotonic() + 30
     while len(worker_pids(daemon.proc.pid)) < args.workers and time.monotonic() < deadline:
         time.sleep(0.1)
+    wait_quiet(worker_pids(daemon.proc.pid), deadline=time.monotonic() + 60)
     return daemon
+
+
+def wait_quiet(pids: list[int], deadline: float, interval: float = 0.5) -> None:
+    """Until ``pids`` used no CPU for ``interval`` seconds (workers done loading and
+    warming up their sessions), or the deadline."""
+    before = tree_cpu(pids)
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = tree_cpu(pids)
+        if now == before:
+            return
+        before = now
 
 
 def drop(photos: list[Path], inbox: Path, names: list[str] | None = None) -> float:
@@ -385,7 +403,7 @@ def wait_outputs(daemon: Any, outbox: Path, expected: Iterable[str]) -> dict[str
 def file_done_timings(daemon: Any) -> dict[str, float]:
     """Mean per-stage seconds inside the workers, from the ``file.done`` log events."""
     events = daemon.events("file.done")
-    keys = ("decode_s", "infer_s", "encode_s", "latency_s")
+    keys = ("decode_s", "infer_s", "encode_s", "latency_s", "threads")
     return {
         k: round(statistics.mean(e[k] for e in events), 3)
         for k in keys
@@ -466,6 +484,33 @@ def run_latency_and_idle(
     finally:
         daemon.stop()
     return latency, idle
+
+
+def run_latency_one_core(
+    photos: list[Path], root: Path, store: ModelStore, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The same drops with ``lone_file_uses_all_cores = false``: one thread per file."""
+    daemon = start_daemon(
+        root, store, args, args.latency_settle, pool__lone_file_uses_all_cores=False
+    )
+    try:
+        samples = []
+        for index in range(args.latency_drops):
+            photo = photos[index % len(photos)]
+            started = drop([photo], root / "inbox", [f"one-{index:03d}{photo.suffix}"])
+            seen = wait_outputs(daemon, root / "outbox", [f"one-{index:03d}.png"])
+            samples.append(max(seen.values()) - started)
+            time.sleep(0.5)
+        return {
+            "lone_file_uses_all_cores": False,
+            "samples_s": [round(s, 3) for s in samples],
+            "p50_s": round(percentile(samples, 50), 3),
+            "p95_s": round(percentile(samples, 95), 3),
+            "p50_minus_settle_s": round(percentile(samples, 50) - args.latency_settle, 3),
+            "worker_stage_means_s": file_done_timings(daemon),
+        }
+    finally:
+        daemon.stop()
 
 
 def measure_idle(daemon: Any, seconds: float) -> dict[str, Any]:
@@ -1062,6 +1107,8 @@ def run_all(
     small = photos.get("small") or build_set(work / "photos" / "small", "small", 6, args.seed)
     latency, idle = run_latency_and_idle(small, work / "latency", store, args)
     result["latency"], result["idle"] = latency, idle
+    log("latency again with lone_file_uses_all_cores = false ...")
+    result["latency_one_core"] = run_latency_one_core(small, work / "latency-one", store, args)
     log(f"worker RSS after {args.rss_counts[0]} and {args.rss_counts[1]} small photos ...")
     variety = build_set(work / "photos" / "rss", "small", 20, args.seed, prefix="rss-")
     result["rss_growth"] = run_rss_growth(variety, work / "rss", store, args)

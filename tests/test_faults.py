@@ -82,7 +82,10 @@ SCENARIOS = {
 }
 
 #: A worker holding a decoded multi-megapixel photo is this much above an idle one (MiB).
+#: Idle workers have already grown their arena (warm-up), so the photo itself must make the
+#: difference: a 12 MP photo adds about 160 MiB while it is processed, a 3 MP one only ~45.
 BUSY_RSS_MB = 100.0
+BIG = (4000, 3000)
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 #: skimage photos that ship inside the package (no download).
 SOURCES = (
@@ -574,9 +577,7 @@ def test_worker_killed_mid_file_is_retried_and_other_files_are_unaffected(
     started = time.monotonic()
     folder = tmp_path_factory.mktemp("crash-photos")
     sources = ("astronaut", "coffee", "chelsea", "rocket", "retina", "immunohistochemistry")
-    inputs = {
-        f"m{i}.jpg": big_photo(folder / f"m{i}.jpg", (2000, 1500), s) for i, s in enumerate(sources)
-    }
+    inputs = {f"m{i}.jpg": big_photo(folder / f"m{i}.jpg", BIG, s) for i, s in enumerate(sources)}
     daemon = daemon_factory(pool__workers=2, pool__max_attempts=3).start()
     assert daemon.proc is not None
     idle = wait_idle_workers(daemon.proc.pid, 2)
@@ -624,8 +625,8 @@ def test_worker_dying_before_it_takes_a_file_costs_that_file_no_attempt(
     started = time.monotonic()
     folder = tmp_path_factory.mktemp("startup-photos")
     inputs = {
-        "a.jpg": big_photo(folder / "a.jpg", (2000, 1500), "astronaut"),
-        "b.jpg": big_photo(folder / "b.jpg", (2000, 1500), "coffee"),
+        "a.jpg": big_photo(folder / "a.jpg", BIG, "astronaut"),
+        "b.jpg": big_photo(folder / "b.jpg", BIG, "coffee"),
     }
     daemon = daemon_factory(pool__workers=1, pool__max_attempts=2, daemon__drain_seconds=5).start()
     assert daemon.proc is not None
