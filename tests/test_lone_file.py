@@ -21,14 +21,16 @@ from watchd import pipeline
 from watchd.models import ModelStore
 from watchd.pipeline import LocalPool, Task, init_worker, process
 
+CORES = len(os.sched_getaffinity(0))
+
 
 @pytest.mark.parametrize(
     ("workers", "threads", "enabled", "expected"),
     [
-        (2, 1, True, 2),  # the default on a 2-core machine
-        (4, 2, True, 8),
+        (CORES, 1, True, CORES if CORES > 1 else 0),  # the default: a worker per core
         (2, 1, False, 0),  # [pool] lone_file_uses_all_cores = false
-        (1, 2, True, 0),  # one worker already has all the threads: nothing to add
+        (1, 2, True, 0),  # one worker already has all its threads: nothing to add
+        (4 * CORES, 1, True, CORES if CORES > 1 else 0),  # never more threads than cores
     ],
 )
 def test_a_lone_file_may_use_every_thread_of_the_pool(

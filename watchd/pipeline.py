@@ -725,7 +725,10 @@ class LocalPool:
         settings of the same names."""
         self.size = workers
         self.file_timeout = file_timeout
-        total = workers * threads_per_worker
+        # A file alone in the pool may use every thread of it, but not more than the cores
+        # this process may run on (more workers than cores is the operator's choice; a lone
+        # file's threads fighting each other is not).
+        total = min(workers * threads_per_worker, len(os.sched_getaffinity(0)))
         #: threads a file may use when it is alone in the pool (0: no more than the others)
         self.alone_threads = total if lone_file_uses_all_cores and total > threads_per_worker else 0
         self._initargs = (
