@@ -533,6 +533,31 @@ def measure_idle(daemon: Any, seconds: float) -> dict[str, Any]:
     }
 
 
+#: Entries left in a polled inbox for the second idle reading (hidden names: listed by
+#: every scan, never taken as work), as a share or upload folder accumulates them.
+POLLED_ENTRIES = 10_000
+
+
+def run_idle_polling(root: Path, store: ModelStore, args: argparse.Namespace) -> dict[str, Any]:
+    """Idle CPU of a daemon whose watch polls (``method = "poll"``, the default 5 s
+    interval): with an empty inbox, then with :data:`POLLED_ENTRIES` entries in it."""
+    daemon = start_daemon(root, store, args, args.settle, watch__method="poll")
+    try:
+        empty = measure_idle(daemon, args.idle_seconds)
+        inbox = root / "inbox"
+        for index in range(POLLED_ENTRIES):
+            (inbox / f".left-{index:05d}").write_bytes(b"")
+        crowded = measure_idle(daemon, args.idle_seconds)
+    finally:
+        daemon.stop()
+    return {
+        "poll_interval_s": 5.0,
+        "empty_inbox": empty,
+        "inbox_entries": POLLED_ENTRIES,
+        "with_entries": crowded,
+    }
+
+
 def run_rss_growth(
     photos: list[Path], root: Path, store: ModelStore, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -983,6 +1008,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="6 photos per set, shorter phases")
     parser.add_argument("--photos", type=int, help="photos per set (default 20, quick 6)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of rembg then watchd per set, best counts (3, quick 1)"
+    )
     parser.add_argument("--sets", default="12mp,2mp,small", help="comma-separated set names")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=1, help="threads_per_worker")
@@ -1001,9 +1029,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     quick = args.quick
     args.photos = args.photos or (6 if quick else 20)
     args.latency_drops = args.latency_drops or (5 if quick else 10)
+    args.rounds = args.rounds or (1 if quick else 3)
     args.idle_seconds = args.idle_seconds or (15.0 if quick else 60.0)
     args.rss_counts = [
-        int(x) for x in (args.rss_counts or ("30,150" if quick else "100,1000")).split(",")
+        int(x) for x in (args.rss_counts or ("30,90" if quick else "100,1000")).split(",")
     ]
     args.infer_seconds = args.infer_seconds or (3.0 if quick else 8.0)
     args.sets = [s for s in args.sets.split(",") if s]
@@ -1027,6 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(args.rembg_venv / "bin" / "python"),
         "settings": {
             "photos_per_set": args.photos,
+            "rounds": args.rounds,
             "sets": args.sets,
             "watchd_pool": {"workers": args.workers, "threads_per_worker": args.threads},
             "settle_seconds_throughput": args.settle,
@@ -1047,6 +1077,44 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_throughput(
+    photos: dict[str, list[Path]],
+    work: Path,
+    args: argparse.Namespace,
+    store: ModelStore,
+    rembg_peer: tuple[Path, dict[str, str]],
+    *,
+    result: dict[str, Any],
+) -> None:
+    """Each set through ``rembg p`` and the real daemon, ``--rounds`` times, alternating."""
+    rembg, env = rembg_peer
+    result["rembg"], result["watchd"] = {}, {}
+    for name, paths in photos.items():
+        # Rounds alternate the two tools, so that a slow spell of a shared machine (a VM's
+        # neighbours are invisible from inside) hits both; each tool's best round counts.
+        peers, ours_rounds = [], []
+        for round_ in range(args.rounds):
+            log(f"rembg p on {name} (round {round_ + 1} of {args.rounds}) ...")
+            peer = run_rembg_set(rembg, paths, work / "rembg" / name / str(round_), env)
+            peers.append(peer)
+            log(
+                f"  {peer['photos_per_s']} photos/s ({peer['wall_s']} s wall, "
+                f"start-up {peer['startup_before_after_s']} s; other processes busy "
+                f"{peer['other_processes_cores_busy_mean']} cores)"
+            )
+            log(f"watchd on {name} (round {round_ + 1} of {args.rounds}) ...")
+            ours = run_watchd_set(paths, work / "watchd" / name / str(round_), store, args)
+            ours_rounds.append(ours)
+            log(
+                f"  {ours['photos_per_s']} photos/s ({ours['elapsed_s']} s from first drop; "
+                f"other processes busy {ours['other_processes_cores_busy_mean']} cores)"
+            )
+        for tool, rounds in (("rembg", peers), ("watchd", ours_rounds)):
+            best = dict(max(rounds, key=lambda r: r["photos_per_s"]))
+            best["rounds_photos_per_s"] = [r["photos_per_s"] for r in rounds]
+            result[tool][name] = best
+
+
 def run_all(
     work: Path, args: argparse.Namespace, store: ModelStore, rembg: Path, result: dict[str, Any]
 ) -> None:
@@ -1061,23 +1129,7 @@ def run_all(
     log("rembg start-up (empty folder) ...")
     log("rembg warm-up (empty folder: page cache, .pyc files) ...")
     rembg_startup_once(rembg, work / "rembg", env)
-    result["rembg"], result["watchd"] = {}, {}
-    for name, paths in photos.items():
-        log(f"rembg p on {name} ...")
-        peer = run_rembg_set(rembg, paths, work / "rembg" / name, env)
-        result["rembg"][name] = peer
-        log(
-            f"  {peer['photos_per_s']} photos/s ({peer['wall_s']} s wall, "
-            f"start-up {peer['startup_before_after_s']} s; other processes busy "
-            f"{peer['other_processes_cores_busy_mean']} cores)"
-        )
-        log(f"watchd on {name} ...")
-        ours = run_watchd_set(paths, work / "watchd" / name, store, args)
-        result["watchd"][name] = ours
-        log(
-            f"  {ours['photos_per_s']} photos/s ({ours['elapsed_s']} s from first drop; "
-            f"other processes busy {ours['other_processes_cores_busy_mean']} cores)"
-        )
+    run_throughput(photos, work, args, store, (rembg, env), result=result)
 
     log("limit: raw u2netp inference per layout ...")
     tensor = model_input(photos[args.sets[0]][0], model_dir)
@@ -1109,6 +1161,8 @@ def run_all(
     result["latency"], result["idle"] = latency, idle
     log("latency again with lone_file_uses_all_cores = false ...")
     result["latency_one_core"] = run_latency_one_core(small, work / "latency-one", store, args)
+    log(f"idle CPU with a polled inbox, empty and with {POLLED_ENTRIES} entries ...")
+    result["idle_polling"] = run_idle_polling(work / "idle-poll", store, args)
     log(f"worker RSS after {args.rss_counts[0]} and {args.rss_counts[1]} small photos ...")
     variety = build_set(work / "photos" / "rss", "small", 20, args.seed, prefix="rss-")
     result["rss_growth"] = run_rss_growth(variety, work / "rss", store, args)
@@ -1210,10 +1264,10 @@ def report(result: dict[str, Any]) -> str:
     if result["mode"] == "quick":
         lines += [
             "",
-            "quick mode checks the harness: with 6 photos per set, rembg's start-up (2-4 s) is",
-            "a large share of its short runs and each watchd worker's first, slower inferences",
-            "weigh more; the 2 MP and small ratios can be off by tens of percent. `make bench`",
-            "gives the figures to compare.",
+            "quick mode checks the harness: with 6 photos per set and one round, rembg's",
+            "start-up (2-4 s) is a large share of its short runs and a slow spell of the",
+            "machine is not averaged out; the ratios can be off by tens of percent.",
+            "`make bench` gives the figures to compare.",
         ]
     return "\n".join(lines)
 
