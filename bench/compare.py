@@ -455,31 +455,37 @@ def run_watchd_set(
     }
 
 
+def lone_drops(
+    daemon: Any, photos: list[Path], root: Path, args: argparse.Namespace, prefix: str
+) -> dict[str, Any]:
+    """Drop ``--latency-drops`` small photos one at a time: drop (rename) to output."""
+    samples = []
+    for index in range(args.latency_drops):
+        photo = photos[index % len(photos)]
+        started = drop([photo], root / "inbox", [f"{prefix}-{index:03d}{photo.suffix}"])
+        seen = wait_outputs(daemon, root / "outbox", [f"{prefix}-{index:03d}.png"])
+        samples.append(max(seen.values()) - started)
+        time.sleep(0.5)
+    logged = [e["latency_s"] for e in daemon.events("file.done") if "latency_s" in e]
+    return {
+        "settle_seconds": args.latency_settle,
+        "drops": len(samples),
+        "samples_s": [round(s, 3) for s in samples],
+        "p50_s": round(percentile(samples, 50), 3),
+        "p95_s": round(percentile(samples, 95), 3),
+        "p50_minus_settle_s": round(percentile(samples, 50) - args.latency_settle, 3),
+        "daemon_logged_latency_p50_s": round(percentile(logged, 50), 3) if logged else None,
+        "worker_stage_means_s": file_done_timings(daemon),
+    }
+
+
 def run_latency_and_idle(
     photos: list[Path], root: Path, store: ModelStore, args: argparse.Namespace
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Drop one small photo at a time (``--latency-drops``); then watch the idle daemon."""
     daemon = start_daemon(root, store, args, args.latency_settle)
     try:
-        samples = []
-        for index in range(args.latency_drops):
-            photo = photos[index % len(photos)]
-            name = f"lat-{index:03d}{photo.suffix}"
-            started = drop([photo], root / "inbox", [name])
-            seen = wait_outputs(daemon, root / "outbox", [f"lat-{index:03d}.png"])
-            samples.append(max(seen.values()) - started)
-            time.sleep(0.5)
-        logged = [e["latency_s"] for e in daemon.events("file.done") if "latency_s" in e]
-        latency = {
-            "settle_seconds": args.latency_settle,
-            "drops": len(samples),
-            "samples_s": [round(s, 3) for s in samples],
-            "p50_s": round(percentile(samples, 50), 3),
-            "p95_s": round(percentile(samples, 95), 3),
-            "p50_minus_settle_s": round(percentile(samples, 50) - args.latency_settle, 3),
-            "daemon_logged_latency_p50_s": round(percentile(logged, 50), 3) if logged else None,
-            "worker_stage_means_s": file_done_timings(daemon),
-        }
+        latency = lone_drops(daemon, photos, root, args, "lat")
         idle = measure_idle(daemon, args.idle_seconds)
     finally:
         daemon.stop()
@@ -494,21 +500,7 @@ def run_latency_one_core(
         root, store, args, args.latency_settle, pool__lone_file_uses_all_cores=False
     )
     try:
-        samples = []
-        for index in range(args.latency_drops):
-            photo = photos[index % len(photos)]
-            started = drop([photo], root / "inbox", [f"one-{index:03d}{photo.suffix}"])
-            seen = wait_outputs(daemon, root / "outbox", [f"one-{index:03d}.png"])
-            samples.append(max(seen.values()) - started)
-            time.sleep(0.5)
-        return {
-            "lone_file_uses_all_cores": False,
-            "samples_s": [round(s, 3) for s in samples],
-            "p50_s": round(percentile(samples, 50), 3),
-            "p95_s": round(percentile(samples, 95), 3),
-            "p50_minus_settle_s": round(percentile(samples, 50) - args.latency_settle, 3),
-            "worker_stage_means_s": file_done_timings(daemon),
-        }
+        return {"lone_file_uses_all_cores": False, **lone_drops(daemon, photos, root, args, "one")}
     finally:
         daemon.stop()
 
