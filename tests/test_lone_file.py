@@ -85,6 +85,23 @@ def test_without_the_arena_no_session_shares_one(model_store: ModelStore) -> Non
             options.get_session_config_entry("session.use_env_allocators")
 
 
+@pytest.mark.usefixtures("fresh_worker")
+def test_a_model_that_cannot_run_still_lets_the_worker_start(
+    model_store: ModelStore, photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm-up is an optimisation: a model that loads but fails to run must not stop
+    the worker starting (pebble would restart it forever); its files fail with the reason."""
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : wrong input shape")
+
+    monkeypatch.setattr(pipeline, "cut_out", broken)
+    init_worker(model_store.worker_env(), 1, ("u2netp",), alone_threads=2)
+    assert pipeline.loaded_models() == ("u2netp",)
+    with pytest.raises(RuntimeError, match="wrong input shape"):
+        process(Task(1, photos["coffee.png"].read_bytes(), "u2netp"))
+
+
 def drop(src: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.parent / f".{target.name}.partial"

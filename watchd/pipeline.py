@@ -198,7 +198,10 @@ def _warm_up(session: Any) -> None:
     0.67 for the next ones (docs/performance.md). It costs about 0.6 s per worker start.
     """
     page = Page(Image.new("RGB", (64, 64), (128, 128, 128)))
-    encode(cut_out(page.image, session, OutputConfig()), OutputConfig(), page)
+    try:
+        encode(cut_out(page.image, session, OutputConfig()), OutputConfig(), page)
+    except Exception:  # a model that loads but cannot run: each of its files then fails
+        return  # with the reason, which needs a worker that started
 
 
 def _session(model: str, threads: int = 0) -> Any:
