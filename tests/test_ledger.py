@@ -1389,3 +1389,18 @@ def test_status_queries_never_scan_files_or_jobs(ledger: Ledger) -> None:
         one_job = "WHERE job_id = " in sql
         sorts = [step for step in plan if "TEMP B-TREE FOR ORDER BY" in step and not one_job]
         assert scans == [] and sorts == [], (sql, plan)
+
+
+def test_a_running_files_page_count_survives_a_crash_and_its_next_claim(ledger: Ledger) -> None:
+    """The dispatcher records the page count before writing the first page: after a crash,
+    the file's next claim carries it, so its own half-written pages are not taken for
+    someone else's."""
+    [file_id] = add_queued(ledger, "scan.tif")
+    with pytest.raises(LedgerError):
+        ledger.set_pages(file_id, 3)  # queued, not running
+    [claimed] = ledger.claim(1)
+    assert claimed.pages == 1
+    ledger.set_pages(file_id, 3)
+    ledger.recover()  # the daemon died while writing the pages
+    [again] = ledger.claim(1)
+    assert again.id == file_id and again.pages == 3

@@ -557,3 +557,26 @@ def test_daemon_writes_the_pages_of_a_scanned_tiff(
     assert (root / "archive" / "scan.tif").exists()
     assert not list(root.rglob(".watchd-*.tmp"))
     assert daemon.stop() == 0
+
+
+@pytest.mark.e2e
+def test_a_document_whose_page_names_are_taken_fails_and_overwrites_nothing(
+    daemon_factory: Callable[..., DaemonProcess], scan_pages: list[Image.Image]
+) -> None:
+    """``scan-p2.png`` made earlier from some other photo: the pages of a later ``scan.tif``
+    would land on it. Its page 1 name is free, so intake cannot see this coming (the page
+    count is known only after the worker); the dispatcher checks before the first write."""
+    daemon = daemon_factory().start()
+    root = daemon.root
+    theirs = root / "outbox" / "scan-p2.png"
+    theirs.write_bytes(b"someone's earlier cutout")
+    staging = root / "scan.tif"
+    staging.write_bytes(tiff(scan_pages))
+    shutil.move(staging, root / "inbox" / "scan.tif")
+    note = root / "failed" / "scan.tif.error.txt"
+    wait_for(note.exists, what="the document in failed/ with its reason")
+    assert "scan-p2.png" in note.read_text() and "move those files away" in note.read_text()
+    assert (root / "failed" / "scan.tif").exists()
+    assert theirs.read_bytes() == b"someone's earlier cutout"
+    assert sorted(p.name for p in (root / "outbox").glob("*.png")) == ["scan-p2.png"]
+    assert daemon.stop() == 0

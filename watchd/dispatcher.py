@@ -196,6 +196,19 @@ class Dispatcher:
             self.dispose_failed(record, "cancelled")
 
     def _complete(self, record: FileRecord, result: Result) -> None:
+        pages = len(result.pages)
+        if pages > 1 and record.pages != pages:  # the first time its page names are known
+            taken = [p for p in page_paths(record.output, pages) if os.path.lexists(p)]
+            if taken:
+                more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+                self.fail(
+                    record,
+                    f"the {pages} pages of this document would be written over "
+                    f"{taken[0].name}{more}, already in {taken[0].parent}, which watchd "
+                    "did not make from it: move those files away and drop the document again",
+                )
+                return
+            self._ledger.set_pages(record.id, pages)
         try:
             self._write_outputs(record, result)
         except OSError as exc:
@@ -217,7 +230,6 @@ class Dispatcher:
                 self.dispose_failed(record, "cancelled")
             return
         self._write_failures = 0
-        pages = len(result.pages)
         self._ledger.mark_written(record.id, result.output_bytes, pages=pages)
         latency = self._clock() - record.created_at
         self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())

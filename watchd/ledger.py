@@ -135,6 +135,7 @@ class FileRecord:
     error: str | None
     options: Mapping[str, Any]
     created_at: float
+    pages: int = 1  # outputs it makes, once known (set_pages, mark_written)
 
 
 @dataclass(frozen=True)
@@ -391,7 +392,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _FILE_COLUMNS = (
     "f.id, f.job_id, j.watch, f.rel_path, f.source_path, f.output_path, f.archive_path, "
-    "f.failed_path, f.state, f.attempts, f.error, j.options, f.created_at"
+    "f.failed_path, f.state, f.attempts, f.error, j.options, f.created_at, f.pages"
 )
 
 
@@ -442,6 +443,7 @@ def _file_record(row: sqlite3.Row) -> FileRecord:
         error=row[10],
         options=json.loads(row[11]),
         created_at=row[12],
+        pages=row[13],
     )
 
 
@@ -738,6 +740,20 @@ class Ledger:
                 (_text(error), retry_at, 1 if refund else 0, file_id),
             )
         return FileState.QUEUED.value
+
+    def set_pages(self, file_id: int, pages: int) -> None:
+        """Record, before the first page is written, how many outputs a running file makes.
+
+        The dispatcher checks a multi-page document's page names against the outbox once,
+        when it first learns the page count; a rerun after a crash between two pages finds
+        its count here and overwrites its own pages instead of taking them for someone else's.
+        """
+        self._transition(
+            file_id,
+            "running",
+            "UPDATE files SET pages = ? WHERE id = ? AND state = 'running'",
+            (pages, file_id),
+        )
 
     def mark_written(self, file_id: int, output_bytes: int, pages: int = 1) -> None:
         """running -> written: the output (``pages`` outputs for a multi-page input) is complete."""
