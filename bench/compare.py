@@ -59,6 +59,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.support import DaemonProcess, write_config  # noqa: E402
 from watchd.models import ModelStore  # noqa: E402
+from watchd.u2net import MEAN, STD  # noqa: E402
+from watchd.u2net import SIZE as MODEL_SIZE  # noqa: E402
 
 #: Photos scikit-image ships inside its wheel (no download); ``cat`` is ``chelsea``.
 SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field")
@@ -67,8 +69,6 @@ SETS: dict[str, tuple[int, int] | None] = {"12mp": (4000, 3000), "2mp": (1600, 1
 SMALL_MAX_PIXELS = 400_000
 JPEG_QUALITY = 90
 MODEL = "u2netp"
-MODEL_SIZE = (320, 320)
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: How long one set may take in either tool before the run is abandoned (seconds).
 SET_TIMEOUT = 1800.0
 POLL = 0.02

@@ -24,6 +24,20 @@ def model_store() -> ModelStore:
     return store
 
 
+@pytest.fixture
+def fresh_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process as a new worker (no sessions loaded); the worker globals other tests
+    rely on are restored afterwards."""
+    from collections import OrderedDict
+
+    from watchd import pipeline
+
+    monkeypatch.setattr(pipeline, "_sessions", OrderedDict())
+    for name in ("_threads", "_alone_threads", "_providers", "_model_cache", "_memory_arena"):
+        monkeypatch.setattr(pipeline, name, getattr(pipeline, name))
+    yield
+
+
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Real photos shipped by scikit-image, saved in the formats people drop."""

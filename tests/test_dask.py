@@ -441,18 +441,14 @@ def test_tls_scheduler_needs_and_gets_the_client_certificate(
         plain.close(cancel=True)
 
 
+@pytest.mark.usefixtures("fresh_worker")
 @pytest.mark.parametrize("arena", [True, False])
 def test_worker_setup_passes_memory_arena_to_its_sessions(
     monkeypatch: pytest.MonkeyPatch, model_store: ModelStore, arena: bool
 ) -> None:
     """``--watchd-[no-]memory-arena`` on a worker host is ``[pool] memory_arena`` locally."""
-    from collections import OrderedDict
-
     from watchd import dask_worker, pipeline
 
-    monkeypatch.setattr(pipeline, "_sessions", OrderedDict())
-    for name in ("_threads", "_providers", "_model_cache", "_memory_arena"):
-        monkeypatch.setattr(pipeline, name, getattr(pipeline, name))
     monkeypatch.setattr(dask_worker, "_providers", {})
     monkeypatch.setattr(dask_worker, "_initialised", False)
     monkeypatch.setattr(dask_worker, "_models_dir", None)

@@ -9,14 +9,13 @@ not for a batch. Real model, real worker processes, real photos.
 from __future__ import annotations
 
 import os
-import shutil
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support import DaemonProcess, wait_for
+from tests.test_e2e import drop
 from watchd import pipeline
 from watchd.models import ModelStore
 from watchd.pipeline import LocalPool, Task, init_worker, process
@@ -43,15 +42,6 @@ def test_a_lone_file_may_use_every_thread_of_the_pool(
         assert pool.alone_threads == expected
     finally:
         pool.close(cancel=True)
-
-
-@pytest.fixture
-def fresh_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """This process as a new worker; the other tests' worker state is restored afterwards."""
-    monkeypatch.setattr(pipeline, "_sessions", OrderedDict())
-    for name in ("_threads", "_alone_threads", "_model_cache", "_memory_arena"):
-        monkeypatch.setattr(pipeline, name, getattr(pipeline, name))
-    yield
 
 
 @pytest.mark.usefixtures("fresh_worker")
@@ -102,13 +92,6 @@ def test_a_model_that_cannot_run_still_lets_the_worker_start(
         process(Task(1, photos["coffee.png"].read_bytes(), "u2netp"))
 
 
-def drop(src: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.parent / f".{target.name}.partial"
-    shutil.copyfile(src, temp)
-    os.rename(temp, target)
-
-
 def threads_of(daemon: DaemonProcess) -> dict[str, int]:
     return {Path(e["output"]).name: e["threads"] for e in daemon.events("file.done")}
 
@@ -119,12 +102,13 @@ def test_the_daemon_gives_a_lone_photo_every_core_and_a_batch_one_each(
 ) -> None:
     daemon = daemon_factory(pool__workers=2).start()
     inbox = daemon.root / "inbox"
-    drop(photos["coffee.png"], inbox / "lone.png")
+    drop(photos["coffee.png"], inbox, "lone.png")
     wait_for(lambda: "lone.png" in threads_of(daemon), what="the lone photo")
     assert threads_of(daemon) == {"lone.png": 2}
     album = daemon.root / "staging" / "album"  # a folder job: three files queued at once
+    album.mkdir(parents=True)
     for name in ("astronaut.jpg", "coffee.png", "chelsea.webp"):
-        drop(photos[name], album / name)
+        drop(photos[name], album)
     album.rename(inbox / "album")
     wait_for(lambda: len(threads_of(daemon)) == 4, what="the album's three photos")
     assert threads_of(daemon) == {
@@ -133,6 +117,6 @@ def test_the_daemon_gives_a_lone_photo_every_core_and_a_batch_one_each(
         "coffee.png": 1,
         "chelsea.png": 1,
     }
-    drop(photos["rocket.jpg"], inbox / "later.jpg")  # alone again once the album is done
+    drop(photos["rocket.jpg"], inbox, "later.jpg")  # alone again once the album is done
     wait_for(lambda: "later.png" in threads_of(daemon), what="the later photo")
     assert threads_of(daemon)["later.png"] == 2

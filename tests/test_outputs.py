@@ -12,7 +12,6 @@ import io
 import shutil
 import sqlite3
 import sys
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -479,7 +478,7 @@ def test_heic_photo_becomes_a_cutout(worker: None, photos: dict[str, Path]) -> N
 
 @pytest.fixture
 def own_store(
-    tmp_path: Path, model_store: ModelStore, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, model_store: ModelStore, monkeypatch: pytest.MonkeyPatch, fresh_worker: None
 ) -> Iterator[ModelStore]:
     """This process as a fresh worker on a model folder with u2netp and two imported copies.
 
@@ -491,9 +490,6 @@ def own_store(
     for name in ("u2netp", "copy-a", "copy-b"):
         store.import_file(model_store.path("u2netp"), name)
     monkeypatch.setenv("U2NET_HOME", str(store.root))
-    monkeypatch.setattr(pipeline, "_sessions", OrderedDict())
-    monkeypatch.setattr(pipeline, "_model_cache", pipeline._model_cache)
-    monkeypatch.setattr(pipeline, "_memory_arena", pipeline._memory_arena)
     yield store
 
 
