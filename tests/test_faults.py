@@ -1,6 +1,6 @@
 """The invariants under failure: the real daemon, real files, the real model, real faults.
 
-Each scenario breaks something for real and then checks DESIGN.md's invariants
+Each scenario breaks something for real and then checks the invariants of docs/design.md
 from the outside, by name: every input is exactly one output or one failed
 original with its reason, no output is partial, nothing is left in temp files or
 the spool, and the ledger agrees with the folders.

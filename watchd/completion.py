@@ -1,7 +1,7 @@
 """When a job ends: its manifest, then its hooks, then the ledger is told it was reported.
 
 The manifest is what lets a downstream tool know that a job is complete
-(DESIGN.md invariant 3). It sits in the outbox *beside* the job's outputs
+(docs/design.md, invariant 3). It sits in the outbox *beside* the job's outputs
 (``<outbox>/<folder name>.manifest.json`` for a folder job, ``<outbox>/<first
 input stem>.manifest.json`` for loose files; the path is assigned at intake,
 with the outputs, so two jobs never share one), and it is written last: after
@@ -189,7 +189,7 @@ class Completion:
 
     Hooks call back from their own threads into a queue; :meth:`collect` (main thread)
     drains it and marks jobs reported, so only the main thread touches the ledger
-    (DESIGN.md invariant 5).
+    (docs/design.md, invariant 5).
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """The Dask backend of the worker pool (``[pool] backend = "dask"``): one daemon, many hosts.
 
-The daemon stays the only owner of the ledger and of every folder (DESIGN.md
+The daemon stays the only owner of the ledger and of every folder (docs/design.md,
 invariant 5). :class:`DaskPool` sends each file's bytes and options to a Dask
 cluster (``dask worker ... --preload watchd.dask_worker`` on each host, see
 docs/scale-out.md) and hands back a :class:`concurrent.futures.Future` that

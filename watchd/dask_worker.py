@@ -37,7 +37,7 @@ every task thread of the process; loading is serialised by a lock (a model the
 preload did not load is loaded on first use, once). onnxruntime's
 ``InferenceSession.run`` is itself thread-safe.
 
-The worker never sees the ledger or any user folder (DESIGN.md invariant 5):
+The worker never sees the ledger or any user folder (docs/design.md, invariant 5):
 :func:`run_task` gets a :class:`~watchd.pipeline.Task` (bytes and options) and
 returns a :class:`~watchd.pipeline.Result` (bytes), which the daemon writes.
 """

@@ -1,6 +1,6 @@
 """Every filesystem side effect on users' folders.
 
-Three promises live here (DESIGN.md invariants 1, 3 and 4):
+Three promises live here (docs/design.md, invariants 1, 3 and 4):
 
 * inputs are read only if they are regular files reached without following a
   symlink (``O_NOFOLLOW`` + ``fstat`` on the opened descriptor, so a file swapped

@@ -1,7 +1,7 @@
 """Completion hooks: the ``on_complete`` command and the webhook, off the main thread.
 
 Both run in their own thread with a bounded queue, so a slow command or an
-unreachable receiver never holds up processing (DESIGN.md invariant 6): when a
+unreachable receiver never holds up processing (docs/design.md, invariant 6): when a
 queue is full, the new hook is dropped with a warning and a counter, and the job
 is reported without it.
 

@@ -1,6 +1,6 @@
 """The ledger: every SQL statement of watchd, and the daemon's memory across restarts.
 
-Only the daemon's main process opens it (DESIGN.md invariant 5). Callers use
+Only the daemon's main process opens it (docs/design.md, invariant 5). Callers use
 methods named after state transitions; each transition is one ``BEGIN
 IMMEDIATE`` transaction that checks the state it starts from, so a transition
 can never be applied twice or to the wrong file.

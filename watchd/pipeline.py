@@ -1,7 +1,7 @@
 """Image processing and the worker pool.
 
 A worker receives bytes and options and returns encoded bytes; it never sees
-the ledger or the users' folders (DESIGN.md invariant 5), which keeps the pool
+the ledger or the users' folders (docs/design.md, invariant 5), which keeps the pool
 replaceable by a remote one. Workers are *spawned*, not forked: each loads its
 onnxruntime session once, in its initializer, and the main process never
 holds a session it could fork.

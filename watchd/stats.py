@@ -8,7 +8,7 @@ a snapshot (:func:`build_snapshot`) that is written as a JSON file
 and reads no clock: every time is passed in (``now`` monotonic seconds for the
 rolling figures, ``now_wall`` unix seconds for the timestamps it prints).
 
-Memory stays bounded whatever the traffic (DESIGN.md invariant 6): rates come
+Memory stays bounded whatever the traffic (docs/design.md, invariant 6): rates come
 from a ring of per-second buckets covering 15 minutes, percentiles from a ring
 of per-minute reservoir samples, the histogram from fixed buckets per watch.
 The schema of the snapshot is documented key by key in ``docs/stats.md``.
