@@ -203,6 +203,24 @@ def _string(value: Any) -> str:
     return value
 
 
+#: A model name: what :class:`watchd.models.ModelStore` accepts (no path, no suffix), so a
+#: sidecar's ``model = "/etc/passwd"`` or ``"../../x"`` is refused with the key's name.
+_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+#: Why a TOML file nested thousands of levels deep is refused (tomllib recurses per level).
+TOO_DEEP = "tables or arrays are nested too deeply"
+
+
+def _model_name(value: Any) -> str:
+    name = _string(value)
+    if not _MODEL_RE.fullmatch(name) or name.endswith(".onnx"):
+        raise _Bad(
+            f"{name!r} is not a model name: use letters, digits, '.', '_', '+' or '-', "
+            "without a path and without the .onnx suffix (see: watchd models list)"
+        )
+    return name
+
+
 def _watch_name(value: Any) -> str:
     name = _string(value)
     if not _NAME_RE.fullmatch(name):  # match() with "$" would accept a trailing newline
@@ -331,7 +349,7 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 #: Keys a job's sidecar ``watchd.toml`` may set (the model and how outputs look), with
 #: the defaults of a watch. Everything else (folders, hooks) belongs to the operator.
 OUTPUT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
-    "model": (_string, "u2netp"),
+    "model": (_model_name, "u2netp"),
     "format": (_choice("png", "webp", "jpeg", "mask"), "png"),
     "png_compress_level": (_integer(0, 9), 1),
     "jpeg_quality": (_integer(1, 100), 90),
@@ -442,6 +460,8 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: {TOO_DEEP}") from None
     except OSError as exc:  # not a folder on the way, a loop of links, a name too long, ...
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     absolute = path.resolve()
@@ -587,6 +607,8 @@ def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOve
         raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # Python's TOML parser recurses once per nested table or array
+        raise ConfigError(f"{path}: not valid TOML: {TOO_DEEP}") from None
     for key in raw:
         if key not in OUTPUT_KEYS:
             allowed = ", ".join(OUTPUT_KEYS)
