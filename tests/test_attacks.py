@@ -195,7 +195,7 @@ def test_submit_takes_only_what_the_peer_may_read_and_never_widens_modes(
     answer = submit_as(peer_user, sock, {"paths": [str(own)]})
     assert answer["ok"] is True, answer
     # root's private non-image, submitted by root (root may read it): fails, still private
-    client(root).call("submit", paths=[str(private)])
+    ControlClient(sock, timeout=60).call("submit", paths=[str(private)])
     wait_for(lambda: daemon.count("job.done") == 2, what="both submitted jobs ended")
     for made in (root / "outbox" / "own.png", root / "archive" / "own.jpg"):
         assert stat.S_IMODE(made.stat().st_mode) & 0o077 == 0, made

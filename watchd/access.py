@@ -130,9 +130,13 @@ def _require(  # noqa: PLR0917 - one call site per role, all in this module
     if caller.may(info, want):
         return
     if role == "folder":
-        missing = "listed" if want & READ else "entered"
+        if want & READ:  # found by listing: name the folder only, not what is inside it
+            raise AccessDenied(
+                f"{where}: not readable by uid {caller.uid}: the folder cannot be listed by "
+                "them; watchd submits only what its caller could read"
+            )
         raise AccessDenied(
-            f"{asked}: not readable by uid {caller.uid}: the folder {where} cannot be {missing} "
+            f"{asked}: not readable by uid {caller.uid}: the folder {where} cannot be entered "
             "by them; watchd submits only what its caller could read"
         )
     if role == "move":

@@ -162,6 +162,8 @@ class Commands:
                 check_access(path, caller)
             except AccessDenied as exc:
                 raise ProtocolError("bad_request", str(exc)) from None
+            except OSError as exc:
+                raise ProtocolError("bad_request", f"{path}: {exc.strerror}") from None
         batch = submitted_batch(watch.name, paths, args.get("name"))
         expected = caller_may_take(batch, paths, caller, move=move)
         job_id = self._intake.accept(
