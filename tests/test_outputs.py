@@ -405,9 +405,11 @@ def test_dispatcher_writes_every_page_atomically_and_a_rerun_overwrites_them(
     temps: list[str] = []
     write = files.atomic_write
 
-    def watch(path: Path, data: bytes, file_id: int, *, page: int | None = None) -> None:
+    def watch(
+        path: Path, data: bytes, file_id: int, *, page: int | None = None, mode: int = 0o666
+    ) -> None:
         temps.append(temp_name(file_id, page))
-        write(path, data, file_id, page=page)
+        write(path, data, file_id, page=page, mode=mode)
 
     monkeypatch.setattr("watchd.dispatcher.atomic_write", watch)
     Dispatcher._write_outputs(record(out), result)
