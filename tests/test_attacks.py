@@ -199,6 +199,7 @@ def test_submit_takes_only_what_the_peer_may_read_and_never_widens_modes(
     wait_for(lambda: daemon.count("job.done") == 2, what="both submitted jobs ended")
     for made in (root / "outbox" / "own.png", root / "archive" / "own.jpg"):
         assert stat.S_IMODE(made.stat().st_mode) & 0o077 == 0, made
+        assert made.stat().st_uid == peer_user.pw_uid, made  # still theirs to read
     assert stat.S_IMODE((root / "failed" / "shadow").stat().st_mode) & 0o077 == 0o040
     assert stat.S_IMODE((root / "failed" / "shadow").stat().st_mode) & 0o007 == 0
     assert not (root / "failed" / "open.jpg").exists()

@@ -406,10 +406,10 @@ def test_dispatcher_writes_every_page_atomically_and_a_rerun_overwrites_them(
     write = files.atomic_write
 
     def watch(
-        path: Path, data: bytes, file_id: int, *, page: int | None = None, mode: int = 0o666
+        path: Path, data: bytes, file_id: int, *, page: int | None = None, **access: Any
     ) -> None:
         temps.append(temp_name(file_id, page))
-        write(path, data, file_id, page=page, mode=mode)
+        write(path, data, file_id, page=page, **access)
 
     monkeypatch.setattr("watchd.dispatcher.atomic_write", watch)
     Dispatcher._write_outputs(record(out), result)

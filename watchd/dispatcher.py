@@ -214,7 +214,7 @@ class Dispatcher:
                 return
             self._ledger.set_pages(record.id, pages)
         try:
-            self._write_outputs(record, result, self._output_mode(record))
+            self._write_outputs(record, result, *self._output_access(record))
         except OSError as exc:
             if is_permanent(exc):
                 self.fail(record, f"cannot write the output {record.output}: {exc.strerror or exc}")
@@ -257,16 +257,23 @@ class Dispatcher:
         )
         self.dispose_done(record)
 
-    def _output_mode(self, record: FileRecord) -> int:
-        """An output's permission bits: its input's, so a private photo (0600) never gives
-        a cutout everyone may read; 0666 (less the umask) when the input cannot be asked."""
+    def _output_access(self, record: FileRecord) -> tuple[int, tuple[int, int] | None]:
+        """An output's permission bits and owner: its input's, so a private photo (0600)
+        never gives a cutout everyone may read, and (where the daemon may chown: root) its
+        owner can still read it; 0666 less the umask when the input cannot be asked."""
         try:
-            return stat.S_IMODE(os.stat(self.original(record)).st_mode) & 0o666
+            info = os.stat(self.original(record))
         except OSError:
-            return 0o666
+            return 0o666, None
+        return stat.S_IMODE(info.st_mode) & 0o666, (info.st_uid, info.st_gid)
 
     @staticmethod
-    def _write_outputs(record: FileRecord, result: Result, mode: int = 0o666) -> None:
+    def _write_outputs(
+        record: FileRecord,
+        result: Result,
+        mode: int = 0o666,
+        owner: tuple[int, int] | None = None,
+    ) -> None:
         """Write each output atomically: one, or one per page (:func:`page_paths`).
 
         Page paths depend only on the assigned output and the page count, so a rerun
@@ -275,10 +282,10 @@ class Dispatcher:
         """
         paths = page_paths(record.output, len(result.pages))
         if len(paths) == 1:
-            atomic_write(paths[0], result.pages[0], record.id, mode=mode)
+            atomic_write(paths[0], result.pages[0], record.id, mode=mode, owner=owner)
             return
         for number, (path, data) in enumerate(zip(paths, result.pages, strict=True), start=1):
-            atomic_write(path, data, record.id, page=number, mode=mode)
+            atomic_write(path, data, record.id, page=number, mode=mode, owner=owner)
 
     def dispose_done(self, record: FileRecord) -> None:
         """written -> done: archive, delete or keep the original (idempotent)."""

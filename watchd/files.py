@@ -11,7 +11,9 @@ Three promises live here (DESIGN.md invariants 1, 3 and 4):
   a durable copy followed by the removal of the source;
 * nothing watchd makes of a file is readable by more people than the file was: copies
   keep the source's permission bits, and outputs get their input's (both within the
-  process umask), so a private photo never becomes a public cutout or a public copy.
+  process umask), so a private photo never becomes a public cutout or a public copy;
+  a daemon running as root also gives them the input's owner and group (as ``cp -p``
+  does), so the person whose private photo it was can still read what came of it.
 
 Temp names are derived from the ledger's file id (``.watchd-<id>.tmp``; the pages of
 a multi-page input ``.watchd-<id>.p<n>.tmp``), so recovery after a crash knows exactly
@@ -129,18 +131,39 @@ def is_permanent(exc: OSError) -> bool:
 
 
 def atomic_write(
-    path: Path, data: bytes, file_id: int, *, page: int | None = None, mode: int = 0o666
+    path: Path,
+    data: bytes,
+    file_id: int,
+    *,
+    page: int | None = None,
+    mode: int = 0o666,
+    owner: tuple[int, int] | None = None,
 ) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or the whole file.
 
     ``page``: which page of a multi-page input this is (its own temp name). ``mode``: the
     permission bits it is created with (the umask still applies): an output gets its
-    input's, so it is never readable by more people than the input was.
+    input's, so it is never readable by more people than the input was. ``owner``:
+    (uid, gid) to give it, where the daemon may (root); elsewhere it stays the daemon's.
     """
-    write_via_temp(path, data, temp_name(file_id, page), mode=mode)
+    write_via_temp(path, data, temp_name(file_id, page), mode=mode, owner=owner)
 
 
-def write_via_temp(path: Path, data: bytes, temp_name: str, *, mode: int = 0o666) -> None:
+def give_to(fd: int, owner: tuple[int, int] | None) -> None:
+    """``fchown`` where permitted: a daemon that is not root keeps its files as its own."""
+    if owner is not None and owner != (os.geteuid(), os.getegid()):
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, *owner)
+
+
+def write_via_temp(
+    path: Path,
+    data: bytes,
+    temp_name: str,
+    *,
+    mode: int = 0o666,
+    owner: tuple[int, int] | None = None,
+) -> None:
     """:func:`atomic_write` with a temp name of the caller's (hidden, beside ``path``)."""
     ensure_dir(path.parent)
     temp = path.parent / temp_name
@@ -150,6 +173,7 @@ def write_via_temp(path: Path, data: bytes, temp_name: str, *, mode: int = 0o666
     fd = os.open(temp, flags, mode & 0o666)
     try:
         try:
+            give_to(fd, owner)
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -239,6 +263,7 @@ def _copy_across(src: Path, dst: Path, file_id: int, *, plain_only: bool) -> Non
         if plain_only and info.st_nlink > 1:
             raise UnsafePath(_HARDLINK_REASON)
         with open(fd, "rb", closefd=False) as reader, open(temp, "wb", opener=_open_new) as writer:
+            give_to(writer.fileno(), (info.st_uid, info.st_gid))  # as a rename keeps it
             shutil.copyfileobj(reader, writer, _CHUNK)
             writer.flush()
             os.fsync(writer.fileno())
@@ -276,7 +301,8 @@ def _check_identity(info: os.stat_result, expect: tuple[int, int]) -> None:
 def copy_file(src: Path, dst: Path, file_id: int, *, expect: tuple[int, int] | None = None) -> None:
     """Copy a plain file durably (``submit`` without ``move``): the source is left untouched.
 
-    The copy gets the source's permission bits (within the umask), never wider ones.
+    The copy gets the source's permission bits (within the umask), never wider ones, and,
+    where the daemon may (root), the source's owner and group.
     ``expect``: the (device, inode) a permission check saw; the opened file must be it.
     """
     ensure_dir(dst.parent)
@@ -291,6 +317,7 @@ def copy_file(src: Path, dst: Path, file_id: int, *, expect: tuple[int, int] | N
             _check_identity(info, expect)
         opener = partial(_open_new, mode=stat.S_IMODE(info.st_mode) & 0o666)
         with open(fd, "rb", closefd=False) as reader, open(temp, "xb", opener=opener) as writer:
+            give_to(writer.fileno(), (info.st_uid, info.st_gid))
             shutil.copyfileobj(reader, writer, _CHUNK)
             writer.flush()
             os.fsync(writer.fileno())
