@@ -147,6 +147,7 @@ def submit_as(user: pwd.struct_passwd, sock: Path, args: dict[str, Any]) -> dict
         user=user.pw_uid,
         group=user.pw_gid,
         extra_groups=[],
+        cwd="/",  # the checkout may be under a folder the peer cannot enter
         capture_output=True,
         text=True,
         timeout=60,

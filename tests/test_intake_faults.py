@@ -804,9 +804,10 @@ def test_a_symlink_swapped_in_after_the_file_settled_is_never_read_through(
         assert "symbolic link" in file["error"]
         note = wait_for(lambda: list(failed_dir.glob("*.error.txt")), what="the note")
         assert "symbolic link" in note[0].read_text()
-        if where == "share":  # the copy was refused: the link is left in the inbox, reported
-            assert (drop_dir / "photo.jpg").is_symlink()
+        if where == "share":  # the copy was refused; the watcher then moves the link aside
+            wait_for(lambda: not os.path.lexists(drop_dir / "photo.jpg"), what="link set aside")
             assert any(e["path"].endswith("photo.jpg") for e in daemon.events("intake.skipped"))
+            assert [p.is_symlink() for p in failed_dir.glob("photo*.jpg")] == [True]
         else:  # renamed as an entry into the spool, refused there, quarantined as the link
             assert (failed_dir / "photo.jpg").is_symlink()
         assert daemon.proc is not None and daemon.proc.poll() is None

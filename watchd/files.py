@@ -236,6 +236,20 @@ def move_file(
         fsync_dir(dst.parent)
 
 
+def move_entry(src: Path, dst: Path) -> None:
+    """Rename the directory entry ``src`` to ``dst`` (durably), whatever it is; never a copy.
+
+    For entries watchd must not read (a link, a pipe, a hard link to someone's file):
+    a rename moves the name and nothing else. Across file systems it fails with EXDEV
+    and the entry stays where it is.
+    """
+    ensure_dir(dst.parent)
+    os.rename(src, dst)
+    fsync_dir(src.parent)
+    if src.parent != dst.parent:
+        fsync_dir(dst.parent)
+
+
 _SYMLINK_REASON = "the file is a symbolic link; watchd does not follow links"
 _HARDLINK_REASON = "the file is a hard link to another file; watchd does not read those"
 _SPECIAL_REASON = "not a regular file (a folder, device, pipe or socket)"

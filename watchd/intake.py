@@ -44,6 +44,7 @@ from watchd.files import (
     error_note_path,
     first_page_names,
     fsync_dir,
+    move_entry,
     move_file,
     page_base,
     prune_taken_folder,
@@ -244,9 +245,10 @@ class Intake:
         """Move an entry the watcher never takes (``kind``: symlink, fifo, socket, device,
         hard link) from the inbox to the failed folder, with a note saying why.
 
-        The entry itself is moved: a rename (or, across file systems, a link recreated as
-        a link); a pipe is never opened, a link never followed, a hard link's file never
-        read. An entry that cannot be moved stays, and the note says so. A top-level
+        The entry itself is moved, by a rename: a pipe is never opened, a link never
+        followed, a hard link's file never read. An entry that cannot be moved (the failed
+        folder is on another file system, where a rename cannot go) stays, and the note
+        beside where it would have gone says so. A top-level
         folder left empty by the move is removed, as a taken folder is. Returns True when
         the entry is out of the inbox.
         """
@@ -259,7 +261,7 @@ class Intake:
         reason = SET_ASIDE_REASONS.get(kind, f"not processed: {kind}")
         moved = True
         try:
-            move_file(path, target, 0)  # not plain_only: a link is moved as a link
+            move_entry(path, target)  # a rename: nothing is opened, read or followed
         except FileNotFoundError:
             return True  # removed by whoever dropped it: nothing to say
         except OSError as exc:
