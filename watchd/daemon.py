@@ -295,8 +295,13 @@ class Daemon:
             for batch in watcher.poll(now):
                 self.intake.take(batch, watch)  # costs that batch at most, never the loop
             for path, kind in watcher.take_skipped():
-                if self.intake.set_aside(path, kind, watch):
-                    watcher.forget_skipped(path)
+                try:
+                    if self.intake.set_aside(path, kind, watch):
+                        watcher.forget_skipped(path)
+                except Exception as exc:  # the entry stays where it is: nothing is lost
+                    if is_damaged_ledger(exc):
+                        raise
+                    log.exception("intake.set_aside_failed", path=str(path))
 
     def _timeout(self, next_timer: float) -> float:
         """Sleep long when idle (events wake us), tick often while something is settling."""
@@ -544,6 +549,13 @@ class Daemon:
         self._write_stats()
         self.ledger.close()
         log.info("shutdown.done")
+
+
+def is_damaged_ledger(exc: BaseException) -> bool:
+    """An error after which the ledger cannot be trusted: the daemon must stop (exit 2)."""
+    if isinstance(exc, LedgerError):
+        return True
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
 
 def watch_method(watch: WatchConfig) -> tuple[Literal["inotify", "poll"], str]:

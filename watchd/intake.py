@@ -25,6 +25,7 @@ aside the same way, unread, with a note saying why (:meth:`Intake.set_aside`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -211,12 +212,15 @@ class Intake:
         log.exception("intake.batch_failed", watch=watch.name, name=batch.name)
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         what = "folder" if batch.kind == "folder" else "file"
-        self.quarantine(
-            batch,
-            watch,
-            f"watchd could not take this {what} ({detail}); the daemon's log has the "
-            "details (intake.batch_failed)",
-        )
+        try:
+            self.quarantine(
+                batch,
+                watch,
+                f"watchd could not take this {what} ({detail}); the daemon's log has the "
+                "details (intake.batch_failed)",
+            )
+        except Exception:  # what could not be moved stays in the inbox: nothing is lost
+            log.exception("intake.quarantine_failed", watch=watch.name, name=batch.name)
         return None
 
     def quarantine(self, batch: Batch, watch: WatchConfig, reason: str) -> None:
@@ -239,7 +243,8 @@ class Intake:
                 continue
             log.warning("intake.quarantined", path=str(candidate.path), target=str(target))
         if batch.kind == "folder":
-            prune_taken_folder(batch.root, is_litter)
+            with contextlib.suppress(OSError):  # a folder that stays is only untidy
+                prune_taken_folder(batch.root, is_litter)
 
     def set_aside(self, path: Path, kind: str, watch: WatchConfig) -> bool:
         """Move an entry the watcher never takes (``kind``: symlink, fifo, socket, device,
@@ -274,7 +279,8 @@ class Intake:
             log.error("intake.set_aside_failed", path=str(path), error=str(exc))
         log.warning("intake.set_aside", path=str(path), kind=kind, target=str(target), moved=moved)
         if moved and len(rel.parts) > 1:
-            prune_taken_folder(watch.inbox / rel.parts[0], is_litter)
+            with contextlib.suppress(OSError):  # a folder that stays is only untidy
+                prune_taken_folder(watch.inbox / rel.parts[0], is_litter)
         return moved
 
     def accept(
