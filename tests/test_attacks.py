@@ -32,6 +32,7 @@ from watchd.ledger import Ledger, NewFile, NewJob
 pytestmark = pytest.mark.e2e
 
 PEER_USER = "watchd-peer"
+PEER_GROUP = "watchd-peer-team"
 
 
 def client(root: Path) -> ControlClient:
@@ -125,7 +126,9 @@ def open_site() -> Iterator[Path]:
         subprocess.run(["rm", "-rf", str(site)], check=False)
 
 
-def submit_as(user: pwd.struct_passwd, sock: Path, args: dict[str, Any]) -> dict[str, Any]:
+def submit_as(
+    user: pwd.struct_passwd, sock: Path, args: dict[str, Any], groups: tuple[int, ...] = ()
+) -> dict[str, Any]:
     """One ``submit`` over the real socket from a process running as ``user``."""
     import json
 
@@ -146,7 +149,7 @@ def submit_as(user: pwd.struct_passwd, sock: Path, args: dict[str, Any]) -> dict
         ["/usr/bin/python3", "-I", "-c", script, str(sock), request],
         user=user.pw_uid,
         group=user.pw_gid,
-        extra_groups=[],
+        extra_groups=list(groups),
         cwd="/",  # the checkout may be under a folder the peer cannot enter
         capture_output=True,
         text=True,
@@ -158,9 +161,22 @@ def submit_as(user: pwd.struct_passwd, sock: Path, args: dict[str, Any]) -> dict
     return answer
 
 
+@pytest.fixture(scope="module")
+def team_gid(peer_user: pwd.struct_passwd) -> int:
+    """A real group the peer user is not a member of (it is given to its process only)."""
+    import grp
+
+    try:
+        return grp.getgrnam(PEER_GROUP).gr_gid
+    except KeyError:
+        subprocess.run(["groupadd", "--system", PEER_GROUP], check=True)
+        return grp.getgrnam(PEER_GROUP).gr_gid
+
+
 def test_submit_takes_only_what_the_peer_may_read_and_never_widens_modes(
     daemon_factory: Callable[..., DaemonProcess],
     peer_user: pwd.struct_passwd,
+    team_gid: int,
     open_site: Path,
 ) -> None:
     sock = open_site / "control.sock"
@@ -195,16 +211,28 @@ def test_submit_takes_only_what_the_peer_may_read_and_never_widens_modes(
     own.chmod(0o600)
     answer = submit_as(peer_user, sock, {"paths": [str(own)]})
     assert answer["ok"] is True, answer
+    # readable through a supplementary group only: taken when the peer is in it
+    # (SO_PEERGROUPS), refused when it is not
+    team = open_site / "team.jpg"
+    team.write_bytes(b"not an image, but the team's")
+    os.chown(team, 0, team_gid)
+    team.chmod(0o640)
+    refused = submit_as(peer_user, sock, {"paths": [str(team)]})
+    assert refused["ok"] is False and "not readable" in refused["error"]["message"]
+    taken = submit_as(peer_user, sock, {"paths": [str(team)]}, groups=(team_gid,))
+    assert taken["ok"] is True, taken
     # root's private non-image, submitted by root (root may read it): fails, still private
     ControlClient(sock, timeout=60).call("submit", paths=[str(private)])
-    wait_for(lambda: daemon.count("job.done") == 2, what="both submitted jobs ended")
+    wait_for(lambda: daemon.count("job.done") == 3, what="the three submitted jobs ended")
     for made in (root / "outbox" / "own.png", root / "archive" / "own.jpg"):
         assert stat.S_IMODE(made.stat().st_mode) & 0o077 == 0, made
         assert made.stat().st_uid == peer_user.pw_uid, made  # still theirs to read
     assert stat.S_IMODE((root / "failed" / "shadow").stat().st_mode) & 0o077 == 0o040
     assert stat.S_IMODE((root / "failed" / "shadow").stat().st_mode) & 0o007 == 0
     assert not (root / "failed" / "open.jpg").exists()
-    assert files_by_state(root) == {"done": 1, "failed": 1}
+    assert stat.S_IMODE((root / "failed" / "team.jpg").stat().st_mode) == 0o640
+    assert (root / "failed" / "team.jpg").stat().st_gid == team_gid
+    assert files_by_state(root) == {"done": 1, "failed": 2}
 
 
 def test_move_into_the_inbox_keeps_a_private_files_mode(
