@@ -477,3 +477,23 @@ def test_a_config_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> No
     path.write_bytes(b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n")
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "words"),
+    [
+        (b"priority = " + b"1" * 5000 + b"\n", "not valid TOML: a number has too many digits"),
+        (b"priority = 0x" + b"f" * 4000 + b"\n", "priority: must be at least -100"),
+        (b'format = "' + b"x" * 60000 + b'"\n', "format: must be one of"),
+    ],
+    ids=["5000-digits", "16000-bits", "60-KiB-string"],
+)
+def test_a_sidecar_with_a_monstrous_value_fails_its_job_with_a_short_reason(
+    rig: Rig, sidecar: bytes, words: str
+) -> None:
+    album(rig, sidecar)
+    detail = rig.accept("album")
+    assert {f.state for f in detail.files} == {"failed"}
+    for file in detail.files:
+        assert words in (file.error or ""), file.error
+        assert len(file.error or "") < 1000
