@@ -32,6 +32,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str 
         time.sleep(0.05)
 
 
+def jobs_ended(root: Path) -> bool:
+    """Every job in the ledger under ``root`` has ended *and* been reported: its manifest is
+    written and its hooks have run (docs/completion.md). Until then a hidden temp file of
+    the manifest (``.watchd-job-N.manifest.tmp``) may still be in the outbox."""
+    import sqlite3
+
+    with sqlite3.connect(root / "state" / "ledger.sqlite3", timeout=30) as db:
+        row = db.execute(
+            "SELECT COUNT(*), SUM(state != 'active' AND reported = 1) FROM jobs"
+        ).fetchone()
+    return bool(row[0]) and row[0] == row[1]
+
+
 class DaemonProcess:
     """The real ``watchd run`` in a subprocess, with its JSON log captured to a file."""
 

@@ -571,3 +571,53 @@ def test_prune_keeps_a_folder_with_a_late_file_or_a_link(tmp_path: Path) -> None
     assert not (root / "a" / "empty").exists()
     assert (root / "a" / "link").is_symlink()
     assert (elsewhere / ".DS_Store").read_bytes() == b"must survive"  # never followed
+
+
+# --- never wider (issue 12) -----------------------------------------------------------------------
+
+
+def test_copy_file_keeps_the_sources_mode_and_refuses_a_swapped_file(tmp_path: Path) -> None:
+    import stat as stat_
+
+    from watchd.errors import UnsafePath
+    from watchd.files import copy_file
+
+    src = tmp_path / "private.jpg"
+    src.write_bytes(b"secret")
+    src.chmod(0o600)
+    copy_file(src, tmp_path / "spool" / "1", 1)
+    assert stat_.S_IMODE((tmp_path / "spool" / "1").stat().st_mode) == 0o600
+    checked = (src.stat().st_dev, src.stat().st_ino)
+    other = tmp_path / "other.jpg"
+    other.write_bytes(b"another file, swapped in at the same name")
+    os.replace(other, src)
+    with pytest.raises(UnsafePath, match="replaced"):
+        copy_file(src, tmp_path / "spool" / "2", 2, expect=checked)
+    assert not (tmp_path / "spool" / "2").exists()
+    assert leftovers(tmp_path / "spool") == []
+
+
+def test_atomic_write_creates_with_the_mode_asked_for(tmp_path: Path) -> None:
+    import stat as stat_
+
+    atomic_write(tmp_path / "out.png", b"png", 3, mode=0o640)
+    assert stat_.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o640
+
+
+def test_permanent_and_transient_write_errors() -> None:
+    import errno
+
+    from watchd.files import is_permanent
+
+    for code in (errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.EILSEQ):
+        assert is_permanent(OSError(code, os.strerror(code)))
+    for code in (errno.ENOSPC, errno.EROFS, errno.EIO, errno.EACCES, errno.EDQUOT):
+        assert not is_permanent(OSError(code, os.strerror(code)))
+
+
+def test_a_folder_name_over_name_max_is_shortened(tmp_path: Path) -> None:
+    long = "é" * 200  # 400 bytes
+    first = unique_path(tmp_path / long, lambda _p: False, folder=True)
+    assert len(os.fsencode(first.name)) <= 255 and long.startswith(first.name)
+    second = unique_path(tmp_path / long, lambda p: p == first, folder=True)
+    assert len(os.fsencode(second.name)) <= 255 and second.name.endswith(" (2)")

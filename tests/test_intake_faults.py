@@ -711,16 +711,26 @@ def test_links_out_of_the_inbox_are_never_read_through(
         [event] = [e for e in skipped if e["path"] == path]
         assert event["reason"] == reason
 
-    # Left in place, untouched; nothing of the secrets anywhere watchd writes.
-    assert (inbox / "link.jpg").is_symlink() and (inbox / "linked-folder").is_symlink()
-    assert (inbox / "album" / "inner-link.jpg").is_symlink()
+    # Moved aside as they were (links stay links, the hard link is the same file, not a
+    # copy), each with a note; nothing of the secrets anywhere watchd writes.
+    failed = root / "failed"
+    wait_for(lambda: len(daemon.events("intake.set_aside")) == len(expected), what="set aside")
+    assert os.readlink(failed / "link.jpg") == str(outside / "secret.jpg")
+    assert (failed / "linked-folder").is_symlink() and (
+        failed / "album" / "inner-link.jpg"
+    ).is_symlink()
+    assert (failed / "hard.jpg").stat().st_ino == (outside / "secret-hard.jpg").stat().st_ino
     assert os.stat(outside / "secret-hard.jpg").st_nlink == 2
     assert (outside / "secret.jpg").read_bytes() == secret
+    for name in ("link.jpg", "shadow.jpg", "linked-folder", "hard.jpg", "album/inner-hard.jpg"):
+        assert "not processed" in (failed / f"{name}.error.txt").read_text()
+    assert list(inbox.iterdir()) == []  # the album folder went once its link was moved
+    linked = {(outside / n).stat().st_ino for n in ("secret-hard.jpg", "folder-hard.jpg")}
     for content in (secret, secret_hard):
         leaked = regular_files_with(
             content, root / "outbox", root / "archive", root / "failed", root / "state"
         )
-        assert leaked == []
+        assert [p for p in leaked if p.stat().st_ino not in linked] == []
     assert files_by_state(root) == {"done": 2}
     assert daemon.stop() == 0
 
@@ -794,9 +804,10 @@ def test_a_symlink_swapped_in_after_the_file_settled_is_never_read_through(
         assert "symbolic link" in file["error"]
         note = wait_for(lambda: list(failed_dir.glob("*.error.txt")), what="the note")
         assert "symbolic link" in note[0].read_text()
-        if where == "share":  # the copy was refused: the link is left in the inbox, reported
-            assert (drop_dir / "photo.jpg").is_symlink()
+        if where == "share":  # the copy was refused; the watcher then moves the link aside
+            wait_for(lambda: not os.path.lexists(drop_dir / "photo.jpg"), what="link set aside")
             assert any(e["path"].endswith("photo.jpg") for e in daemon.events("intake.skipped"))
+            assert [p.is_symlink() for p in failed_dir.glob("photo*.jpg")] == [True]
         else:  # renamed as an entry into the spool, refused there, quarantined as the link
             assert (failed_dir / "photo.jpg").is_symlink()
         assert daemon.proc is not None and daemon.proc.poll() is None

@@ -405,9 +405,11 @@ def test_dispatcher_writes_every_page_atomically_and_a_rerun_overwrites_them(
     temps: list[str] = []
     write = files.atomic_write
 
-    def watch(path: Path, data: bytes, file_id: int, *, page: int | None = None) -> None:
+    def watch(
+        path: Path, data: bytes, file_id: int, *, page: int | None = None, **access: Any
+    ) -> None:
         temps.append(temp_name(file_id, page))
-        write(path, data, file_id, page=page)
+        write(path, data, file_id, page=page, **access)
 
     monkeypatch.setattr("watchd.dispatcher.atomic_write", watch)
     Dispatcher._write_outputs(record(out), result)
@@ -570,7 +572,8 @@ def test_a_document_whose_page_names_are_taken_fails_and_overwrites_nothing(
     staging.write_bytes(tiff(scan_pages))
     shutil.move(staging, root / "inbox" / "scan.tif")
     note = root / "failed" / "scan.tif.error.txt"
-    wait_for(note.exists, what="the document in failed/ with its reason")
+    # The note is written before the original is moved beside it: wait for the job's end.
+    wait_for(lambda: daemon.count("job.done") == 1, what="the document's job ended")
     assert "scan-p2.png" in note.read_text() and "move those files away" in note.read_text()
     assert (root / "failed" / "scan.tif").exists()
     assert theirs.read_bytes() == b"someone's earlier cutout"

@@ -392,13 +392,21 @@ def test_outcome_maps_a_dead_worker() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [RuntimeError("onnxruntime exploded"), MemoryError(), ValueError("bad"), KeyError("x")],
+    [RuntimeError("onnxruntime exploded"), ValueError("bad"), KeyError("x"), RuntimeError()],
 )
 def test_outcome_maps_anything_else_to_a_retryable_failure(error: Exception) -> None:
     failed = outcome(finished(error=error))
     assert isinstance(failed, AttemptFailed)
     assert type(error).__name__ in str(failed)
     assert not isinstance(failed, InputRejected)
+    assert not str(failed).endswith(": ")  # never an empty reason
+
+
+def test_outcome_of_an_out_of_memory_input_is_permanent_and_in_words() -> None:
+    """The same input needs the same memory: retrying it only fails again (issue 12)."""
+    failed = outcome(finished(error=MemoryError()))
+    assert isinstance(failed, InputRejected)
+    assert "more memory" in str(failed)
 
 
 def test_outcome_of_a_cancelled_future() -> None:

@@ -269,7 +269,8 @@ def test_reload_with_jobs_in_flight_loses_and_duplicates_nothing(
     wait_for(lambda: len(first_outputs()) == 6, what="all first outputs")
     outputs = sorted(p.name for p in first_outputs())
     assert outputs == [f"c{i}.png" for i in range(6)]  # each exactly once
-    assert len(list((root / "archive").iterdir())) == 7
+    # an original is archived just after its output is written: wait for it, not assume it
+    wait_for(lambda: len(list((root / "archive").iterdir())) == 7, what="all originals archived")
 
     # a broken config is rejected and the running one stays
     daemon.config.write_text(text + "\n[pool]\nworkers = 0\n")

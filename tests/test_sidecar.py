@@ -363,3 +363,137 @@ def test_the_daemon_applies_a_sidecar_and_survives_a_bad_one(
     assert (jobs["album"]["state"], jobs["album"]["priority"]) == ("done", 5)
     [invalid] = daemon.events("job.sidecar_invalid")
     assert "broken/watchd.toml" in invalid["error"]
+
+
+# --- the batch boundary: whatever goes wrong while taking a batch costs that batch only ----------
+
+
+def _raising(exc: BaseException) -> Callable[..., Any]:
+    def raise_it(*_args: Any, **_kwargs: Any) -> Any:
+        raise exc
+
+    return raise_it
+
+
+def test_an_unexpected_error_while_taking_a_batch_quarantines_that_batch(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from watchd import intake
+
+    album(rig)
+    [batch] = rig.settle("album")
+    monkeypatch.setattr(intake, "read_sidecar", _raising(RuntimeError("a bug")))
+    assert rig.intake.take(batch, rig.watch) is None
+    failed = rig.root / "failed" / "album"
+    assert (failed / "a.jpg").read_bytes() == b"a"
+    assert (failed / "sub" / "b.jpg").read_bytes() == b"b"
+    assert (failed / "watchd.toml").read_bytes() == VALID
+    for name in ("a.jpg", "sub/b.jpg", "watchd.toml"):
+        note = error_note_path(failed / name).read_text()
+        assert "RuntimeError: a bug" in note and "intake.batch_failed" in note
+    assert not (rig.inbox / "album").exists()  # the folder went, as a taken folder does
+    assert rig.ledger.jobs() == []  # nothing recorded: nothing for recovery to redo
+
+
+def test_an_io_error_while_taking_a_batch_leaves_it_for_the_next_scan(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from watchd import intake
+
+    album(rig)
+    [batch] = rig.settle("album")
+    monkeypatch.setattr(intake, "read_sidecar", _raising(OSError(errno.EIO, "I/O error")))
+    assert rig.intake.take(batch, rig.watch) is None
+    assert (rig.inbox / "album" / "a.jpg").read_bytes() == b"a"
+    assert not (rig.root / "failed" / "album").exists()
+    monkeypatch.undo()
+    [again] = rig.settle("album")  # the next scan offers it again, and then it is taken
+    assert rig.intake.take(again, rig.watch) is not None
+
+
+def test_a_damaged_ledger_while_taking_a_batch_stops_the_daemon(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from watchd import intake
+
+    album(rig)
+    [batch] = rig.settle("album")
+    damaged = sqlite3.DatabaseError("database disk image is malformed")
+    monkeypatch.setattr(intake, "read_sidecar", _raising(damaged))
+    with pytest.raises(sqlite3.DatabaseError):
+        rig.intake.take(batch, rig.watch)
+    assert (rig.inbox / "album" / "a.jpg").exists()  # nothing moved on a ledger gone bad
+
+
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [("/etc/passwd", "not a model name"), ("../../x", "not a model name"), ("x.onnx", "suffix")],
+)
+def test_a_sidecar_model_that_is_no_model_name_is_refused(rig: Rig, model: str, words: str) -> None:
+    album(rig, f'model = "{model}"\n'.encode())
+    detail = rig.accept("album")
+    assert {f.state for f in detail.files} == {"failed"}
+    assert all(f"album/watchd.toml: model: {model!r}" in (f.error or "") for f in detail.files)
+    assert all(words in (f.error or "") for f in detail.files)
+
+
+def test_a_sidecar_model_the_pool_cannot_load_is_refused_at_intake(tmp_path: Path) -> None:
+    from watchd.errors import ModelError
+
+    rig = make_rig(tmp_path)
+    checked: list[str] = []
+
+    def check(model: str) -> None:
+        checked.append(model)
+        raise ModelError(f"model {model!r} is not installed")
+
+    rig.intake = Intake(rig.ledger, tmp_path / "state" / "spool", rig.intake._fail, check)
+    album(rig, b'model = "isnet-anime"\n')
+    detail = rig.accept("album")
+    assert checked == ["isnet-anime"]
+    assert {f.state for f in detail.files} == {"failed"}
+    assert all(
+        "model: model 'isnet-anime' is not installed" in (f.error or "") for f in detail.files
+    )
+
+
+@pytest.mark.parametrize("opener", [b"{a = ", b"["])
+def test_a_sidecar_nested_too_deeply_for_the_parser_fails_its_job(rig: Rig, opener: bytes) -> None:
+    closer = b"}" if opener.startswith(b"{") else b"]"
+    album(rig, b"x = " + opener * 3000 + b"1" + closer * 3000 + b"\n")
+    detail = rig.accept("album")
+    assert {f.state for f in detail.files} == {"failed"}
+    assert all("nested too deeply" in (f.error or "") for f in detail.files)
+
+
+def test_a_config_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    from watchd.errors import ConfigError
+
+    path = tmp_path / "watchd.toml"
+    path.write_bytes(b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "words"),
+    [
+        (b"priority = " + b"1" * 5000 + b"\n", "not valid TOML: a number has too many digits"),
+        (b"priority = 0x" + b"f" * 4000 + b"\n", "priority: must be at least -100"),
+        (b'format = "' + b"x" * 60000 + b'"\n', "format: must be one of"),
+    ],
+    ids=["5000-digits", "16000-bits", "60-KiB-string"],
+)
+def test_a_sidecar_with_a_monstrous_value_fails_its_job_with_a_short_reason(
+    rig: Rig, sidecar: bytes, words: str
+) -> None:
+    album(rig, sidecar)
+    detail = rig.accept("album")
+    assert {f.state for f in detail.files} == {"failed"}
+    for file in detail.files:
+        assert words in (file.error or ""), file.error
+        assert len(file.error or "") < 1000

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from watchd.access import AccessDenied, Caller, check_access
 from watchd.config import WatchConfig
 from watchd.control import ProtocolError, Request
 from watchd.files import error_note_path, remove_file
@@ -67,7 +68,10 @@ class Commands:
         if handler is None:  # control.py only lets known commands through
             raise ProtocolError("unknown_command", f"unknown command {request.command!r}")
         try:
-            result: dict[str, Any] = handler(request.args)
+            if request.command == "submit":  # the one command that needs to know who asks
+                result: dict[str, Any] = self._cmd_submit(request.args, caller_of(request))
+            else:
+                result = handler(request.args)
         except NotFound as exc:
             raise ProtocolError("not_found", str(exc)) from None
         except Conflict as exc:
@@ -148,13 +152,26 @@ class Commands:
         cutoff = self._clock() - float(args["older_than_days"]) * DAY
         return {"jobs_deleted": self._ledger.prune(cutoff)}
 
-    def _cmd_submit(self, args: Mapping[str, Any]) -> dict[str, Any]:
+    def _cmd_submit(self, args: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
+        """Take files the caller could read themselves (watchd/access.py), as one job."""
         watch = self._pick_watch(args.get("watch"))
         move = bool(args.get("move", False))
         paths = [Path(p) for p in args["paths"]]
+        for path in paths:  # before listing anything: a folder they cannot list stays unlisted
+            try:
+                check_access(path, caller)
+            except AccessDenied as exc:
+                raise ProtocolError("bad_request", str(exc)) from None
+            except OSError as exc:
+                raise ProtocolError("bad_request", f"{path}: {exc.strerror}") from None
         batch = submitted_batch(watch.name, paths, args.get("name"))
+        expected = caller_may_take(batch, paths, caller, move=move)
         job_id = self._intake.accept(
-            batch, watch, intake="move" if move else "copy", priority=args.get("priority")
+            batch,
+            watch,
+            intake="move" if move else "copy",
+            priority=args.get("priority"),
+            expected=expected,
         )
         if job_id is None:
             raise ProtocolError("conflict", "nothing new to submit: every file was taken before")
@@ -218,6 +235,34 @@ def submitted_batch(watch: str, paths: list[Path], name: str | None) -> Batch:
         files=tuple(sorted(candidates, key=lambda c: c.rel)),
         sidecars=sidecars,
     )
+
+
+def caller_of(request: Request) -> Caller:
+    """Who sent ``request``, as the kernel says; ``bad_request`` where it cannot say."""
+    if request.peer_uid is None:
+        raise ProtocolError("bad_request", "submit needs to know who asks, and cannot tell")
+    return Caller(request.peer_uid, request.peer_gids)
+
+
+def caller_may_take(
+    batch: Batch, paths: list[Path], caller: Caller, *, move: bool
+) -> dict[Path, tuple[int, int]]:
+    """The (device, inode) of every file of ``batch``, once ``caller`` is found allowed to
+    read it (and, with ``move``, to move it away); ``bad_request`` naming the first that
+    is not. Files found by listing a submitted folder need that folder readable too."""
+    folders = [p for p in paths if p.is_dir()]
+    expected: dict[Path, tuple[int, int]] = {}
+    for candidate in (*batch.files, *batch.sidecars):
+        below = next((f for f in folders if f in candidate.path.parents), None)
+        try:
+            expected[candidate.path] = check_access(
+                candidate.path, caller, listed_below=below, remove=move
+            )
+        except AccessDenied as exc:
+            raise ProtocolError("bad_request", str(exc)) from None
+        except OSError as exc:
+            raise ProtocolError("bad_request", f"{candidate.path}: {exc.strerror}") from None
+    return expected
 
 
 def _is_top_sidecar(candidate: Candidate) -> bool:

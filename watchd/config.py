@@ -166,11 +166,15 @@ def _number(minimum: float, maximum: float | None = None) -> Callable[[Any], flo
     def parse(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Bad(f"expected a number, got {_describe(value)}")
-        if not math.isfinite(value):  # nan passes every range check; inf overflows waits
-            raise _Bad(f"expected a finite number, got {value!r}")
+        try:
+            finite = math.isfinite(value)  # nan passes every range check; inf overflows waits
+        except OverflowError:  # an integer too large for a float: out of any range
+            finite = False
+        if not finite:
+            raise _Bad(f"expected a finite number, got {_shown(value)}")
         if value < minimum or (maximum is not None and value > maximum):
             upper = f" and at most {maximum:g}" if maximum is not None else ""
-            raise _Bad(f"must be at least {minimum:g}{upper}, got {value!r}")
+            raise _Bad(f"must be at least {minimum:g}{upper}, got {_shown(value)}")
         return float(value)
 
     return parse
@@ -182,7 +186,7 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
             raise _Bad(f"expected an integer, got {_describe(value)}")
         if value < minimum or (maximum is not None and value > maximum):
             upper = f" and at most {maximum}" if maximum is not None else ""
-            raise _Bad(f"must be at least {minimum}{upper}, got {value!r}")
+            raise _Bad(f"must be at least {minimum}{upper}, got {_shown(value)}")
         return value
 
     return parse
@@ -191,7 +195,7 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if not isinstance(value, str) or value not in options:
-            raise _Bad(f"must be one of {', '.join(repr(o) for o in options)}, got {value!r}")
+            raise _Bad(f"must be one of {', '.join(repr(o) for o in options)}, got {_shown(value)}")
         return value
 
     return parse
@@ -201,6 +205,26 @@ def _string(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _Bad(f"expected a non-empty string, got {_describe(value)}")
     return value
+
+
+#: A model name: what :class:`watchd.models.ModelStore` accepts (no path, no suffix), so a
+#: sidecar's ``model = "/etc/passwd"`` or ``"../../x"`` is refused with the key's name.
+_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+#: Why a TOML file nested thousands of levels deep is refused (tomllib recurses per level).
+TOO_DEEP = "tables or arrays are nested too deeply"
+#: Why a TOML number with thousands of digits is refused (Python will not convert it).
+TOO_LONG = "a number has too many digits"
+
+
+def _model_name(value: Any) -> str:
+    name = _string(value)
+    if not _MODEL_RE.fullmatch(name) or name.endswith(".onnx"):
+        raise _Bad(
+            f"{name!r} is not a model name: use letters, digits, '.', '_', '+' or '-', "
+            "without a path and without the .onnx suffix (see: watchd models list)"
+        )
+    return name
 
 
 def _watch_name(value: Any) -> str:
@@ -289,8 +313,17 @@ def _scheduler_address(value: Any) -> str:
     return address
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut short, whatever it is (a sidecar may hold an integer of 4,000
+    digits, which Python will not even turn into text, or a string of 60 KiB)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {_shown(value)}"
 
 
 _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -331,7 +364,7 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 #: Keys a job's sidecar ``watchd.toml`` may set (the model and how outputs look), with
 #: the defaults of a watch. Everything else (folders, hooks) belongs to the operator.
 OUTPUT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
-    "model": (_string, "u2netp"),
+    "model": (_model_name, "u2netp"),
     "format": (_choice("png", "webp", "jpeg", "mask"), "png"),
     "png_compress_level": (_integer(0, 9), 1),
     "jpeg_quality": (_integer(1, 100), 90),
@@ -442,6 +475,10 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: {TOO_DEEP}") from None
+    except ValueError:  # tomllib's int() of a number with thousands of digits
+        raise ConfigError(f"{path}: not valid TOML: {TOO_LONG}") from None
     except OSError as exc:  # not a folder on the way, a loop of links, a name too long, ...
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     absolute = path.resolve()
@@ -587,6 +624,10 @@ def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOve
         raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # Python's TOML parser recurses once per nested table or array
+        raise ConfigError(f"{path}: not valid TOML: {TOO_DEEP}") from None
+    except ValueError:  # tomllib's int() of a number with thousands of digits
+        raise ConfigError(f"{path}: not valid TOML: {TOO_LONG}") from None
     for key in raw:
         if key not in OUTPUT_KEYS:
             allowed = ", ".join(OUTPUT_KEYS)

@@ -116,6 +116,9 @@ class Request:
     args: Mapping[str, Any]
     peer_uid: int | None
     peer_pid: int | None
+    #: The peer's group and supplementary groups (``SO_PEERCRED``, ``SO_PEERGROUPS``):
+    #: what ``submit`` checks a path against. Empty when unknown.
+    peer_gids: frozenset[int] = frozenset()
 
 
 #: Enqueue the request for the daemon's main thread and return a future that it completes
@@ -204,11 +207,20 @@ def _text(expected: str = "a non-empty string without NUL characters") -> ArgSpe
     return ArgSpec(expected, check)
 
 
+#: The longest ``submit --name`` (bytes of UTF-8): a job's name becomes a folder's name,
+#: and no Linux file system takes a longer one.
+MAX_NAME_BYTES: Final = 255
+
+
 def _name() -> ArgSpec:
-    expected = "a file name (non-empty, no '/', no NUL, not '.' or '..')"
+    expected = (
+        f"a file name (non-empty, no '/', no NUL, not '.' or '..', at most {MAX_NAME_BYTES} bytes)"
+    )
 
     def check(command: str, name: str, value: Any) -> str:
         if not isinstance(value, str) or value in ("", ".", "..") or "/" in value or "\0" in value:
+            raise _bad_arg(command, name, expected, value)
+        if len(value.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
             raise _bad_arg(command, name, expected, value)
         return value
 
@@ -513,18 +525,41 @@ def _listen(path: Path, mode: int, gid: int | None, backlog: int) -> tuple[socke
     return sock, st.st_dev, st.st_ino
 
 
-def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int | None, int | None]:
-    """(uid, pid) of the connected process, from ``SO_PEERCRED``; (None, None) where unknown."""
+#: ``SO_PEERGROUPS`` (Linux 4.13+), which Python's socket module does not name.
+_SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
+#: Python reads at most 1024 bytes of a socket option: 256 groups.
+_MAX_PEER_GROUPS_BYTES: Final = 1024
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is connected: ``uid`` and ``pid`` from ``SO_PEERCRED``; ``gids`` is the primary
+    group plus, from ``SO_PEERGROUPS``, the supplementary groups (primary only where the
+    kernel cannot say, which can only deny more, never allow more)."""
+
+    uid: int | None
+    pid: int | None
+    gids: frozenset[int]
+
+
+def _peer_credentials(writer: asyncio.StreamWriter) -> Peer:
+    """The credentials of the connected process, as the kernel recorded them at connect."""
     sock = writer.get_extra_info("socket")
     option = getattr(socket, "SO_PEERCRED", None)
     if sock is None or option is None:  # pragma: no cover - Linux has both
-        return None, None
+        return Peer(None, None, frozenset())
     size = struct.calcsize("3i")
     try:
-        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, size))
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, size))
     except OSError:  # pragma: no cover
-        return None, None
-    return uid, pid
+        return Peer(None, None, frozenset())
+    gids = {gid}
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, _MAX_PEER_GROUPS_BYTES)
+        gids.update(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    except OSError:  # an old kernel, or more groups than fit: the primary group only
+        pass
+    return Peer(uid, pid, frozenset(gids))
 
 
 # --- the server -----------------------------------------------------------------------------------
@@ -693,7 +728,8 @@ class ControlServer:
             await self._close(writer)
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        uid, pid = _peer_credentials(writer)
+        peer = _peer_credentials(writer)
+        uid, pid = peer.uid, peer.pid
         while True:
             last = False
             try:
@@ -717,17 +753,18 @@ class ControlServer:
                 return
             except OSError:
                 return
-            response = await self._respond(line, uid, pid)
+            response = await self._respond(line, peer)
             if not await self._send(writer, response) or last or self._closing:
                 return
 
-    async def _respond(self, line: bytes, uid: int | None, pid: int | None) -> bytes:
+    async def _respond(self, line: bytes, peer: Peer) -> bytes:
         ident: Any = _NO_ID
+        uid, pid = peer.uid, peer.pid
         try:
             obj = decode_request(line)
             ident = obj.get("id", _NO_ID)
             command, args = validate_request(obj)
-            request = Request(command, MappingProxyType(args), uid, pid)
+            request = Request(command, MappingProxyType(args), uid, pid, peer.gids)
             if command in MUTATING_COMMANDS:
                 log.info("control.command", command=command, uid=uid, pid=pid, args=_loggable(args))
             else:

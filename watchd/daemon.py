@@ -15,6 +15,7 @@ import os
 import queue
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -30,13 +31,13 @@ from watchd.completion import Completion
 from watchd.config import Config, HooksConfig, WatchConfig, load_config
 from watchd.control import ControlServer, ProtocolError, Request
 from watchd.dispatcher import Dispatcher
-from watchd.errors import ConfigError, ModelError, WatchdError
-from watchd.files import ensure_dir
+from watchd.errors import ConfigError, LedgerError, ModelError, WatchdError
+from watchd.files import ensure_dir, prune_taken_folder
 from watchd.fsinfo import filesystem_type, is_network
 from watchd.hooks import Hooks
-from watchd.intake import Intake
+from watchd.intake import Intake, is_litter
 from watchd.ledger import Ledger
-from watchd.models import ModelStore
+from watchd.models import ModelStore, check_name
 from watchd.notify import Notifier
 from watchd.pipeline import LocalPool, Pool
 from watchd.stats import Activity, DaemonInfo, build_snapshot, write_metrics_file, write_stats_file
@@ -111,7 +112,10 @@ class Daemon:
             activity=self._activity,
             monotonic=time.monotonic,
         )
-        self.intake = Intake(self.ledger, self._spool_dir, fail=self.dispatcher.fail)
+        self._store = store
+        self.intake = Intake(
+            self.ledger, self._spool_dir, fail=self.dispatcher.fail, check_model=self._check_model
+        )
         # Manifest, then hooks, then "reported": see watchd/completion.py for the order.
         self.hooks = Hooks(os.environ)  # the commands' base environment, read once here
         self.completion = Completion(self.ledger, self.hooks, self._hook_settings, self._wake)
@@ -155,6 +159,7 @@ class Daemon:
         recovery = self.ledger.recover()
         self.dispatcher.finish_interrupted(recovery)
         self.intake.finish_pending(list(recovery.pending))
+        self._remove_emptied_folders()
         reported = self.completion.report_unreported()  # jobs that ended just before a crash
         log.info(
             "recovery.done",
@@ -165,6 +170,26 @@ class Daemon:
             unfinished=self.ledger.unfinished(),
             reported=reported,
         )
+
+    def _remove_emptied_folders(self) -> None:
+        """Folders a crash left in an inbox after their files were taken (the last step of
+        taking a folder is removing it). Only unfinished folder jobs' own top-level folders
+        in their watch's inbox are looked at, and only empty folders and system litter are
+        removed: a file dropped there since keeps the folder, and is taken as new work."""
+        inboxes = {w.name: w.inbox for w in self.config.watches}
+        for watch, root in self.ledger.unfinished_folder_roots():
+            if watch not in inboxes or root.parent != inboxes[watch] or root.is_symlink():
+                continue
+            if root.is_dir() and prune_taken_folder(root, is_litter):
+                log.info("recovery.folder_removed", watch=watch, folder=str(root))
+
+    def _check_model(self, model: str) -> None:
+        """A model a sidecar names must be one the pool can load (installed and intact, or,
+        on a Dask cluster whose workers hold the models, at least a valid name)."""
+        if self.config.pool.backend == "dask":
+            check_name(model)
+        else:
+            self._store.verify(model)
 
     def _check_provider(self, model: str, active: str) -> None:
         """Say which provider runs; loudly if not the one asked for (rembg's top complaint)."""
@@ -242,9 +267,7 @@ class Daemon:
             if ping_interval is not None and now >= next_ping:
                 self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
                 next_ping = now + ping_interval
-            for watcher in self._watchers:
-                for batch in watcher.poll(now):
-                    self.intake.accept(batch, self.config.watch(batch.watch))
+            self._take_batches(now)
             self.dispatcher.collect()
             self.completion.collect()
             self._serve_requests()
@@ -265,6 +288,20 @@ class Daemon:
                 jobs_seen = self.dispatcher.jobs_finished
                 self._write_stats()
                 next_stats = now + self.config.daemon.stats_interval
+
+    def _take_batches(self, now: float) -> None:
+        """Record what settled in each inbox; move aside what is never taken (links, ...)."""
+        for watch, watcher in zip(self.config.watches, self._watchers, strict=True):
+            for batch in watcher.poll(now):
+                self.intake.take(batch, watch)  # costs that batch at most, never the loop
+            for path, kind in watcher.take_skipped():
+                try:
+                    if self.intake.set_aside(path, kind, watch):
+                        watcher.forget_skipped(path)
+                except Exception as exc:  # the entry stays where it is: nothing is lost
+                    if is_damaged_ledger(exc):
+                        raise
+                    log.exception("intake.set_aside_failed", path=str(path))
 
     def _timeout(self, next_timer: float) -> float:
         """Sleep long when idle (events wake us), tick often while something is settling."""
@@ -429,6 +466,7 @@ class Daemon:
             self.config = new
             self._start_watchers()
         self.config = new
+        self._store = store  # sidecars' models are checked where the new config looks
         self.ledger.priority_aging = new.daemon.priority_aging
         self.dispatcher.use_pool(self.pool, new.pool.max_attempts)
         log.info("reload.done", changes=changes)
@@ -511,6 +549,13 @@ class Daemon:
         self._write_stats()
         self.ledger.close()
         log.info("shutdown.done")
+
+
+def is_damaged_ledger(exc: BaseException) -> bool:
+    """An error after which the ledger cannot be trusted: the daemon must stop (exit 2)."""
+    if isinstance(exc, LedgerError):
+        return True
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
 
 def watch_method(watch: WatchConfig) -> tuple[Literal["inotify", "poll"], str]:
@@ -652,8 +697,13 @@ def hold_state_lock(state_dir: Path) -> TextIO:
 def run_daemon(config: Config) -> int:
     """Entry point for ``watchd run``: a configuration error or missing model is exit 2."""
     notifier = Notifier.from_environment(os.environ)  # read once, here: systemd's variables
+    ledger = config.daemon.state_dir / "ledger.sqlite3"
     try:
         return Daemon(config, notifier).run()
     except WatchdError as exc:
         log.error("daemon.failed", error=str(exc))
+        return 2
+    except sqlite3.DatabaseError as exc:  # a ledger damaged under the daemon: its memory is gone
+        error = LedgerError(f"cannot use the ledger {ledger}: {exc} (see docs/reliability.md)")
+        log.error("daemon.failed", error=str(error))
         return 2

@@ -5,13 +5,16 @@ ledger rows, not 100,000 images in memory. Every outcome ends in exactly one
 of three places: the output written and the original disposed of; the
 original in the failed folder with its reason; or the file back in the queue
 (a lost attempt below ``max_attempts``, or a transient write error, retried
-with exponential backoff and jitter).
+with exponential backoff and jitter). A write error that no wait can cure (a name
+too long or invalid for the file system, a folder where the output goes:
+:data:`watchd.files.PERMANENT_ERRNOS`) fails the file with the reason instead.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import stat
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -23,6 +26,7 @@ import structlog
 from watchd.errors import InputRejected
 from watchd.files import (
     atomic_write,
+    is_permanent,
     move_file,
     page_paths,
     read_input,
@@ -210,8 +214,11 @@ class Dispatcher:
                 return
             self._ledger.set_pages(record.id, pages)
         try:
-            self._write_outputs(record, result)
+            self._write_outputs(record, result, *self._output_access(record))
         except OSError as exc:
+            if is_permanent(exc):
+                self.fail(record, f"cannot write the output {record.output}: {exc.strerror or exc}")
+                return
             self._write_failures += 1
             delay = self._backoff(self._write_failures)
             reason = f"cannot write the output {record.output}: {exc.strerror or exc}"
@@ -250,8 +257,23 @@ class Dispatcher:
         )
         self.dispose_done(record)
 
+    def _output_access(self, record: FileRecord) -> tuple[int, tuple[int, int] | None]:
+        """An output's permission bits and owner: its input's, so a private photo (0600)
+        never gives a cutout everyone may read, and (where the daemon may chown: root) its
+        owner can still read it; 0666 less the umask when the input cannot be asked."""
+        try:
+            info = os.stat(self.original(record))
+        except OSError:
+            return 0o666, None
+        return stat.S_IMODE(info.st_mode) & 0o666, (info.st_uid, info.st_gid)
+
     @staticmethod
-    def _write_outputs(record: FileRecord, result: Result) -> None:
+    def _write_outputs(
+        record: FileRecord,
+        result: Result,
+        mode: int = 0o666,
+        owner: tuple[int, int] | None = None,
+    ) -> None:
         """Write each output atomically: one, or one per page (:func:`page_paths`).
 
         Page paths depend only on the assigned output and the page count, so a rerun
@@ -260,10 +282,10 @@ class Dispatcher:
         """
         paths = page_paths(record.output, len(result.pages))
         if len(paths) == 1:
-            atomic_write(paths[0], result.pages[0], record.id)
+            atomic_write(paths[0], result.pages[0], record.id, mode=mode, owner=owner)
             return
         for number, (path, data) in enumerate(zip(paths, result.pages, strict=True), start=1):
-            atomic_write(path, data, record.id, page=number)
+            atomic_write(path, data, record.id, page=number, mode=mode, owner=owner)
 
     def dispose_done(self, record: FileRecord) -> None:
         """written -> done: archive, delete or keep the original (idempotent)."""

@@ -8,7 +8,12 @@ Three promises live here (docs/design.md, invariants 1, 3 and 4):
 * an output is either absent or complete: it is written to a temp file beside
   its final name, fsynced, renamed, and the folder is fsynced;
 * moves keep exactly one copy: a rename where possible, and across file systems
-  a durable copy followed by the removal of the source.
+  a durable copy followed by the removal of the source;
+* nothing watchd makes of a file is readable by more people than the file was: copies
+  keep the source's permission bits, and outputs get their input's (both within the
+  process umask), so a private photo never becomes a public cutout or a public copy;
+  a daemon running as root also gives them the input's owner and group (as ``cp -p``
+  does), so the person whose private photo it was can still read what came of it.
 
 Temp names are derived from the ledger's file id (``.watchd-<id>.tmp``; the pages of
 a multi-page input ``.watchd-<id>.p<n>.tmp``), so recovery after a crash knows exactly
@@ -25,6 +30,7 @@ import re
 import shutil
 import stat
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from watchd.errors import InputRejected, UnsafePath
@@ -101,23 +107,73 @@ def ensure_dir(path: Path) -> None:
         fsync_dir(folder.parent)
 
 
-def atomic_write(path: Path, data: bytes, file_id: int, *, page: int | None = None) -> None:
+#: Write errors that the same write meets again however long it waits: the name is too long
+#: or invalid for that file system, a folder or a file sits where the other is needed, a
+#: link loops, the file is too big for the file system. A file meeting one fails with the
+#: reason at once. Everything else (a full or read-only disk, I/O errors, permissions an
+#: operator can fix) is transient: retried with backoff (docs/reliability.md).
+PERMANENT_ERRNOS = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.EINVAL,
+        errno.EILSEQ,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ELOOP,
+        errno.EFBIG,
+    }
+)
+
+
+def is_permanent(exc: OSError) -> bool:
+    """Whether retrying the write that raised ``exc`` can ever succeed (see PERMANENT_ERRNOS)."""
+    return exc.errno in PERMANENT_ERRNOS
+
+
+def atomic_write(
+    path: Path,
+    data: bytes,
+    file_id: int,
+    *,
+    page: int | None = None,
+    mode: int = 0o666,
+    owner: tuple[int, int] | None = None,
+) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or the whole file.
 
-    ``page``: which page of a multi-page input this is (its own temp name).
+    ``page``: which page of a multi-page input this is (its own temp name). ``mode``: the
+    permission bits it is created with (the umask still applies): an output gets its
+    input's, so it is never readable by more people than the input was. ``owner``:
+    (uid, gid) to give it, where the daemon may (root); elsewhere it stays the daemon's.
     """
-    write_via_temp(path, data, temp_name(file_id, page))
+    write_via_temp(path, data, temp_name(file_id, page), mode=mode, owner=owner)
 
 
-def write_via_temp(path: Path, data: bytes, temp_name: str) -> None:
+def give_to(fd: int, owner: tuple[int, int] | None) -> None:
+    """``fchown`` where permitted: a daemon that is not root keeps its files as its own."""
+    if owner is not None and owner != (os.geteuid(), os.getegid()):
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, *owner)
+
+
+def write_via_temp(
+    path: Path,
+    data: bytes,
+    temp_name: str,
+    *,
+    mode: int = 0o666,
+    owner: tuple[int, int] | None = None,
+) -> None:
     """:func:`atomic_write` with a temp name of the caller's (hidden, beside ``path``)."""
     ensure_dir(path.parent)
     temp = path.parent / temp_name
     # A leftover (or planted) entry at the temp name is removed, never written through.
     _unlink_quiet(temp)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, mode & 0o666)
     try:
         try:
+            give_to(fd, owner)
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -133,7 +189,13 @@ def write_via_temp(path: Path, data: bytes, temp_name: str) -> None:
 
 
 def move_file(
-    src: Path, dst: Path, file_id: int, *, plain_only: bool = False, sync: bool = True
+    src: Path,
+    dst: Path,
+    file_id: int,
+    *,
+    plain_only: bool = False,
+    sync: bool = True,
+    expect: tuple[int, int] | None = None,
 ) -> None:
     """Move ``src`` to ``dst`` durably; across file systems copy, fsync, rename, then unlink.
 
@@ -145,8 +207,12 @@ def move_file(
     link: the copy would turn a link to someone else's file into an input.
     ``sync=False`` leaves fsyncing both folders to the caller (one fsync per folder for a
     whole batch of moves); a copy is always made durable before its source is removed.
+    ``expect``: the (device, inode) a permission check saw (``submit --move``); another
+    file at ``src`` now is refused with :class:`UnsafePath`, nothing moved.
     """
     ensure_dir(dst.parent)
+    if expect is not None:
+        _check_identity(os.lstat(src), expect)
     try:
         os.rename(src, dst)
     except OSError as exc:
@@ -165,6 +231,20 @@ def move_file(
         os.unlink(src)
     if not sync:
         return
+    fsync_dir(src.parent)
+    if src.parent != dst.parent:
+        fsync_dir(dst.parent)
+
+
+def move_entry(src: Path, dst: Path) -> None:
+    """Rename the directory entry ``src`` to ``dst`` (durably), whatever it is; never a copy.
+
+    For entries watchd must not read (a link, a pipe, a hard link to someone's file):
+    a rename moves the name and nothing else. Across file systems it fails with EXDEV
+    and the entry stays where it is.
+    """
+    ensure_dir(dst.parent)
+    os.rename(src, dst)
     fsync_dir(src.parent)
     if src.parent != dst.parent:
         fsync_dir(dst.parent)
@@ -197,6 +277,7 @@ def _copy_across(src: Path, dst: Path, file_id: int, *, plain_only: bool) -> Non
         if plain_only and info.st_nlink > 1:
             raise UnsafePath(_HARDLINK_REASON)
         with open(fd, "rb", closefd=False) as reader, open(temp, "wb", opener=_open_new) as writer:
+            give_to(writer.fileno(), (info.st_uid, info.st_gid))  # as a rename keeps it
             shutil.copyfileobj(reader, writer, _CHUNK)
             writer.flush()
             os.fsync(writer.fileno())
@@ -221,13 +302,23 @@ def _copy_symlink(src: Path, dst: Path, file_id: int) -> None:
         raise
 
 
-def _open_new(path: str, flags: int) -> int:
+def _open_new(path: str, flags: int, mode: int = 0o666) -> int:
     """``open()`` opener for temp files: never write through a symlink planted at the name."""
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
 
-def copy_file(src: Path, dst: Path, file_id: int) -> None:
-    """Copy a plain file durably (``submit`` without ``move``): the source is left untouched."""
+def _check_identity(info: os.stat_result, expect: tuple[int, int]) -> None:
+    if (info.st_dev, info.st_ino) != expect:
+        raise UnsafePath("the file was replaced after watchd checked who may read it")
+
+
+def copy_file(src: Path, dst: Path, file_id: int, *, expect: tuple[int, int] | None = None) -> None:
+    """Copy a plain file durably (``submit`` without ``move``): the source is left untouched.
+
+    The copy gets the source's permission bits (within the umask), never wider ones, and,
+    where the daemon may (root), the source's owner and group.
+    ``expect``: the (device, inode) a permission check saw; the opened file must be it.
+    """
     ensure_dir(dst.parent)
     temp = dst.parent / temp_name(file_id)
     _unlink_quiet(temp)
@@ -236,7 +327,11 @@ def copy_file(src: Path, dst: Path, file_id: int) -> None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UnsafePath("not a regular file")
-        with open(fd, "rb", closefd=False) as reader, open(temp, "xb", opener=_open_new) as writer:
+        if expect is not None:
+            _check_identity(info, expect)
+        opener = partial(_open_new, mode=stat.S_IMODE(info.st_mode) & 0o666)
+        with open(fd, "rb", closefd=False) as reader, open(temp, "xb", opener=opener) as writer:
+            give_to(writer.fileno(), (info.st_uid, info.st_gid))
             shutil.copyfileobj(reader, writer, _CHUNK)
             writer.flush()
             os.fsync(writer.fileno())
@@ -292,15 +387,26 @@ def _unlink_quiet(path: Path) -> bool:
 
 
 def write_error_note(
-    original: Path, reason: str, source_name: str, file_id: int, *, left_in_inbox: bool = False
+    original: Path,
+    reason: str,
+    source_name: str,
+    file_id: int,
+    *,
+    left_in_inbox: bool = False,
+    where: str | None = None,
 ) -> Path:
-    """Write ``<original>.error.txt`` for people on a share who cannot read the daemon's log."""
+    """Write ``<original>.error.txt`` for people on a share who cannot read the daemon's log.
+
+    ``where``: a sentence saying where the dropped entry is, when it is neither next to
+    the note nor left in the inbox by ``after = "keep"``.
+    """
     note = error_note_path(original)
-    where = (
-        "The original file was left where it was dropped (after = keep).\n"
-        if left_in_inbox
-        else f"The original file is kept next to this note as {original.name}.\n"
-    )
+    if where is None:
+        where = (
+            "The original file was left where it was dropped (after = keep).\n"
+            if left_in_inbox
+            else f"The original file is kept next to this note as {original.name}.\n"
+        )
     text = (
         f"watchd could not process {source_name}\n\n"
         f"Reason: {reason}\n\n"
@@ -443,8 +549,11 @@ def unique_named(folder: Path, stem: str, suffix: str, taken: Callable[[Path], b
 
 
 def _numbered_folder(path: Path, n: int) -> Path:
+    """``path``, or ``path (n)``; a name longer than NAME_MAX (a ``submit --name`` can be
+    255 bytes, and `` (2)`` makes it longer) is shortened like any derived name."""
     if n == 1:
-        return path
+        name = _cut(path.name, NAME_MAX)
+        return path if name == path.name else path.with_name(name)
     label = f" ({n})"
     return path.with_name(_cut(path.name, NAME_MAX - _nbytes(label)) + label)
 

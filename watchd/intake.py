@@ -12,13 +12,24 @@ overrides its watch's output options, model and priority for that job only
 :data:`SIDECAR_MAX_BYTES`), and its effect is frozen in the job's options. An invalid
 sidecar fails the whole job: every input is recorded with the reason and goes to the
 failed folder with a readable note, as any failed input does; the daemon carries on.
+Its model must be one the pool can load (``check_model``), so a sidecar naming a model
+that cannot exist or is not installed fails here, not three attempts later.
+
+Taking one batch may cost that batch, never the daemon (:meth:`Intake.take`): an
+unexpected error before the job is recorded puts the batch's entries in the failed
+folder with a note (:meth:`Intake.quarantine`); an I/O error leaves them in the inbox
+for the next scan; only a ledger that can no longer be trusted stops the daemon.
+Entries the watcher never takes (links, pipes, sockets, devices, hard links) are moved
+aside the same way, unread, with a note saying why (:meth:`Intake.set_aside`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -27,13 +38,14 @@ from typing import Literal
 import structlog
 
 from watchd.config import JobOverrides, OutputConfig, WatchConfig, sidecar_overrides
-from watchd.errors import ConfigError, InputRejected, UnsafePath
+from watchd.errors import ConfigError, InputRejected, LedgerError, UnsafePath, WatchdError
 from watchd.files import (
     OS_LITTER,
     copy_file,
     error_note_path,
     first_page_names,
     fsync_dir,
+    move_entry,
     move_file,
     page_base,
     prune_taken_folder,
@@ -42,6 +54,7 @@ from watchd.files import (
     unique_named,
     unique_path,
     with_suffix,
+    write_error_note,
 )
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
@@ -52,7 +65,8 @@ OUTPUT_SUFFIXES = {"png": ".png", "mask": ".png", "webp": ".webp", "jpeg": ".jpg
 log = structlog.get_logger()
 
 
-def _is_litter(name: str) -> bool:
+def is_litter(name: str) -> bool:
+    """Files operating systems leave in folders; they never keep a taken folder alive."""
     return is_ignored(name, OS_LITTER)
 
 
@@ -89,6 +103,23 @@ LOOSE_SIDECAR = (
 )
 
 IntakeMode = Literal["inbox", "copy", "move"]
+
+#: What the person who dropped an entry the watcher never takes reads in its note.
+SET_ASIDE_REASONS = {
+    "symlink": (
+        "not processed: this is a symbolic link, and watchd never follows links; "
+        "drop the file itself, not a link to it"
+    ),
+    "fifo": "not processed: this is a named pipe (FIFO), not a file; watchd never reads pipes",
+    "socket": "not processed: this is a socket, not a file",
+    "device": "not processed: this is a device, not a file; watchd never opens devices",
+    "hard link": (
+        "not processed: this is a hard link to a file that has other names too, and "
+        "watchd does not read those; drop a copy of the file instead"
+    ),
+}
+_MOVED_ASIDE = "It was moved here as it was, without being opened or followed.\n"
+_LEFT_IN_INBOX = "It could not be moved out of the inbox and was left there.\n"
 
 
 def job_options(
@@ -127,10 +158,130 @@ def output_config(options: dict[str, object] | object) -> OutputConfig:
 class Intake:
     """Records batches as jobs and moves their inputs out of the inbox."""
 
-    def __init__(self, ledger: Ledger, spool_dir: Path, fail: Callable[[FileRecord, str], None]):
+    def __init__(
+        self,
+        ledger: Ledger,
+        spool_dir: Path,
+        fail: Callable[[FileRecord, str], None],
+        check_model: Callable[[str], None] | None = None,
+    ):
         self._ledger = ledger
         self._spool = spool_dir
         self._fail = fail
+        #: Raises (ModelError, with a fix) if the pool cannot load a model a sidecar names.
+        self._check_model = check_model
+        self._recorded: int | None = None  # the job the batch being taken became, once recorded
+        self._expected: Mapping[Path, tuple[int, int]] = {}
+
+    def take(self, batch: Batch, watch: WatchConfig) -> int | None:
+        """:meth:`accept` a batch from an inbox; whatever goes wrong costs that batch only.
+
+        * the ledger cannot be trusted any more (a corrupt database): raised, the daemon
+          stops with the reason (its memory is gone; going on could duplicate work);
+        * an I/O error (or a busy ledger) before the job is recorded: logged, the entries
+          stay in the inbox and the next scan offers them again;
+        * anything else before the job is recorded (a bug, a parser's RecursionError, a
+          MemoryError): logged with its traceback, and the batch's entries go to the
+          failed folder with a note (:meth:`quarantine`), so it cannot fail again and again;
+        * anything after the job is recorded: logged; the ledger owns the files now, and
+          the periodic finishing pass completes their intake.
+        """
+        self._recorded = None
+        try:
+            return self.accept(batch, watch)
+        except sqlite3.DatabaseError as exc:
+            if not isinstance(exc, sqlite3.OperationalError):
+                raise  # damaged: the daemon stops with the reason
+            return self._after_error(batch, watch, exc, transient=True)  # busy, I/O, full
+        except LedgerError:
+            raise
+        except Exception as exc:
+            return self._after_error(batch, watch, exc, transient=isinstance(exc, OSError))
+
+    def _after_error(
+        self, batch: Batch, watch: WatchConfig, exc: Exception, *, transient: bool
+    ) -> int | None:
+        """:meth:`take`'s answer to an error (called inside its ``except``)."""
+        job = self._recorded
+        if job is not None:
+            log.exception("intake.batch_interrupted", job=job, watch=watch.name)
+            return job
+        if transient:
+            log.error("intake.batch_deferred", watch=watch.name, name=batch.name, error=str(exc))
+            return None
+        log.exception("intake.batch_failed", watch=watch.name, name=batch.name)
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        what = "folder" if batch.kind == "folder" else "file"
+        try:
+            self.quarantine(
+                batch,
+                watch,
+                f"watchd could not take this {what} ({detail}); the daemon's log has the "
+                "details (intake.batch_failed)",
+            )
+        except Exception:  # what could not be moved stays in the inbox: nothing is lost
+            log.exception("intake.quarantine_failed", watch=watch.name, name=batch.name)
+        return None
+
+    def quarantine(self, batch: Batch, watch: WatchConfig, reason: str) -> None:
+        """Move every entry of a batch that could not be recorded to the failed folder,
+        each with a note, never reading or following one (the move is a rename, or a copy
+        that refuses links, across file systems). What cannot be moved stays, logged."""
+        taken, claim, _output_taken = self._name_checker()
+        base = watch.failed
+        if batch.kind == "folder":
+            base = claim(unique_path(watch.failed / batch.name, taken, folder=True))
+        for candidate in (*batch.files, *batch.sidecars):
+            if not os.path.lexists(candidate.path):
+                continue
+            target = claim(unique_path(base / candidate.rel, taken))
+            try:
+                move_file(candidate.path, target, 0, plain_only=True)
+                write_error_note(target, reason, candidate.rel, 0)
+            except (OSError, InputRejected) as exc:
+                log.error("intake.quarantine_failed", path=str(candidate.path), error=str(exc))
+                continue
+            log.warning("intake.quarantined", path=str(candidate.path), target=str(target))
+        if batch.kind == "folder":
+            with contextlib.suppress(OSError):  # a folder that stays is only untidy
+                prune_taken_folder(batch.root, is_litter)
+
+    def set_aside(self, path: Path, kind: str, watch: WatchConfig) -> bool:
+        """Move an entry the watcher never takes (``kind``: symlink, fifo, socket, device,
+        hard link) from the inbox to the failed folder, with a note saying why.
+
+        The entry itself is moved, by a rename: a pipe is never opened, a link never
+        followed, a hard link's file never read. An entry that cannot be moved (the failed
+        folder is on another file system, where a rename cannot go) stays, and the note
+        beside where it would have gone says so. A top-level
+        folder left empty by the move is removed, as a taken folder is. Returns True when
+        the entry is out of the inbox.
+        """
+        try:
+            rel = path.relative_to(watch.inbox)
+        except ValueError:
+            return False
+        taken, claim, _output_taken = self._name_checker()
+        target = claim(unique_path(watch.failed / rel, taken))
+        reason = SET_ASIDE_REASONS.get(kind, f"not processed: {kind}")
+        moved = True
+        try:
+            move_entry(path, target)  # a rename: nothing is opened, read or followed
+        except FileNotFoundError:
+            return True  # removed by whoever dropped it: nothing to say
+        except OSError as exc:
+            moved = False
+            log.warning("intake.set_aside_failed", path=str(path), error=str(exc))
+        try:
+            where = _MOVED_ASIDE if moved else _LEFT_IN_INBOX
+            write_error_note(target, reason, str(rel), 0, where=where)
+        except OSError as exc:
+            log.error("intake.set_aside_failed", path=str(path), error=str(exc))
+        log.warning("intake.set_aside", path=str(path), kind=kind, target=str(target), moved=moved)
+        if moved and len(rel.parts) > 1:
+            with contextlib.suppress(OSError):  # a folder that stays is only untidy
+                prune_taken_folder(watch.inbox / rel.parts[0], is_litter)
+        return moved
 
     def accept(
         self,
@@ -138,13 +289,25 @@ class Intake:
         watch: WatchConfig,
         intake: IntakeMode = "inbox",
         priority: int | None = None,
+        expected: Mapping[Path, tuple[int, int]] | None = None,
     ) -> int | None:
         """Record ``batch`` as a job of ``watch``; returns the job id (None if nothing was new).
 
         The job's priority is ``priority`` when given (``submit --priority``), else its
-        sidecar's, else its watch's: the most specific word wins.
+        sidecar's, else its watch's: the most specific word wins. ``expected``: the
+        (device, inode) of each submitted path that ``submit`` checked the caller may
+        read; a file swapped in since is refused (see :func:`watchd.files.copy_file`).
         """
-        overrides, problem = read_sidecar(batch, watch)
+        self._expected = expected or {}
+        try:
+            return self._accept(batch, watch, intake, priority)
+        finally:
+            self._expected = {}
+
+    def _accept(
+        self, batch: Batch, watch: WatchConfig, intake: IntakeMode, priority: int | None
+    ) -> int | None:
+        overrides, problem = read_sidecar(batch, watch, self._check_model)
         options = job_options(watch, intake, overrides)
         if overrides is not None:
             options["sidecar"] = sidecar_label(batch, batch.sidecars[0])
@@ -211,6 +374,7 @@ class Intake:
                 manifest=manifest,
             )
         )
+        self._recorded = job_id
         log.info(
             "job.accepted",
             job=job_id,
@@ -229,7 +393,7 @@ class Intake:
             _dispose_sidecars(sidecar_targets, file_ids[0])
         self.finish_pending(self._ledger.job_files(job_id))
         if batch.kind == "folder" and intake != "copy" and not options["in_place"]:
-            prune_taken_folder(batch.root, _is_litter)
+            prune_taken_folder(batch.root, is_litter)
         return job_id
 
     def reassign(self, record: FileRecord) -> tuple[Path, Path, Path]:
@@ -321,13 +485,16 @@ class Intake:
         if os.path.lexists(target):
             return True
         try:
+            expect = self._expected.get(record.source)
             if record.options.get("intake") == "copy":
-                copy_file(record.source, target, record.id)
+                copy_file(record.source, target, record.id, expect=expect)
             else:
                 # From an inbox on another file system (a share) this is a copy: it must
                 # not read through a link swapped in since the entry settled.
                 plain = record.options.get("intake", "inbox") == "inbox"
-                move_file(record.source, target, record.id, plain_only=plain, sync=False)
+                move_file(
+                    record.source, target, record.id, plain_only=plain, sync=False, expect=expect
+                )
                 touched.update((record.source.parent, target.parent))
         except FileNotFoundError:
             self._disappeared(record)
@@ -359,13 +526,16 @@ def sidecar_label(batch: Batch, sidecar: Candidate) -> str:
     return str(PurePosixPath(os.fsdecode(batch.root.name)) / sidecar.rel)
 
 
-def read_sidecar(batch: Batch, watch: WatchConfig) -> tuple[JobOverrides | None, str | None]:
+def read_sidecar(
+    batch: Batch, watch: WatchConfig, check_model: Callable[[str], None] | None = None
+) -> tuple[JobOverrides | None, str | None]:
     """The overrides of a folder job's sidecar, or the reason it cannot be used.
 
     ``(None, None)``: no sidecar. The file is read like an input (never through a link,
     never a device or pipe, at most :data:`SIDECAR_MAX_BYTES`) and validated like the
     config (:func:`watchd.config.sidecar_overrides`), so a reason always names the file
-    and, for a bad value, the key.
+    and, for a bad value, the key. A model other than the watch's must pass
+    ``check_model`` (installed, loadable by the pool).
     """
     if batch.kind != "folder" or not batch.sidecars:
         return None, None
@@ -390,9 +560,15 @@ def read_sidecar(batch: Batch, watch: WatchConfig) -> tuple[JobOverrides | None,
     except InputRejected as exc:  # UnsafePath too
         return None, f"{label}: {exc}"
     try:
-        return sidecar_overrides(Path(label), raw, watch), None
+        overrides = sidecar_overrides(Path(label), raw, watch)
     except ConfigError as exc:
         return None, str(exc)
+    if check_model is not None and overrides.model != watch.model:
+        try:
+            check_model(overrides.model)
+        except WatchdError as exc:
+            return None, f"{label}: model: {exc}"
+    return overrides, None
 
 
 def _rejection(batch: Batch, candidate: Candidate, problem: str | None) -> str | None:

@@ -521,20 +521,32 @@ class Ledger:
         *,
         priority_aging: float = DEFAULT_PRIORITY_AGING,
     ) -> Ledger:
-        """Open (creating and migrating as needed) the ledger at ``path``."""
+        """Open the ledger at ``path``, creating it only when no file is there.
+
+        Only a missing file means "new ledger": it is built under a temporary name and
+        renamed into place once its schema is complete, so an existing file is always one
+        that was a whole ledger. An existing file that is not a healthy watchd ledger
+        (empty, another program's file or database, damaged) is refused with
+        :class:`LedgerError` and left exactly as it is; re-initialising it would restart
+        job ids and process kept inputs again. ``PRAGMA quick_check`` runs at every open.
+        """
+        if not os.path.lexists(path):
+            _create(path)
+        _check_file(path)
         try:
             connection = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
         try:
+            connection.execute("PRAGMA busy_timeout=10000")
+            _check_health(connection, path)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
-            connection.execute("PRAGMA busy_timeout=10000")
             connection.execute("PRAGMA foreign_keys=ON")
             ledger = cls(connection, clock, priority_aging=priority_aging)
             ledger._migrate()
         except LedgerError:
-            connection.close()  # a refused ledger (newer schema) must not stay open
+            connection.close()  # a refused ledger (newer schema, foreign) must not stay open
             raise
         except sqlite3.Error as exc:
             connection.close()
@@ -1238,8 +1250,107 @@ class Ledger:
                 (key, value),
             )
 
+    def unfinished_folder_roots(self) -> list[tuple[str, Path]]:
+        """(watch, folder) of each unfinished folder job taken from an inbox: the folder
+        it was dropped as (its first file's source path minus its relative path)."""
+        rows = self._db.execute(
+            "SELECT j.watch, j.options, f.source_path, f.rel_path FROM jobs j "
+            "JOIN files f ON f.id = (SELECT MIN(id) FROM files WHERE job_id = j.id) "
+            "WHERE j.state = 'active' AND j.kind = 'folder'"
+        ).fetchall()
+        roots = []
+        for watch, options, source, rel in rows:
+            opts = json.loads(options)
+            if opts.get("intake", "inbox") != "inbox" or opts.get("in_place"):
+                continue
+            root = _path(source)
+            for _part in Path(os.fsdecode(rel)).parts:
+                root = root.parent
+            roots.append((str(watch), root))
+        return roots
+
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+#: The first 16 bytes of every SQLite database file.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+#: Tables every watchd ledger has had since its first schema.
+_LEDGER_TABLES = frozenset({"jobs", "files"})
+_RESTORE_HINT = (
+    "restore the ledger from a backup, or move the file away to start an empty ledger "
+    "(the history of every job is lost then; see docs/reliability.md)"
+)
+
+
+def _create(path: Path) -> None:
+    """A new, empty ledger at ``path``, appearing there whole or not at all.
+
+    Built at ``<path>.new`` with its complete schema, synced, then renamed: a crash
+    during creation leaves at most that temporary file (replaced by the next start),
+    never a half-made ledger that a later start could not tell from a damaged one.
+    """
+    temp = path.with_name(path.name + ".new")
+    for leftover in (temp, temp.with_name(temp.name + "-journal")):
+        if os.path.lexists(leftover):
+            os.unlink(leftover)
+    try:
+        connection = sqlite3.connect(temp, isolation_level=None)
+        try:
+            ledger = Ledger(connection, time.time)
+            ledger._migrate()
+        finally:
+            connection.close()
+        fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except (OSError, sqlite3.Error) as exc:
+        raise LedgerError(f"cannot create the ledger {path}: {exc}") from None
+
+
+def _check_file(path: Path) -> None:
+    """Refuse, before SQLite touches it, a ledger file that is empty or not a database."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc.strerror or exc}") from None
+    if not header:
+        raise LedgerError(
+            f"the ledger {path} is empty (0 bytes): it was truncated (a disk fault, a bad "
+            f"restore?) and watchd will not start over on its own; {_RESTORE_HINT}"
+        )
+    if header != _SQLITE_HEADER:
+        raise LedgerError(
+            f"the ledger {path} is not a watchd ledger (not an SQLite database); {_RESTORE_HINT}"
+        )
+
+
+def _check_health(connection: sqlite3.Connection, path: Path) -> None:
+    """Refuse a database that is not a watchd ledger, or is damaged (``quick_check``)."""
+    version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    tables = {
+        row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if version < 1 or not tables >= _LEDGER_TABLES:
+        raise LedgerError(
+            f"the ledger {path} is not a watchd ledger (an SQLite database without "
+            f"watchd's tables); {_RESTORE_HINT}"
+        )
+    problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise LedgerError(
+            f"cannot use the ledger {path}: the database is damaged "
+            f"({'; '.join(problems)[:300]}); {_RESTORE_HINT}"
+        )
 
 
 def _split_sql(script: str) -> list[str]:

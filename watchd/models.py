@@ -303,6 +303,11 @@ def _safe_glob(folder: Path, pattern: str) -> Iterable[Path]:
         return []
 
 
+def check_name(name: str) -> str:
+    """:class:`ModelError` for a name that is no model name (a path, a dotfile, ``x.onnx``)."""
+    return _check_name(name)
+
+
 # --------------------------------------------------------------------------- the store
 
 

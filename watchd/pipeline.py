@@ -542,9 +542,12 @@ def process(task: Task) -> Result:
         decoded = time.perf_counter()
         if page is None:
             break
-        made = cut_out(page.image, session, task.output)
-        inferred = time.perf_counter()
-        data = encode(made, task.output, page)
+        try:
+            made = cut_out(page.image, session, task.output)
+            inferred = time.perf_counter()
+            data = encode(made, task.output, page)
+        except MemoryError:
+            raise InputRejected(too_big_for_memory(page.image.size)) from None
         encoded = time.perf_counter()
         timings["decode"] += decoded - started
         timings["infer"] += inferred - decoded
@@ -567,6 +570,21 @@ def process(task: Task) -> Result:
         height=size[1],
         timings=timings,
         threads=task.threads or _threads,
+    )
+
+
+def too_big_for_memory(size: tuple[int, int]) -> str:
+    """The reason for an image whose processing needs more memory than a worker can get.
+
+    Deterministic (the same image needs the same memory), so the file fails at once instead
+    of being retried: an 80,000,000 x 1 PNG is under the pixel limit, but resizing a line
+    that long for the model needs gigabytes.
+    """
+    width, height = size
+    return (
+        f"the image ({width} x {height} pixels) needs more memory to process than a worker "
+        "can get (out of memory); images this large, or this long and thin, cannot be "
+        "processed: scale or crop it"
     )
 
 
@@ -836,5 +854,8 @@ def outcome(future: Future[Result]) -> Result | InputRejected | AttemptFailed:
         return AttemptFailed("processing took longer than file_timeout; the worker was stopped")
     except ProcessExpired as exc:
         return AttemptFailed(f"the worker process died ({exc})")
+    except MemoryError:  # outside process()'s own pages: still no use retrying the same input
+        return InputRejected("processing needs more memory than a worker can get (out of memory)")
     except Exception as exc:  # unexpected, inside rembg/onnxruntime: retried, then failed
-        return AttemptFailed(f"processing failed: {type(exc).__name__}: {exc}")
+        detail = f": {exc}" if str(exc) else " (no message)"
+        return AttemptFailed(f"processing failed: {type(exc).__name__}{detail}")

@@ -83,6 +83,9 @@ _EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirAttribEvent,
 ]
 
+#: Reasons of :meth:`StabilityTracker._skip` for entries that are not plain files: intake
+#: moves them out of the inbox with a note (unreadable entries stay: that may pass).
+SET_ASIDE_KINDS = frozenset({"symlink", "fifo", "socket", "device", "hard link"})
 _SKIP_LOG_LIMIT = 10_000  # bound on remembered "already logged" paths
 
 #: Files one :meth:`InboxWatcher.poll` hands out at most (whole batches; one at least). The
@@ -187,6 +190,9 @@ class StabilityTracker:
         )
         self._entries: dict[str, _Entry] = {}
         self._logged: set[str] = set()
+        #: Refused entries of a kind intake moves aside (links, pipes, ...), each reported
+        #: once, in the order met; the caller takes them with :meth:`take_skipped`.
+        self.skipped: list[tuple[str, str]] = []
 
     def touch(self, name: str, now: float) -> None:
         """Start tracking a top-level name; an already tracked one keeps its clock,
@@ -352,6 +358,12 @@ class StabilityTracker:
             self._logged.clear()
         self._logged.add(path)
         log.warning("intake.skipped", watch=self._watch, path=path, reason=reason)
+        if reason in SET_ASIDE_KINDS and len(self.skipped) < _SKIP_LOG_LIMIT:
+            self.skipped.append((path, reason))
+
+    def forget_skipped(self, path: str) -> None:
+        """A refused path was dealt with (moved aside): report a new entry there again."""
+        self._logged.discard(path)
 
 
 class _WatchdogLog(logging.Handler):
@@ -492,6 +504,14 @@ class InboxWatcher:
         for name in names:
             self._tracker.touch(name, now)
         return self._tracker.tick(now, max_files=POLL_MAX_FILES)
+
+    def take_skipped(self) -> list[tuple[Path, str]]:
+        """Entries refused since the last call that intake should move aside, with their kind."""
+        found, self._tracker.skipped = self._tracker.skipped, []
+        return [(Path(path), kind) for path, kind in found]
+
+    def forget_skipped(self, path: Path) -> None:
+        self._tracker.forget_skipped(str(path))
 
     def pending(self) -> bool:
         """True while ticking often matters; otherwise the daemon may sleep until woken."""
