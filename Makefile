@@ -25,6 +25,7 @@ model: $(STAMP)
 run: model
 	@echo "watchd: drop images (or folders of images) into $(CURDIR)/inbox"
 	@echo "watchd: cutouts appear in $(CURDIR)/outbox, originals move to $(CURDIR)/archive"
+	@echo "watchd: $(if $(CONFIG),the HTTP API listens where [http] listen says (logged as http.listening),the HTTP API is at http://127.0.0.1:8765 (try curl -F images=@photo.jpg http://127.0.0.1:8765/queue/submit; docs at http://127.0.0.1:8765/docs))"
 	@echo "watchd: press Ctrl-C to stop"
 	$(BIN)/watchd run $(if $(CONFIG),--config $(CONFIG))
 

@@ -118,6 +118,12 @@ def _print_config(config: Config) -> None:
                     _print_key(inner, inner_value)
             else:
                 _print_key(key, value)
+    if config.http is not None:
+        print("\n[http]")
+        for key, value in vars(config.http).items():
+            if key == "listen":  # (host, port) pairs in code, "host:port" in the file
+                value = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in value]
+            _print_key(key, value)
 
 
 def _print_key(key: str, value: object) -> None:
