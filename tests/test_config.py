@@ -801,7 +801,11 @@ def test_http_keys_parse(tmp_path: Path) -> None:
         ({"listen": "127.0.0.1:1", "max_queued_files": -1}, "http.max_queued_files", "at least"),
         ({"listen": "127.0.0.1:1", "watch": "nope"}, "http.watch", "no watch named 'nope'"),
         ({"listen": "127.0.0.1:1", "cors_origins": "*"}, "http.cors_origins", "list of origins"),
-        ({"listen": "127.0.0.1:1", "cors_origins": ["a.example/x"]}, "http.cors_origins", "no path"),
+        (
+            {"listen": "127.0.0.1:1", "cors_origins": ["a.example/x"]},
+            "http.cors_origins",
+            "no path",
+        ),
         ({"listen": "127.0.0.1:1", "tls_cert": "c.pem"}, "http.tls_cert", "together"),
         ({"listen": "127.0.0.1:1", "remove_timeout": 0}, "http.remove_timeout", "at least 1"),
         ({"listen": "127.0.0.1:1", "listne": 1}, "http.listne", "did you mean 'listen'"),
