@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import socket
 import time
 import zipfile
