@@ -817,3 +817,19 @@ def test_bad_http_values(http: dict[str, Any], key: str, fragment: str, tmp_path
     message = config_error(raw, tmp_path)
     assert message.startswith(f"{tmp_path / 'w.toml'}: {key}: "), message
     assert fragment in message
+
+
+def test_check_config_prints_http_as_toml_that_loads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    raw = with_watch()
+    raw["http"] = {"listen": ["127.0.0.1:1", "[::1]:2"], "cors_origins": ["https://a.example"]}
+    lines = ['[[watch]]\nname = "w"\ninbox = "in"\noutbox = "out"\n[http]\n']
+    lines.append('listen = ["127.0.0.1:1", "[::1]:2"]\ncors_origins = ["https://a.example"]\n')
+    path = write(tmp_path, "".join(lines))
+    cli.main(["check-config", "--config", str(path)])
+    out = capsys.readouterr().out
+    assert "\n[http]\n" in out
+    again = write(tmp_path, out, name="again.toml")
+    assert load_config(again).http == load_config(path).http
