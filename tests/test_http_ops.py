@@ -4,8 +4,11 @@ refusals, back-pressure, and ``kill -9`` in the middle of an upload and of a job
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 import socket
+import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +195,43 @@ def test_kill_9_mid_job_then_the_accepted_job_finishes(
     assert outputs == sorted(n.rsplit(".", 1)[0] + ".png" for n in names)
     assert staged_files(daemon) == []
     assert daemon.stop(signal.SIGTERM) == 0
+
+
+def test_https_with_tls_cert_and_key(
+    made: list[DaemonProcess], tmp_path: Path, model_store: ModelStore
+) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificate to test HTTPS with")
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    http = {"tls_cert": "cert.pem", "tls_key": "key.pem"}
+    daemon = start(made, http_daemon(tmp_path, model_store, http))
+    url = base_url(daemon)
+    assert url.startswith("https://127.0.0.1:")
+    with httpx.Client(
+        base_url=url, verify=ssl.create_default_context(cafile=tmp_path / "cert.pem"), timeout=60
+    ) as client:
+        assert client.get("/health").json()["status"] == "ok"
+    with pytest.raises(httpx.HTTPError):  # plain HTTP on the same port gets no answer
+        httpx.get(url.replace("https://", "http://") + "/health", timeout=10)
