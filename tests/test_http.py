@@ -258,6 +258,8 @@ def test_an_upload_over_the_limit_without_a_length_is_413(
         ([("link.jpg", b"/etc/passwd")], ("link.jpg",), 422, "symbolic link"),
         ([("bomb.jpg", b"\0" * (MAX_UPLOAD + 1))], (), 413, "zip bomb"),
         ([(f"{i}.jpg", b"x") for i in range(21)], (), 413, "more than 20 files"),
+        ([("a.jpg", b"x"), ("a.jpg/b.jpg", b"y")], (), 422, "both a file and a folder"),
+        ([("a.jpg", b"x"), ("./a.jpg", b"y")], (), 422, "in the job twice"),
     ],
 )
 def test_unsafe_zips_are_refused(
@@ -276,6 +278,11 @@ def test_unsafe_zips_are_refused(
 def test_a_broken_zip_is_refused(door: tuple[DaemonProcess, httpx.Client]) -> None:
     detail = refused(door, 422, "/queue/submit", files={"images": ("up.zip", b"PK\x03\x04junk")})
     assert "not a valid zip" in detail
+    data = bytearray(make_zip([("a.jpg", b"a" * 5000)]))
+    start = data.index(b"a.jpg") + len("a.jpg")  # the first entry's compressed bytes
+    data[start + 2 : start + 6] = b"\xff\xff\xff\xff"
+    detail = refused(door, 422, "/queue/submit", files={"images": ("up.zip", bytes(data))})
+    assert "cannot be read" in detail
 
 
 @pytest.mark.parametrize(

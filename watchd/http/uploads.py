@@ -23,6 +23,7 @@ import shutil
 import stat
 import uuid
 import zipfile
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -342,8 +343,11 @@ def _extract(  # noqa: PLR0917
     limits: Limits,
     label: str,
 ) -> None:
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file of that name is a folder here
+        raise UploadError(422, f"{label}: {info.filename!r} is both a file and a folder") from None
     try:
         with archive.open(info) as source, open(os.open(target, flags, 0o600), "wb") as sink:
             while chunk := source.read(CHUNK):
@@ -356,10 +360,10 @@ def _extract(  # noqa: PLR0917
                 sink.write(chunk)
             sink.flush()
             os.fsync(sink.fileno())
-    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, EOFError) as exc:
         # RuntimeError: encrypted; NotImplementedError: an unknown compression method
         raise UploadError(422, f"{label}: entry {info.filename!r} cannot be read: {exc}") from None
     except FileExistsError:
         raise UploadError(422, f"{label}: {info.filename!r} is in the job twice") from None
-    except NotADirectoryError:
+    except (NotADirectoryError, IsADirectoryError):
         raise UploadError(422, f"{label}: {info.filename!r} is both a file and a folder") from None
