@@ -16,6 +16,7 @@ headers, stay within the upload limit (a zip bomb stops there).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -227,16 +228,12 @@ class _FormReader:
             except UnicodeDecodeError:
                 raise UploadError(422, f"field {self._name!r} is not UTF-8 text") from None
             self._text = None
-        self.close_file(sync=True)
+        self.close_file()
 
-    def close_file(self, *, sync: bool) -> None:
+    def close_file(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            try:
-                if sync:
-                    os.fsync(fd)  # the job is recorded only after this: its bytes are on disk
-            finally:
-                os.close(fd)
+            os.close(fd)
 
 
 def _unique(name: str, taken: list[str]) -> str:
@@ -290,10 +287,22 @@ async def receive(
     except MultipartParseError as exc:
         raise UploadError(400, f"malformed multipart body: {exc}") from None
     finally:
-        reader.close_file(sync=False)
+        reader.close_file()
     for path, name in reader.zips:
-        unpack_zip(path, name, staged, limits)
+        await asyncio.to_thread(unpack_zip, path, name, staged, limits)
         path.unlink()
+    await asyncio.to_thread(sync_files, staged)
+
+
+def sync_files(staged: Staged) -> None:
+    """Flush every uploaded file to disk: the job is recorded only after this (in a thread,
+    so the server's loop goes on answering meanwhile)."""
+    for rel in staged.files:
+        fd = os.open(staged.folder / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def unpack_zip(path: Path, label: str, staged: Staged, limits: Limits) -> None:
@@ -359,7 +368,6 @@ def _extract(  # noqa: PLR0917
                     )
                 sink.write(chunk)
             sink.flush()
-            os.fsync(sink.fileno())
     except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, EOFError) as exc:
         # RuntimeError: encrypted; NotImplementedError: an unknown compression method
         raise UploadError(422, f"{label}: entry {info.filename!r} cannot be read: {exc}") from None
