@@ -54,7 +54,17 @@ def start_rembg_server(
     port = free_port()
     log = open(work / "rembg-s.log", "wb")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [str(rembg), "s", "--host", "127.0.0.1", "--port", str(port), "--log_level", "warning"],
+        [
+            str(rembg),
+            "s",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log_level",
+            "warning",
+            "--no-ui",
+        ],
         stdout=log,
         stderr=log,
         env=compare.rembg_env(model_dir),
