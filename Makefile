@@ -52,3 +52,9 @@ bench: model
 ## bench-quick: the same with 6 photos per set and shorter phases (under 5 minutes)
 bench-quick: model
 	$(BIN)/python bench/compare.py --quick
+
+## bench-http: POST /api/remove against `rembg s` at 2 MP with 1 and 4 clients, and the daemon's
+## RSS while 100 photos are uploaded (bench/http_compare.py; results in bench/results/http-*.json)
+.PHONY: bench-http
+bench-http: model
+	$(BIN)/python bench/http_compare.py
