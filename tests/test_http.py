@@ -376,3 +376,48 @@ def test_idle_keep_alive_connections_do_not_starve_others(
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_retry_of_a_failed_file(door: tuple[DaemonProcess, httpx.Client]) -> None:
+    daemon, client = door
+    answer = client.post("/queue/submit", files={"images": ("broken.png", b"not a png")})
+    job = wait_job(client, answer.json()["job_id"])
+    assert job["status"] == "failed"
+    retried = client.post(f"/queue/job/{job['job_id']}/retry")
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["requeued_files"] == 1
+    job = wait_job(client, job["job_id"])
+    assert job["status"] == "failed"  # still not an image: failed again, with its reason
+    assert job["files"][0]["error"]
+    retries = [e for e in daemon.events("http.command") if e["command"] == "retry"]
+    assert retries[-1]["args"] == {"id": job["job_id"]}
+
+
+def test_a_cutout_replaced_by_a_link_is_not_served(
+    door: tuple[DaemonProcess, httpx.Client], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    daemon, client = door
+    answer = client.post(
+        "/queue/submit",
+        files={"images": ("cat.png", photos["cat.png"].read_bytes())},
+        data={"name": "linked"},
+    )
+    job = wait_job(client, answer.json()["job_id"])
+    (file,) = job["files"]
+    output = daemon.root / "outbox" / "linked" / "cat.png"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the web")
+    output.unlink()
+    output.symlink_to(secret)  # someone with access to a shared outbox swaps the cutout
+    assert client.get(file["output"]).status_code == 404
+    with zipfile.ZipFile(
+        io.BytesIO(client.get(f"/queue/job/{job['job_id']}/results.zip").content)
+    ) as z:
+        assert z.namelist() == []
+    folder = daemon.root / "outbox" / "linked"
+    folder.rename(daemon.root / "outbox" / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "cat.png").write_text("outside")
+    folder.symlink_to(tmp_path / "elsewhere")  # the job's folder now leads outside the outbox
+    assert client.get(file["output"]).status_code == 404
+    assert client.get(f"/queue/job/{job['job_id']}/files/999999").status_code == 404
