@@ -25,6 +25,7 @@ model: $(STAMP)
 run: model
 	@echo "watchd: drop images (or folders of images) into $(CURDIR)/inbox"
 	@echo "watchd: cutouts appear in $(CURDIR)/outbox, originals move to $(CURDIR)/archive"
+	@echo "watchd: $(if $(CONFIG),the HTTP API listens where [http] listen says (logged as http.listening),the HTTP API is at http://127.0.0.1:8765 (try curl -F images=@photo.jpg http://127.0.0.1:8765/queue/submit; docs at http://127.0.0.1:8765/docs))"
 	@echo "watchd: press Ctrl-C to stop"
 	$(BIN)/watchd run $(if $(CONFIG),--config $(CONFIG))
 
@@ -51,3 +52,9 @@ bench: model
 ## bench-quick: the same with 6 photos per set and shorter phases (under 5 minutes)
 bench-quick: model
 	$(BIN)/python bench/compare.py --quick
+
+## bench-http: POST /api/remove against `rembg s` at 2 MP with 1 and 4 clients, and the daemon's
+## RSS while 100 photos are uploaded (bench/http_compare.py; results in bench/results/http-*.json)
+.PHONY: bench-http
+bench-http: model
+	$(BIN)/python bench/http_compare.py

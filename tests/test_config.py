@@ -739,3 +739,97 @@ def test_models_path_with_a_bad_config_exits_2(
     err = capsys.readouterr().err
     assert err.startswith(f"watchd: {path}: daemon.model_dir: unknown key")
     assert "did you mean 'models_dir'?" in err
+
+
+# --- [http] --------------------------------------------------------------------------------------
+
+
+def test_the_built_in_default_listens_on_loopback_8765(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    http = load_config(None).http
+    assert http is not None
+    assert http.listen == (("127.0.0.1", 8765),)
+    assert http.urls() == ["http://127.0.0.1:8765"]
+    assert http.tokens_file is None
+    assert http.watch == "default"
+    assert http.cors_origins == ()
+
+
+def test_a_file_without_http_has_no_http_door(tmp_path: Path) -> None:
+    assert build_config(with_watch(), source=tmp_path / "w.toml", base=tmp_path).http is None
+
+
+def test_http_keys_parse(tmp_path: Path) -> None:
+    raw = with_watch()
+    raw["http"] = {
+        "listen": ["127.0.0.1:0", "[::1]:8766", "0.0.0.0:8080"],
+        "tokens_file": "tokens.txt",
+        "max_upload_bytes": 1000,
+        "max_files_per_job": 5,
+        "max_queued_files": 7,
+        "watch": WATCH["name"],
+        "cors_origins": ["https://shop.example"],
+        "tls_cert": "cert.pem",
+        "tls_key": "key.pem",
+        "remove_timeout": 9,
+    }
+    http = build_config(raw, source=tmp_path / "w.toml", base=tmp_path).http
+    assert http is not None
+    assert http.listen == (("127.0.0.1", 0), ("::1", 8766), ("0.0.0.0", 8080))
+    assert http.tokens_file == tmp_path / "tokens.txt"
+    assert (http.max_upload_bytes, http.max_files_per_job, http.max_queued_files) == (1000, 5, 7)
+    assert http.cors_origins == ("https://shop.example",)
+    assert http.tls_key == tmp_path / "key.pem"
+    assert http.scheme == "https"
+    assert http.remove_timeout == 9.0
+
+
+@pytest.mark.parametrize(
+    ("http", "key", "fragment"),
+    [
+        ({"listen": "8765"}, "http.listen", 'expected "host:port"'),
+        ({"listen": "127.0.0.1:70000"}, "http.listen", 'expected "host:port"'),
+        ({"listen": []}, "http.listen", 'expected "host:port" or a list'),
+        ({"listen": [1]}, "http.listen", 'expected "host:port"'),
+        ({}, "http.listen", "missing"),
+        ({"listen": "0.0.0.0:8765"}, "http.tokens_file", "'0.0.0.0', which is not loopback"),
+        ({"listen": ["127.0.0.1:1", "[::]:2"]}, "http.tokens_file", "not loopback"),
+        ({"listen": "127.0.0.1:1", "max_upload_bytes": 0}, "http.max_upload_bytes", "at least 1"),
+        ({"listen": "127.0.0.1:1", "max_files_per_job": "9"}, "http.max_files_per_job", "integer"),
+        ({"listen": "127.0.0.1:1", "max_queued_files": -1}, "http.max_queued_files", "at least"),
+        ({"listen": "127.0.0.1:1", "watch": "nope"}, "http.watch", "no watch named 'nope'"),
+        ({"listen": "127.0.0.1:1", "cors_origins": "*"}, "http.cors_origins", "list of origins"),
+        (
+            {"listen": "127.0.0.1:1", "cors_origins": ["a.example/x"]},
+            "http.cors_origins",
+            "no path",
+        ),
+        ({"listen": "127.0.0.1:1", "tls_cert": "c.pem"}, "http.tls_cert", "together"),
+        ({"listen": "127.0.0.1:1", "remove_timeout": 0}, "http.remove_timeout", "at least 1"),
+        ({"listen": "127.0.0.1:1", "listne": 1}, "http.listne", "did you mean 'listen'"),
+    ],
+)
+def test_bad_http_values(http: dict[str, Any], key: str, fragment: str, tmp_path: Path) -> None:
+    raw = with_watch()
+    raw["http"] = http
+    message = config_error(raw, tmp_path)
+    assert message.startswith(f"{tmp_path / 'w.toml'}: {key}: "), message
+    assert fragment in message
+
+
+def test_check_config_prints_http_as_toml_that_loads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    raw = with_watch()
+    raw["http"] = {"listen": ["127.0.0.1:1", "[::1]:2"], "cors_origins": ["https://a.example"]}
+    lines = ['[[watch]]\nname = "w"\ninbox = "in"\noutbox = "out"\n[http]\n']
+    lines.append('listen = ["127.0.0.1:1", "[::1]:2"]\ncors_origins = ["https://a.example"]\n')
+    path = write(tmp_path, "".join(lines))
+    cli.main(["check-config", "--config", str(path)])
+    out = capsys.readouterr().out
+    assert "\n[http]\n" in out
+    again = write(tmp_path, out, name="again.toml")
+    assert load_config(again).http == load_config(path).http

@@ -18,6 +18,8 @@ def test_config_example_parses() -> None:
     assert (products.output.format, products.output.background) == ("jpeg", "#ffffff")
     assert (portraits.model, portraits.priority) == ("u2net_human_seg", 10)
     assert scans.output.format == "mask"
+    assert loaded.http is not None
+    assert loaded.http.listen == (("127.0.0.1", 8765),)
 
 
 def test_config_example_documents_every_key() -> None:
@@ -26,6 +28,7 @@ def test_config_example_documents_every_key() -> None:
         "daemon": config._DAEMON_KEYS,
         "pool": config._POOL_KEYS,
         "watch": config._WATCH_KEYS,
+        "http": config._HTTP_KEYS,
     }
     for table, keys in tables.items():
         for key in keys:

@@ -118,6 +118,12 @@ def _print_config(config: Config) -> None:
                     _print_key(inner, inner_value)
             else:
                 _print_key(key, value)
+    if config.http is not None:
+        print("\n[http]")
+        listen = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in config.http.listen]
+        for key, value in vars(config.http).items():
+            # listen: (host, port) pairs in code, "host:port" in the file
+            _print_key(key, listen if key == "listen" else value)
 
 
 def _print_key(key: str, value: object) -> None:

@@ -42,6 +42,10 @@ class DaemonControls(Protocol):
 
     def watches(self) -> tuple[WatchConfig, ...]: ...
 
+    def readiness(self) -> dict[str, bool]: ...
+
+    def metrics_text(self) -> str: ...
+
 
 class Commands:
     """Executes validated control requests against the ledger and the daemon."""
@@ -109,6 +113,14 @@ class Commands:
         job["files"] = [_file_dict(f) for f in files]
         job["progress"] = _progress(job, files, now)
         return job
+
+    # --- for the HTTP door only (not in control.COMMANDS, so the socket refuses them) ---
+
+    def _cmd_http_ready(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self._daemon.readiness())
+
+    def _cmd_http_metrics(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        return {"text": self._daemon.metrics_text()}
 
     # --- steering ---
 

@@ -13,6 +13,7 @@ is what ``make run`` in a fresh clone wants.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -135,6 +136,29 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP door (``[http]``, docs/http.md); absent from a file means no HTTP server."""
+
+    listen: tuple[tuple[str, int], ...]  # (host, port); port 0 = any free port (logged)
+    tokens_file: Path | None
+    max_upload_bytes: int
+    max_files_per_job: int
+    max_queued_files: int
+    watch: str  # the watch HTTP jobs belong to unless a request names another
+    cors_origins: tuple[str, ...]
+    tls_cert: Path | None
+    tls_key: Path | None
+    remove_timeout: float  # how long POST /api/remove waits for its cutout
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    def urls(self) -> list[str]:
+        return [f"{self.scheme}://{_host_port(host, port)}" for host, port in self.listen]
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` is the file it came from (None: the embedded default)."""
 
@@ -142,6 +166,7 @@ class Config:
     daemon: DaemonConfig
     pool: PoolConfig
     watches: tuple[WatchConfig, ...]
+    http: HttpConfig | None = None
 
     def watch(self, name: str) -> WatchConfig:
         for watch in self.watches:
@@ -397,7 +422,69 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "webhook_secret": (_string, None),
 }
 
-_TOP_KEYS = ("daemon", "pool", "watch")
+
+def _listen(value: Any) -> tuple[tuple[str, int], ...]:
+    """One "host:port" or a list of them; IPv6 hosts in brackets ("[::1]:8765")."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise _Bad(f'expected "host:port" or a list of them, got {_describe(value)}')
+    result = []
+    for item in items:
+        match = _LISTEN_RE.fullmatch(item) if isinstance(item, str) else None
+        if match is None or int(match["port"]) > 65535:
+            raise _Bad(f'expected "host:port" such as "127.0.0.1:8765", got {_describe(item)}')
+        host = match["host"].strip("[]")
+        result.append((host, int(match["port"])))
+    return tuple(result)
+
+
+_LISTEN_RE = re.compile(r"(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """Browser origins allowed to call the API ("https://shop.example"), or ["*"]."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and (v == "*" or re.fullmatch(r"https?://[^\s/]+", v)) for v in value
+    ):
+        raise _Bad(
+            'expected a list of origins such as ["https://shop.example"] (scheme and host, '
+            f"no path), got {_describe(value)}"
+        )
+    return tuple(value)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or "localhost": only this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+#: The [http] keys; ``listen`` has no default in a file: a file without [http] has no HTTP door.
+_HTTP_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "listen": (_listen, None),
+    "tokens_file": (_path, None),
+    "max_upload_bytes": (_integer(1), 512 * 1024 * 1024),
+    "max_files_per_job": (_integer(1, 1_000_000), 1000),
+    "max_queued_files": (_integer(1), 10_000),
+    "watch": (_watch_name, None),
+    "cors_origins": (_origins, ()),
+    "tls_cert": (_path, None),
+    "tls_key": (_path, None),
+    "remove_timeout": (_number(1, 86400), 300.0),
+}
+
+#: The built-in configuration (``make run``) listens here, so a new user can try it at once.
+DEFAULT_HTTP: Mapping[str, Any] = {"listen": "127.0.0.1:8765"}
+
+_TOP_KEYS = ("daemon", "pool", "watch", "http")
 
 DEFAULT_WATCH: Mapping[str, Any] = {
     "name": "default",
@@ -548,7 +635,49 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
         for index, item in enumerate(watches_raw)
     )
     _check_watches(reader, watches, daemon)
-    return Config(source=source, daemon=daemon, pool=pool, watches=watches)
+    http_raw = raw.get("http", DEFAULT_HTTP if source is None else None)
+    http = None if http_raw is None else _build_http(reader, http_raw, watches, resolve)
+    return Config(source=source, daemon=daemon, pool=pool, watches=watches, http=http)
+
+
+def _build_http(
+    reader: _Reader,
+    raw: Any,
+    watches: tuple[WatchConfig, ...],
+    resolve: Callable[[str], Path],
+) -> HttpConfig:
+    """``[http]``: refuses a door open to the network without tokens, naming the key."""
+    values = reader.table("http", raw, _HTTP_KEYS)
+    if values["listen"] is None:
+        raise reader.error("http.listen", 'missing: say where to listen, e.g. "127.0.0.1:8765"')
+    names = [w.name for w in watches]
+    watch = values["watch"] or names[0]
+    if watch not in names:
+        raise reader.error(
+            "http.watch", f"no watch named {watch!r} (configured: {', '.join(names)})"
+        )
+    if values["tokens_file"] is None:
+        public = [h for h, _ in values["listen"] if not is_loopback(h)]
+        if public:
+            raise reader.error(
+                "http.tokens_file",
+                f"required: http.listen includes {public[0]!r}, which is not loopback, and an "
+                "HTTP door open to the network without tokens would let anyone use it",
+            )
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        raise reader.error("http.tls_cert", "set tls_cert and tls_key together")
+    return HttpConfig(
+        listen=values["listen"],
+        tokens_file=resolve(values["tokens_file"]) if values["tokens_file"] else None,
+        max_upload_bytes=values["max_upload_bytes"],
+        max_files_per_job=values["max_files_per_job"],
+        max_queued_files=values["max_queued_files"],
+        watch=watch,
+        cors_origins=values["cors_origins"],
+        tls_cert=resolve(values["tls_cert"]) if values["tls_cert"] else None,
+        tls_key=resolve(values["tls_key"]) if values["tls_key"] else None,
+        remove_timeout=values["remove_timeout"],
+    )
 
 
 def _build_watch(

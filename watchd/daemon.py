@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import structlog
 
@@ -40,8 +40,19 @@ from watchd.ledger import Ledger
 from watchd.models import ModelStore, check_name
 from watchd.notify import Notifier
 from watchd.pipeline import LocalPool, Pool
-from watchd.stats import Activity, DaemonInfo, build_snapshot, write_metrics_file, write_stats_file
+from watchd.stats import (
+    Activity,
+    DaemonInfo,
+    build_snapshot,
+    render_metrics,
+    write_metrics_file,
+    write_stats_file,
+)
 from watchd.watcher import InboxWatcher
+
+if TYPE_CHECKING:
+    from watchd.http.server import HttpServer
+    from watchd.ledger import FinishedJob
 
 log = structlog.get_logger()
 
@@ -80,6 +91,7 @@ class Daemon:
         self._activity = Activity()
         self._watchers: list[InboxWatcher] = []
         self._control: ControlServer | None = None
+        self._http: HttpServer | None = None
         self._retired_pools: list[Pool] = []
 
     # --- the runbook ------------------------------------------------------------------------------
@@ -119,7 +131,7 @@ class Daemon:
         # Manifest, then hooks, then "reported": see watchd/completion.py for the order.
         self.hooks = Hooks(os.environ)  # the commands' base environment, read once here
         self.completion = Completion(self.ledger, self.hooks, self._hook_settings, self._wake)
-        self.dispatcher.on_job_finished = lambda job: self.completion.job_finished(job.id)
+        self.dispatcher.on_job_finished = self._job_finished
         self.commands = Commands(
             self, self.ledger, self.intake, self.dispatcher.dispose_failed, self._spool_dir
         )
@@ -133,6 +145,7 @@ class Daemon:
                 self._check_provider(model, self._providers[model])
             self._start_watchers()
             self._start_control()
+            self._start_http()
             self._write_stats()
             pool = self.pool.describe()
             log.info(
@@ -247,6 +260,36 @@ class Daemon:
             daemon.socket, self._handle_request, mode=daemon.socket_mode, group=daemon.socket_group
         )
         self._control.start()  # logs control.listening
+
+    def _start_http(self) -> None:
+        """The HTTP door ([http], docs/http.md), after recovery: its staged uploads are clear."""
+        if self.config.http is None:
+            return
+        from watchd.http.server import HttpServer  # FastAPI and uvicorn only when configured
+
+        self._http = HttpServer(
+            self.config.http, self._handle_request, self._spool_dir, self.watches
+        )
+        self._http.start()  # logs http.listening
+
+    def _job_finished(self, job: FinishedJob) -> None:
+        self.completion.job_finished(job.id)
+        if self._http is not None:
+            self._http.job_ended(job.id)  # a waiting /api/remove answers at once
+
+    def readiness(self) -> dict[str, bool]:
+        """GET /ready: answered here, in the main loop, so the ledger is open and recovered."""
+        return {
+            "ledger_open": True,
+            "recovery_done": True,
+            "model_loaded": bool(self._providers) or self.pool.describe()["backend"] == "dask",
+            "watches_live": len(self._watchers) == len(self.config.watches)
+            and all(w.alive for w in self._watchers),
+        }
+
+    def metrics_text(self) -> str:
+        """GET /metrics: the metrics textfile's families, rendered now."""
+        return render_metrics(self.snapshot(), self._activity).decode("utf-8")
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -524,6 +567,9 @@ class Daemon:
         for watcher in self._watchers:
             watcher.stop()
         log.info("shutdown.intake_stopped")
+        if self._http is not None:
+            self._http.stop()
+            log.info("shutdown.http_stopped")
         if self._control is not None:
             self._control.stop()
             self._serve_requests()  # anything queued before the socket closed gets its answer

@@ -465,6 +465,11 @@ class InboxWatcher:
         observer.start()
         self._observer = observer
 
+    @property
+    def alive(self) -> bool:
+        """Started and its observer thread still running (GET /ready)."""
+        return self._observer is not None and self._observer.is_alive()
+
     def stop(self) -> None:
         """Stop and join the observer thread; safe to call twice (shutdown paths overlap)."""
         observer, self._observer = self._observer, None
