@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, Final
@@ -44,6 +45,13 @@ STATUS: Final = {
 }
 
 
+#: Who an HTTP request acts as towards the command layer: the daemon itself. What it hands
+#: over (an upload staged in the spool) was written by the daemon, so the permission check
+#: of ``submit`` (watchd/access.py) passes on the daemon's own files and nothing else; who
+#: may upload at all is decided by the bearer token, before a command is run.
+_SELF: Final = (os.getuid(), os.getpid(), frozenset({os.getgid(), *os.getgroups()}))
+
+
 class Bridge:
     """Runs commands in the daemon's main thread for the HTTP server's loop."""
 
@@ -65,7 +73,7 @@ class Bridge:
                 args = validate_args(command, args)
             if changes:
                 log.info("http.command", command=command, token=who, args=args)
-            request = Request(command, MappingProxyType(args), None, None)
+            request = Request(command, MappingProxyType(args), *_SELF)
             waiter = asyncio.wrap_future(self._handler(request))
             try:
                 return await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
