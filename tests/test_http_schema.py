@@ -60,7 +60,13 @@ def test_every_operation_matches_its_schema(tmp_path: Path, model_store: ModelSt
         ]
         env = {**os.environ, "SCHEMATHESIS_HOOKS": ""}
         run = subprocess.run(
-            command, capture_output=True, text=True, timeout=300, env=env, check=False
+            command,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            check=False,
+            cwd=tmp_path,  # its cache (.schemathesis/) stays out of the repository
         )
     finally:
         daemon.stop()
