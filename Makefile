@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: run test lint typecheck unit model install clean
+.PHONY: run test lint typecheck unit model install clean wheelhouse image
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,21 @@ bench: model
 ## bench-quick: the same with 6 photos per set and shorter phases (under 5 minutes)
 bench-quick: model
 	$(BIN)/python bench/compare.py --quick
+
+## image: the container image (docs/container.md). Wheels of watchd and every dependency are
+## built here, on the host, into ./wheelhouse with the u2netp model; `docker build` then runs
+## with --network none. BASE: any Debian-based image whose Python matches $(PYTHON)'s.
+IMAGE ?= watchd:latest
+BASE ?= python:3.11-slim-bookworm
+DOCKER ?= docker
+WHEELHOUSE ?= wheelhouse
+
+wheelhouse: model
+	rm -rf $(WHEELHOUSE)
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check -c constraints.txt \
+		--wheel-dir $(WHEELHOUSE) '.[heic]'
+	mkdir -p $(WHEELHOUSE)/models
+	cp "$$($(BIN)/watchd models path u2netp)" $(WHEELHOUSE)/models/u2netp.onnx
+
+image: wheelhouse
+	$(DOCKER) build --network none --build-arg BASE=$(BASE) -t $(IMAGE) .
