@@ -140,6 +140,8 @@ def _daemon_argv() -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """``run``: prepare, drop privileges and exec the daemon (returns only on an error);
+    ``check``: validate the variables and the model, exit 0 or 2 with the message."""
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
     if args not in (["run"], ["check"]):
@@ -179,7 +181,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             *_daemon_argv(),
         ],
     )
-    return 0  # pragma: no cover - execv does not return
 
 
 if __name__ == "__main__":

@@ -51,21 +51,20 @@ class EnvVar:
     section: str  # "daemon", "pool" or "watch" (every [[watch]] table)
     key: str
     kind: Kind
-    help: str
 
 
-#: The documented variables (docs/container.md), in the order they are applied: a
+#: The variables (each documented in docs/container.md), in the order they are applied: a
 #: variable another one depends on comes first (WATCHD_BACKGROUND before WATCHD_FORMAT,
 #: since format = "jpeg" needs a background). Adding one is one line here.
 ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar("WATCHD_WORKERS", "pool", "workers", "int", "worker processes (default: CPU cores)"),
-    EnvVar("WATCHD_MODEL", "watch", "model", "str", "model name (default u2netp, baked in)"),
-    EnvVar("WATCHD_SETTLE_SECONDS", "watch", "settle_seconds", "float", "quiet time before a drop is taken"),
-    EnvVar("WATCHD_BACKGROUND", "watch", "background", "str", 'colour behind the cutout, "#rrggbb"'),
-    EnvVar("WATCHD_FORMAT", "watch", "format", "str", "png, webp, jpeg (needs a background) or mask"),
-    EnvVar("WATCHD_DRAIN_SECONDS", "daemon", "drain_seconds", "float", "time to finish work on stop"),
-    EnvVar("WATCHD_LOG_LEVEL", "daemon", "log_level", "str", "debug, info, warning or error"),
-)  # fmt: skip
+    EnvVar("WATCHD_WORKERS", "pool", "workers", "int"),
+    EnvVar("WATCHD_MODEL", "watch", "model", "str"),
+    EnvVar("WATCHD_SETTLE_SECONDS", "watch", "settle_seconds", "float"),
+    EnvVar("WATCHD_BACKGROUND", "watch", "background", "str"),
+    EnvVar("WATCHD_FORMAT", "watch", "format", "str"),
+    EnvVar("WATCHD_DRAIN_SECONDS", "daemon", "drain_seconds", "float"),
+    EnvVar("WATCHD_LOG_LEVEL", "daemon", "log_level", "str"),
+)
 
 
 @dataclass(frozen=True)
