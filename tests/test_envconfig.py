@@ -4,6 +4,7 @@ with config.py's message naming the variable (watchd.envconfig)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,3 +193,15 @@ def test_without_the_container_flag_the_variables_are_ignored(tmp_path: Path) ->
     )
     assert "WATCHD_WORKERS" not in result.stderr
     assert f'inbox = "{tmp_path / "inbox"}"' in result.stdout
+
+
+def test_docs_and_compose_name_exactly_the_variables_there_are() -> None:
+    root = Path(__file__).resolve().parent.parent
+    known = {var.name for var in ENV_VARS}
+    docs = (root / "docs" / "container.md").read_text()
+    compose = (root / "compose.yaml").read_text()
+    for name in known:
+        assert f"| `{name}` |" in docs, name  # a row of the table
+    mentioned = set(re.findall(r"WATCHD_[A-Z_]+", docs + compose))
+    assert mentioned - known == {"WATCHD_CONTAINER"}
+    assert {"PUID", "PGID", "UMASK"} <= set(re.findall(r"^\s+([A-Z_]+):", compose, re.M))
