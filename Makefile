@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: run test lint typecheck unit model install clean wheelhouse image
+.PHONY: run test lint typecheck unit model install clean wheelhouse image test-container
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -69,3 +69,7 @@ wheelhouse: model
 
 image: wheelhouse
 	$(DOCKER) build --network none --build-arg BASE=$(BASE) -t $(IMAGE) .
+
+## test-container: only the container tests (private dockerd, debootstrap base; root)
+test-container: model
+	$(BIN)/pytest -m container

@@ -100,7 +100,8 @@ def prepare(config: Config, who: Identity | None, baked: Path = BAKED_MODELS) ->
             if who is not None:
                 os.chown(folder, who.uid, who.gid)
     state = config.daemon.state_dir
-    if who is not None and os.stat(state).st_uid != who.uid:
+    info = os.stat(state)
+    if who is not None and (info.st_uid, info.st_gid) != (who.uid, who.gid):
         for root, dirs, files in os.walk(state):
             for name in [*dirs, *files]:
                 os.chown(os.path.join(root, name), who.uid, who.gid, follow_symlinks=False)
@@ -164,9 +165,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_USAGE
     if args == ["check"]:
         return 0
+    os.environ["HOME"] = str(config.daemon.state_dir)  # root's home is not the daemon's
     if not root:
         os.execv(sys.executable, _daemon_argv())
-    os.environ["HOME"] = str(config.daemon.state_dir)  # root's home is not the daemon's
     setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
     os.execv(
         setpriv,
