@@ -204,4 +204,20 @@ def test_docs_and_compose_name_exactly_the_variables_there_are() -> None:
         assert f"| `{name}` |" in docs, name  # a row of the table
     mentioned = set(re.findall(r"WATCHD_[A-Z_]+", docs + compose))
     assert mentioned - known == {"WATCHD_CONTAINER"}
-    assert {"PUID", "PGID", "UMASK"} <= set(re.findall(r"^\s+([A-Z_]+):", compose, re.M))
+
+
+def test_compose_example_is_complete() -> None:
+    """compose.yaml: the variables it sets exist, the four volumes, no network, and a stop
+    grace period longer than the drain."""
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parent.parent
+    service = yaml.safe_load((root / "compose.yaml").read_text())["services"]["watchd"]
+    assert set(service["environment"]) <= {"PUID", "PGID", "UMASK"} | {v.name for v in ENV_VARS}
+    assert {"PUID", "PGID", "UMASK"} <= set(service["environment"])
+    builtin = Layout(config_file=root / "no-such-config.toml")
+    load_from_env(service["environment"], builtin)
+    targets = [volume.split(":")[1] for volume in service["volumes"]]
+    assert targets == ["/data", "/state", "/models"]
+    assert (service["network_mode"], service["stop_signal"]) == ("none", "SIGTERM")
+    grace = int(service["stop_grace_period"].removesuffix("s"))
+    assert grace > load_from_env({}, builtin).daemon.drain_seconds + 10
