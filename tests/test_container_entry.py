@@ -81,6 +81,18 @@ def test_prepare_keeps_a_model_already_in_the_volume(tmp_path: Path, layout: Lay
     assert (layout.models / "u2netp.onnx").read_bytes() == b"the user's own copy"
 
 
+def test_prepare_never_writes_through_a_link_in_the_models_volume(
+    tmp_path: Path, layout: Layout
+) -> None:
+    """The volume is PUID's: a link planted there must not make root write elsewhere."""
+    layout.models.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    (layout.models / "u2netp.onnx").symlink_to(elsewhere)  # dangling: exists() is False
+    prepare(load_from_env({}, layout), None, baked=_baked(tmp_path))
+    assert not elsewhere.exists()
+    assert (layout.models / "u2netp.onnx").is_symlink()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root (CI runs as root)")
 def test_prepare_as_root_hands_new_folders_and_the_state_to_puid(
     tmp_path: Path, layout: Layout

@@ -110,12 +110,30 @@ def prepare(config: Config, who: Identity | None, baked: Path = BAKED_MODELS) ->
     if models is None or not baked.is_dir():
         return
     models.mkdir(parents=True, exist_ok=True)
+    if not os.access(models, os.W_OK):
+        return  # a read-only models volume: what is in it is what there is
     for model in baked.glob("*.onnx"):
-        target = models / model.name
-        if not target.exists() and os.access(models, os.W_OK):
-            shutil.copyfile(model, target)
-            if who is not None:
-                os.chown(target, who.uid, who.gid)
+        _seed(model, models / model.name, who)
+
+
+def _seed(model: Path, target: Path, who: Identity | None) -> None:
+    """Copy a baked model to ``target`` unless anything (also a link) is there already.
+
+    O_EXCL with O_NOFOLLOW: the models volume is writable by PUID, and root must not
+    write through a link PUID planted there.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(target, flags, 0o644)
+    except FileExistsError:
+        return
+    try:
+        with open(model, "rb") as src, open(fd, "wb", closefd=False) as dst:
+            shutil.copyfileobj(src, dst)
+        if who is not None:
+            os.fchown(fd, who.uid, who.gid)
+    finally:
+        os.close(fd)
 
 
 def check_models(config: Config, environ: Mapping[str, str]) -> None:
