@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: run test lint typecheck unit model install clean
+.PHONY: run test lint typecheck unit model install clean wheelhouse image test-container image-arm64
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +58,45 @@ bench-quick: model
 .PHONY: bench-http
 bench-http: model
 	$(BIN)/python bench/http_compare.py
+
+## image: the container image (docs/container.md). Wheels of watchd and every dependency are
+## built here, on the host, into ./wheelhouse with the u2netp model; `docker build` then runs
+## with --network none. BASE: any Debian-based image whose Python matches $(PYTHON)'s.
+IMAGE ?= watchd:latest
+BASE ?= python:3.11-slim-bookworm
+DOCKER ?= docker
+WHEELHOUSE ?= wheelhouse
+
+wheelhouse: model
+	rm -rf $(WHEELHOUSE)
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check -c constraints.txt \
+		--wheel-dir $(WHEELHOUSE) '.[heic]'
+	mkdir -p $(WHEELHOUSE)/models
+	cp "$$($(BIN)/watchd models path u2netp)" $(WHEELHOUSE)/models/u2netp.onnx
+
+image: wheelhouse
+	$(DOCKER) build --network none --build-arg BASE=$(BASE) -t $(IMAGE) .
+
+## test-container: only the container tests (private dockerd, debootstrap base; root)
+test-container: model
+	$(BIN)/pytest -m container
+
+## image-arm64: an arm64 image cross-built on x86-64 under QEMU user emulation (Debian's
+## qemu-user-static + binfmt-support): aarch64 wheels from the index (pip download), the
+## same Dockerfile, an arm64 BASE_ARM64 whose Python is $(PYVER) (docs/container.md).
+IMAGE_ARM64 ?= watchd:arm64
+BASE_ARM64 ?= arm64v8/python:3.11-slim-bookworm
+PYVER ?= $(shell $(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+ARM64_TAGS := manylinux2014_aarch64 manylinux_2_17_aarch64 manylinux_2_24_aarch64 \
+	manylinux_2_27_aarch64 manylinux_2_28_aarch64
+
+image-arm64: model
+	rm -rf build/arm64 && mkdir -p build/arm64/wheelhouse/models
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps \
+		--wheel-dir build/arm64/wheelhouse .
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check -c constraints.txt \
+		--dest build/arm64/wheelhouse --only-binary=:all: --python-version $(PYVER) \
+		$(addprefix --platform ,$(ARM64_TAGS)) '.[heic]'
+	cp "$$($(BIN)/watchd models path u2netp)" build/arm64/wheelhouse/models/u2netp.onnx
+	$(DOCKER) build --platform linux/arm64 --network none --build-arg BASE=$(BASE_ARM64) \
+		-t $(IMAGE_ARM64) -f Dockerfile build/arm64

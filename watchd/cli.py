@@ -8,6 +8,7 @@ which file and key); 3 the daemon cannot be reached.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = _load(args.config)
         if args.command == "run":
             return _run(config)
         if args.command == "check-config":
@@ -78,6 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ModelError) as exc:
         print(f"watchd: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _load(path: Path | None) -> Config:
+    """The config file given, else the container's (WATCHD_CONTAINER set), else the default."""
+    from watchd.envconfig import CONTAINER_FLAG
+
+    if path is None and os.environ.get(CONTAINER_FLAG):
+        from watchd.envconfig import load_from_env
+
+        return load_from_env(os.environ)
+    return load_config(path)
 
 
 def _run(config: Config) -> int:
