@@ -48,6 +48,7 @@ GOOD = [
     ("WATCHD_FORMAT", "mask", lambda c: c.watches[0].output.format, "mask"),
     ("WATCHD_DRAIN_SECONDS", "60", lambda c: c.daemon.drain_seconds, 60.0),
     ("WATCHD_LOG_LEVEL", "debug", lambda c: c.daemon.log_level, "debug"),
+    ("WATCHD_HTTP_LISTEN", "127.0.0.1:8765", lambda c: c.http.listen, (("127.0.0.1", 8765),)),
 ]
 
 
@@ -74,6 +75,9 @@ BAD = [
     ("WATCHD_DRAIN_SECONDS", "-5", "daemon.drain_seconds: must be at least 0"),
     ("WATCHD_DRAIN_SECONDS", "a while", "daemon.drain_seconds: expected a number, got str"),
     ("WATCHD_LOG_LEVEL", "loud", "daemon.log_level: must be one of 'debug', 'info'"),
+    ("WATCHD_HTTP_LISTEN", "everywhere", 'http.listen: expected "host:port"'),
+    ("WATCHD_HTTP_LISTEN", "0.0.0.0:8765", "http.tokens_file: required"),
+    ("WATCHD_HTTP_TOKENS_FILE", "/nonexistent/tokens", "http.listen: missing"),
 ]
 
 
@@ -89,9 +93,26 @@ def test_a_bad_value_names_the_variable(
     assert str(caught.value).startswith(f"environment variable {name}={text!r}: {message}")
 
 
+def test_the_http_variables_are_checked_together(layout: Layout) -> None:
+    """A public address needs a tokens file: set together, neither is refused alone."""
+    config = load_from_env(
+        {"WATCHD_HTTP_LISTEN": "0.0.0.0:8765", "WATCHD_HTTP_TOKENS_FILE": "/config/tokens"},
+        layout,
+    )
+    assert config.http is not None
+    assert config.http.listen == (("0.0.0.0", 8765),)
+    assert config.http.tokens_file == Path("/config/tokens")
+    with pytest.raises(ConfigError) as caught:
+        load_from_env({"WATCHD_HTTP_LISTEN": "x", "WATCHD_HTTP_TOKENS_FILE": "/t"}, layout)
+    assert str(caught.value).startswith(
+        "environment variables WATCHD_HTTP_TOKENS_FILE='/t', WATCHD_HTTP_LISTEN='x': http.listen:"
+    )
+
+
 def test_every_variable_has_a_good_and_a_bad_case() -> None:
     names = {var.name for var in ENV_VARS}
-    assert {case[0] for case in GOOD} == names
+    # WATCHD_HTTP_TOKENS_FILE is good only beside WATCHD_HTTP_LISTEN: the test above.
+    assert {case[0] for case in GOOD} == names - {"WATCHD_HTTP_TOKENS_FILE"}
     assert {case[0] for case in BAD if case[2]} == names - {"WATCHD_MODEL"}  # see test_container
 
 

@@ -48,7 +48,7 @@ class EnvVar:
     """One variable: the config key it sets and how its text becomes a TOML value."""
 
     name: str
-    section: str  # "daemon", "pool" or "watch" (every [[watch]] table)
+    section: str  # "daemon", "pool", "http" or "watch" (every [[watch]] table)
     key: str
     kind: Kind
 
@@ -64,6 +64,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("WATCHD_FORMAT", "watch", "format", "str"),
     EnvVar("WATCHD_DRAIN_SECONDS", "daemon", "drain_seconds", "float"),
     EnvVar("WATCHD_LOG_LEVEL", "daemon", "log_level", "str"),
+    # The HTTP door (docs/http.md), checked together (see _steps). With --network host,
+    # "127.0.0.1:8765" is the host's loopback; beyond loopback a tokens file is required.
+    EnvVar("WATCHD_HTTP_TOKENS_FILE", "http", "tokens_file", "str"),
+    EnvVar("WATCHD_HTTP_LISTEN", "http", "listen", "str"),
 )
 
 
@@ -150,17 +154,32 @@ def load_from_env(environ: Mapping[str, str], layout: Layout | None = None) -> C
         source, raw, base = None, builtin_raw(layout), Path("/")
         where = "the built-in default configuration"
     config = build_config(raw, source=source, base=base)
-    # One variable at a time, in table order: an error names the variable that caused it.
-    for var in ENV_VARS:
-        text = environ.get(var.name, "").strip()
-        if not text:
+    # One step at a time, in table order: an error names the variable(s) that caused it.
+    for step in _steps():
+        given = [(var, text) for var in step if (text := environ.get(var.name, "").strip())]
+        if not given:
             continue
         candidate = copy.deepcopy(raw)
-        _apply(candidate, var, _value(var, text))
+        for var, text in given:
+            _apply(candidate, var, _value(var, text))
         try:
             config = build_config(candidate, source=source, base=base)
         except ConfigError as exc:
             detail = _without_where(str(exc), where)
-            raise ConfigError(f"environment variable {var.name}={text!r}: {detail}") from None
+            named = ", ".join(f"{var.name}={text!r}" for var, text in given)
+            noun = "variable" if len(given) == 1 else "variables"
+            raise ConfigError(f"environment {noun} {named}: {detail}") from None
         raw = candidate
     return config
+
+
+def _steps() -> list[list[EnvVar]]:
+    """The variables in the groups they are checked in: one each, except the ``[http]``
+    ones, which only make sense together (a public ``listen`` needs ``tokens_file``)."""
+    steps: list[list[EnvVar]] = []
+    for var in ENV_VARS:
+        if steps and var.section == "http" and steps[-1][0].section == "http":
+            steps[-1].append(var)
+        else:
+            steps.append([var])
+    return steps
