@@ -128,6 +128,8 @@ class WatchConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     priority: int = 0
+    #: glob patterns of names intake leaves alone, added to watcher.DEFAULT_IGNORE
+    ignore: tuple[str, ...] = ()
 
     @property
     def png_compress_level(self) -> int:
@@ -278,6 +280,29 @@ def _path(value: Any) -> str:
     return _string(value)
 
 
+def _ignore_patterns(value: Any) -> tuple[str, ...]:
+    """Glob patterns (``*``, ``?``, ``[abc]``) each matched against one name, a file's or a
+    folder's, case-insensitively; a trailing ``/`` is allowed and dropped (``"Proofs/"``)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(
+            f'expected a list of patterns such as ["*.bak", "Drafts/"], got {_describe(value)}'
+        )
+    patterns: list[str] = []
+    for raw in value:
+        pattern = raw[:-1] if raw.endswith("/") else raw
+        if not pattern or "\0" in pattern:
+            raise _Bad(f"{raw!r} is not a pattern: it must name something")
+        if "/" in pattern:
+            raise _Bad(
+                f"{raw!r}: a pattern matches one name (a file or a folder), not a path; "
+                f"use {pattern.rsplit('/', 1)[-1]!r} to ignore that name at any depth"
+            )
+        if pattern.strip("*") == "":
+            raise _Bad(f"{raw!r} would ignore every file, so nothing would ever be taken")
+        patterns.append(pattern)
+    return tuple(patterns)
+
+
 _SCHEDULER_RE = re.compile(r"(tcp|tls)://([^\s/:\[\]]+|\[[0-9a-fA-F:]+\]):[0-9]{1,5}")
 
 
@@ -362,6 +387,7 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "on_complete_timeout": (_number(1, 86400), 60.0),
     "webhook_url": (_url, None),
     "webhook_secret": (_string, None),
+    "ignore": (_ignore_patterns, ()),
 }
 
 _TOP_KEYS = ("daemon", "pool", "watch")
@@ -548,6 +574,7 @@ def _build_watch(
             webhook_secret=values["webhook_secret"],
         ),
         priority=values["priority"],
+        ignore=values["ignore"],
     )
 
 

@@ -40,7 +40,7 @@ from watchd.models import ModelStore
 from watchd.notify import Notifier
 from watchd.pipeline import LocalPool, Pool
 from watchd.stats import Activity, DaemonInfo, build_snapshot, write_metrics_file, write_stats_file
-from watchd.watcher import InboxWatcher
+from watchd.watcher import DEFAULT_IGNORE, InboxWatcher
 
 log = structlog.get_logger()
 
@@ -199,6 +199,7 @@ class Daemon:
                 watch.inbox,
                 watch.settle_seconds,
                 wake=self._wake,
+                ignore=DEFAULT_IGNORE + watch.ignore,
                 method=method,
                 poll_interval=watch.poll_interval,
             )
