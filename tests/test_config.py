@@ -417,6 +417,28 @@ def test_bad_choices(raw: dict[str, Any], key: str, fragment: str, tmp_path: Pat
             "true or false",
         ),
         ({**with_watch(), "daemon": {"priority_aging": 0}}, "daemon.priority_aging", "at least 1"),
+        (
+            {**with_watch(), "pool": {"max_files_per_worker": 0}},
+            "pool.max_files_per_worker",
+            "at least 1",
+        ),
+        (
+            {**with_watch(), "pool": {"max_files_per_worker": "100"}},
+            "pool.max_files_per_worker",
+            "expected an integer",
+        ),
+        (
+            {
+                **with_watch(),
+                "pool": {
+                    "backend": "dask",
+                    "scheduler": "tcp://127.0.0.1:8786",
+                    "max_files_per_worker": 10,
+                },
+            },
+            "pool.max_files_per_worker",
+            "local pool only",
+        ),
         (with_watch(ignore="*.bak"), "watch[0].ignore", "a list of patterns"),
         (with_watch(ignore=[3]), "watch[0].ignore", "a list of patterns"),
         (with_watch(ignore=[""]), "watch[0].ignore", "must name something"),

@@ -43,3 +43,17 @@ def test_ignore_rules_built_in_and_per_watch_with_the_rule_in_the_log(
     assert accepted["files"] == 1
     rules = {e["rule"] for e in daemon.events("intake.ignored")}
     assert {"__MACOSX", "Proofs", "*.bak", ".stfolder"} <= rules
+
+
+def test_max_files_per_worker_recycles_workers_without_failing_a_file(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path]
+) -> None:
+    daemon = daemon_factory(pool__max_files_per_worker=1).start()
+    for name, target in (("astronaut.jpg", "a.jpg"), ("coffee.png", "b.png"), ("cat.png", "c.png")):
+        shutil.copyfile(photos[name], daemon.root / "inbox" / target)
+    wait_for(lambda: daemon.count("job.done") == 1, what="the job's end")
+    assert outputs(daemon.root) == ["a.png", "b.png", "c.png"]
+    done = daemon.events("file.done")
+    assert [e["attempt"] for e in done] == [1, 1, 1]
+    assert len({e["worker_pid"] for e in done}) == 3  # each file in a fresh worker
+    assert daemon.count("file.retry") == 0

@@ -76,6 +76,7 @@ class PoolConfig:
     model_cache: int = 2  # models each worker keeps loaded (least recently used one goes)
     memory_arena: bool = True  # onnxruntime's CPU arena: faster, more memory per model
     lone_file_uses_all_cores: bool = True  # a file alone in the pool: all its threads
+    max_files_per_worker: int | None = None  # local pool: replace a worker after N files
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,7 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "model_cache": (_integer(1, 64), 2),
     "memory_arena": (_boolean, True),
     "lone_file_uses_all_cores": (_boolean, True),
+    "max_files_per_worker": (_integer(1, 1_000_000_000), None),
 }
 
 #: Keys a job's sidecar ``watchd.toml`` may set (the model and how outputs look), with
@@ -449,6 +451,12 @@ def _check_pool(reader: _Reader, pool: PoolConfig) -> None:
         )
     if any(tls) and not (pool.scheduler or "").startswith("tls://"):
         raise reader.error("pool.scheduler", "the tls_* keys need a tls:// scheduler address")
+    if pool.backend == "dask" and pool.max_files_per_worker is not None:
+        raise reader.error(
+            "pool.max_files_per_worker",
+            'applies to the local pool only; with backend = "dask" recycle workers on their '
+            "hosts (dask worker --lifetime, docs/scale-out.md)",
+        )
 
 
 def load_config(path: Path | None) -> Config:
@@ -527,6 +535,7 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
         model_cache=pool_raw["model_cache"],
         memory_arena=pool_raw["memory_arena"],
         lone_file_uses_all_cores=pool_raw["lone_file_uses_all_cores"],
+        max_files_per_worker=pool_raw["max_files_per_worker"],
     )
     _check_pool(reader, pool)
     watches_raw = raw.get("watch", [DEFAULT_WATCH] if source is None else None)

@@ -553,6 +553,7 @@ def pool_settings(config: Config) -> tuple[Any, ...]:
         pool.model_cache,
         pool.memory_arena,
         pool.lone_file_uses_all_cores,
+        pool.max_files_per_worker,
         models_of(config),
         config.daemon.models_dir,
     )
@@ -602,6 +603,7 @@ def new_pool(config: Config, store: ModelStore, wake: Callable[[], None] | None 
         model_cache=config.pool.model_cache,
         memory_arena=config.pool.memory_arena,
         lone_file_uses_all_cores=config.pool.lone_file_uses_all_cores,
+        max_files_per_worker=config.pool.max_files_per_worker,
     )
 
 

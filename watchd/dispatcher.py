@@ -245,6 +245,7 @@ class Dispatcher:
             height=result.height,
             attempt=record.attempts,
             threads=result.threads,
+            worker_pid=result.worker_pid or None,
             **{f"{k}_s": round(v, 3) for k, v in result.timings.items()},
             latency_s=round(latency, 3),
         )
