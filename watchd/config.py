@@ -12,7 +12,6 @@ is what ``make run`` in a fresh clone wants.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -437,6 +436,8 @@ class _Reader:
 
 
 def _did_you_mean(key: str, options: Mapping[str, Any] | tuple[str, ...]) -> str:
+    import difflib  # only for a mistake: not on every CLI call's path
+
     close = difflib.get_close_matches(key, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
