@@ -439,6 +439,7 @@ def test_bad_choices(raw: dict[str, Any], key: str, fragment: str, tmp_path: Pat
             "pool.max_files_per_worker",
             "local pool only",
         ),
+        (with_watch(case_sensitive_names="no"), "watch[0].case_sensitive_names", "true or false"),
         (with_watch(ignore="*.bak"), "watch[0].ignore", "a list of patterns"),
         (with_watch(ignore=[3]), "watch[0].ignore", "a list of patterns"),
         (with_watch(ignore=[""]), "watch[0].ignore", "must name something"),

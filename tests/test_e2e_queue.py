@@ -57,3 +57,79 @@ def test_max_files_per_worker_recycles_workers_without_failing_a_file(
     assert [e["attempt"] for e in done] == [1, 1, 1]
     assert len({e["worker_pid"] for e in done}) == 3  # each file in a fresh worker
     assert daemon.count("file.retry") == 0
+
+
+# --- names on case-insensitive shares -------------------------------------------------------------
+
+
+def test_names_differing_only_in_case_get_distinct_outputs_in_one_drop_and_across_drops(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path]
+) -> None:
+    daemon = daemon_factory().start()
+    inbox = daemon.root / "inbox"
+    shutil.copyfile(photos["astronaut.jpg"], inbox / "A.jpg")
+    shutil.copyfile(photos["coffee.png"], inbox / "a.jpg")
+    wait_for(lambda: daemon.count("job.done") == 1, what="the first job's end")
+    assert outputs(daemon.root) == ["A.png", "a (2).png"]  # sorted: "A" < "a"
+    shutil.copyfile(photos["cat.png"], inbox / "A.JPG")
+    wait_for(lambda: daemon.count("job.done") == 2, what="the second job's end")
+    assert outputs(daemon.root) == ["A (3).png", "A.png", "a (2).png"]
+    # the archive is a share folder too: the originals keep distinct names there
+    archived = sorted(p.name for p in (daemon.root / "archive").iterdir())
+    assert archived == ["A (3).JPG", "A.jpg", "a (2).jpg"]  # "A (2)" is "a (2)" there
+
+
+def test_case_sensitive_names_keeps_names_apart_only_by_case(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path]
+) -> None:
+    daemon = daemon_factory(watch__case_sensitive_names=True).start()
+    shutil.copyfile(photos["astronaut.jpg"], daemon.root / "inbox" / "A.jpg")
+    shutil.copyfile(photos["coffee.png"], daemon.root / "inbox" / "a.jpg")
+    wait_for(lambda: daemon.count("job.done") == 1, what="the job's end")
+    assert outputs(daemon.root) == ["A.png", "a.png"]
+
+
+def _vfat_mount(image: Path, mountpoint: Path) -> None:
+    """A case-insensitive file system on a loop file, or pytest.skip with the reason."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop file needs root")
+    if shutil.which("mkfs.vfat") is None:
+        pytest.skip("mkfs.vfat is not installed (Debian: apt install dosfstools; .ci/run does)")
+    with open(image, "wb") as handle:
+        handle.truncate(32 << 20)
+    subprocess.run(["mkfs.vfat", str(image)], check=True, capture_output=True)
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(mountpoint)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a vfat loop file here: {mounted.stderr.strip()}")
+
+
+def test_on_a_case_insensitive_outbox_even_the_opt_out_never_overwrites(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    """vfat compares names without case, like an SMB share's clients: with
+    case_sensitive_names = true the file system itself still says "A.png" is taken."""
+    import subprocess
+
+    mountpoint = tmp_path / "vfat"
+    _vfat_mount(tmp_path / "vfat.img", mountpoint)
+    try:
+        daemon = daemon_factory(
+            watch__outbox=str(mountpoint), watch__case_sensitive_names=True
+        ).start()
+        shutil.copyfile(photos["astronaut.jpg"], daemon.root / "inbox" / "A.jpg")
+        shutil.copyfile(photos["coffee.png"], daemon.root / "inbox" / "a.jpg")
+        wait_for(lambda: daemon.count("job.done") == 1, what="the job's end")
+        names = sorted(p.name for p in mountpoint.iterdir() if is_output(p))
+        assert names == ["A.png", "a (2).png"]
+        daemon.stop()
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)

@@ -130,6 +130,8 @@ class WatchConfig:
     priority: int = 0
     #: glob patterns of names intake leaves alone, added to watcher.DEFAULT_IGNORE
     ignore: tuple[str, ...] = ()
+    #: False (default): names differing only in letter case clash, as on SMB/macOS shares
+    case_sensitive_names: bool = False
 
     @property
     def png_compress_level(self) -> int:
@@ -389,6 +391,7 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "webhook_url": (_url, None),
     "webhook_secret": (_string, None),
     "ignore": (_ignore_patterns, ()),
+    "case_sensitive_names": (_boolean, False),
 }
 
 _TOP_KEYS = ("daemon", "pool", "watch")
@@ -585,6 +588,7 @@ def _build_watch(
         ),
         priority=values["priority"],
         ignore=values["ignore"],
+        case_sensitive_names=values["case_sensitive_names"],
     )
 
 

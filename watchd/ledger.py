@@ -49,6 +49,7 @@ import json
 import os
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -386,6 +387,31 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_manifest ON jobs(manifest_path) WHERE manifest_path IS NOT NULL;
     CREATE INDEX jobs_unreported ON jobs(id) WHERE reported = 0 AND state != 'active';
     """,
+    # 4: case-insensitive names. Each target (output, archive, failed, manifest) also
+    # recorded by its folded key (name_key: Unicode case folding, composed accents), so
+    # that a clash check can ask "is a name that a Windows or macOS client cannot tell
+    # apart from this one in use?" through an index, as path_in_use asks for the exact
+    # name. Rows go with their file or job (cascade); a retried file's keys are replaced.
+    # The SQL function watchd_name_key exists only on the daemon's own connection.
+    """
+    CREATE TABLE name_keys (
+        key BLOB NOT NULL,
+        file_id INTEGER REFERENCES files(id) ON DELETE CASCADE,
+        job_id INTEGER REFERENCES jobs(id) ON DELETE CASCADE
+    );
+    CREATE INDEX name_keys_key ON name_keys(key);
+    CREATE INDEX name_keys_file ON name_keys(file_id) WHERE file_id IS NOT NULL;
+    CREATE INDEX name_keys_job ON name_keys(job_id) WHERE job_id IS NOT NULL;
+    INSERT INTO name_keys (key, file_id)
+        SELECT watchd_name_key(output_path), id FROM files WHERE state NOT IN ('done', 'failed')
+        UNION ALL
+        SELECT watchd_name_key(archive_path), id FROM files WHERE state NOT IN ('done', 'failed')
+        UNION ALL
+        SELECT watchd_name_key(failed_path), id FROM files WHERE state NOT IN ('done', 'failed');
+    INSERT INTO name_keys (key, job_id)
+        SELECT watchd_name_key(manifest_path), id FROM jobs
+        WHERE manifest_path IS NOT NULL AND state = 'active';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -398,6 +424,15 @@ _FILE_COLUMNS = (
 
 def _blob(path: Path) -> bytes:
     return os.fsencode(path)
+
+
+def name_key(path: Path | bytes) -> bytes:
+    """A path as a Windows or macOS client compares names: letter case and the composed
+    or decomposed form of an accent do not matter (``A.png``, ``a.png``; ``é``, ``e\u0301``).
+
+    The same function as ``files.name_key``, for the ledger's ``name_keys`` rows."""
+    text = os.fsdecode(path)
+    return os.fsencode(unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold()))
 
 
 def _path(blob: bytes) -> Path:
@@ -531,6 +566,7 @@ class Ledger:
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA busy_timeout=10000")
             connection.execute("PRAGMA foreign_keys=ON")
+            connection.create_function("watchd_name_key", 1, _sql_name_key, deterministic=True)
             ledger = cls(connection, clock, priority_aging=priority_aging)
             ledger._migrate()
         except LedgerError:
@@ -611,7 +647,14 @@ class Ledger:
                         None if item.reject is None else _text(item.reject),
                     ),
                 )
-                file_ids.append(int(cursor.lastrowid or 0))
+                file_id = int(cursor.lastrowid or 0)
+                file_ids.append(file_id)
+                _add_name_keys(db, file_id, (item.output, item.archive, item.failed))
+            if job.manifest is not None:
+                db.execute(
+                    "INSERT INTO name_keys (key, job_id) VALUES (?, ?)",
+                    (name_key(job.manifest), job_id),
+                )
         return job_id, file_ids
 
     def path_in_use(self, path: Path) -> bool:
@@ -629,6 +672,22 @@ class Ledger:
                 return True
         row = self._db.execute(  # a manifest is a target too, until its job has ended
             "SELECT 1 FROM jobs WHERE manifest_path = ? AND state = 'active' LIMIT 1", (exact,)
+        ).fetchone()
+        return row is not None
+
+    def name_in_use(self, path: Path) -> bool:
+        """:meth:`path_in_use` with names compared as Windows and macOS clients compare
+        them (:func:`name_key`): ``A.png`` is in use while ``a.png`` is an unfinished
+        file's target, and ``Shoot`` while something below ``shoot/`` is."""
+        exact = name_key(path)
+        low = exact + b"/"
+        high = exact + b"0"
+        row = self._db.execute(
+            "SELECT 1 FROM name_keys k "
+            "LEFT JOIN files f ON f.id = k.file_id LEFT JOIN jobs j ON j.id = k.job_id "
+            "WHERE (k.key = ? OR (k.key >= ? AND k.key < ?)) "
+            "AND (f.state NOT IN ('done', 'failed') OR j.state = 'active') LIMIT 1",
+            (exact, low, high),
         ).fetchone()
         return row is not None
 
@@ -1195,6 +1254,8 @@ class Ledger:
                 if row is None:
                     raise NotFound(f"no file {file_id}")
                 raise Conflict(f"file {file_id} is {row[0]}, not failed: nothing to retry")
+            db.execute("DELETE FROM name_keys WHERE file_id = ?", (file_id,))
+            _add_name_keys(db, file_id, (output, archive, failed))
             db.execute(
                 "UPDATE jobs SET state = 'active', finished_at = NULL, cancelled = 0, "
                 "reported = 0 WHERE id = (SELECT job_id FROM files WHERE id = ?)",
@@ -1240,6 +1301,20 @@ class Ledger:
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _sql_name_key(value: bytes | str | None) -> bytes | None:
+    """``watchd_name_key(blob)`` in SQL (migration 4 fills name_keys with it)."""
+    if value is None:
+        return None
+    return name_key(value.encode() if isinstance(value, str) else value)
+
+
+def _add_name_keys(db: sqlite3.Connection, file_id: int, paths: Iterable[Path]) -> None:
+    db.executemany(
+        "INSERT INTO name_keys (key, file_id) VALUES (?, ?)",
+        [(name_key(p), file_id) for p in paths],
+    )
 
 
 def _split_sql(script: str) -> list[str]:
