@@ -133,3 +133,41 @@ def test_on_a_case_insensitive_outbox_even_the_opt_out_never_overwrites(
         daemon.stop()
     finally:
         subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+# --- the queue's metrics --------------------------------------------------------------------------
+
+
+def test_metrics_file_has_queue_wait_run_time_workers_online_and_build_info(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path]
+) -> None:
+    import socket
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    daemon = daemon_factory(daemon__metrics_file="metrics.prom", daemon__stats_interval=1)
+    daemon.start()
+    shutil.copyfile(photos["coffee.png"], daemon.root / "inbox" / "a.png")
+    wait_for(lambda: daemon.count("job.done") == 1, what="the job's end")
+    metrics = daemon.root / "metrics.prom"
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        if not metrics.exists():
+            return {}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(metrics.read_text())
+            for s in family.samples
+        }
+
+    wait_for(
+        lambda: samples().get(("watchd_run_seconds_count", (("watch", "photos"),))) == 1,
+        what="the attempt in watchd_run_seconds",
+    )
+    got = samples()
+    assert got[("watchd_queue_wait_seconds_count", (("watch", "photos"),))] == 1
+    assert got[("watchd_run_seconds_sum", (("watch", "photos"),))] > 0
+    assert got[("watchd_file_retries_total", (("reason", "timeout"), ("watch", "photos")))] == 0
+    assert got[("watchd_workers_online", (("host", socket.gethostname()),))] == 1
+    (build,) = [labels for name, labels in got if name == "watchd_build_info"]
+    assert dict(build)["backend"] == "local"

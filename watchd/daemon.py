@@ -15,6 +15,7 @@ import os
 import queue
 import random
 import signal
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -366,6 +367,7 @@ class Daemon:
                 w.name: {"inbox": str(w.inbox), "outbox": str(w.outbox), "model": w.model}
                 for w in config.watches
             },
+            host=socket.gethostname(),
         )
         return build_snapshot(
             info,
