@@ -440,6 +440,18 @@ def test_bad_choices(raw: dict[str, Any], key: str, fragment: str, tmp_path: Pat
             "local pool only",
         ),
         (with_watch(case_sensitive_names="no"), "watch[0].case_sensitive_names", "true or false"),
+        (with_watch(stuck_after=0), "watch[0].stuck_after", "at least 1"),
+        (
+            with_watch(stuck_after=2, settle_seconds=2),
+            "watch[0].stuck_after",
+            "longer than settle_seconds (2)",
+        ),
+        (with_watch(stuck_note_after=-1), "watch[0].stuck_note_after", "at least 0"),
+        (
+            with_watch(stuck_after=600, stuck_note_after=60),
+            "watch[0].stuck_note_after",
+            "0 (no note) or at least stuck_after (600)",
+        ),
         (with_watch(ignore="*.bak"), "watch[0].ignore", "a list of patterns"),
         (with_watch(ignore=[3]), "watch[0].ignore", "a list of patterns"),
         (with_watch(ignore=[""]), "watch[0].ignore", "must name something"),

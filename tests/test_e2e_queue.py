@@ -171,3 +171,56 @@ def test_metrics_file_has_queue_wait_run_time_workers_online_and_build_info(
     assert got[("watchd_workers_online", (("host", socket.gethostname()),))] == 1
     (build,) = [labels for name, labels in got if name == "watchd_build_info"]
     assert dict(build)["backend"] == "local"
+
+
+# --- files that never settle ----------------------------------------------------------------------
+
+
+def test_a_file_that_never_settles_is_reported_noted_and_then_taken(
+    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    daemon = daemon_factory(
+        watch__stuck_after=2, watch__stuck_note_after=4, daemon__stats_interval=1
+    ).start()
+    growing = daemon.root / "inbox" / "scan.tif"
+    note = daemon.root / "inbox" / "scan.tif.watchd-stuck.txt"
+    stop = threading.Event()
+
+    def keep_writing() -> None:  # a scanner that never finishes its page
+        with open(growing, "ab") as handle:
+            while not stop.is_set():
+                handle.write(b"\0" * 64)
+                handle.flush()
+                time.sleep(0.1)
+
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+        (event,) = wait_for(lambda: daemon.events("intake.stuck"), what="intake.stuck")
+        assert event["path"] == str(growing)
+        status = subprocess.run(
+            [sys.executable, "-m", "watchd", "status", "--config", str(daemon.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        assert f"{growing}: changing for" in status.stdout
+        assert "not taken" in status.stdout
+        wait_for(note.exists, what="the note beside it")
+        assert "kept changing" in note.read_text()
+        assert daemon.count("job.accepted") == 0  # never taken while it changes
+    finally:
+        stop.set()
+        writer.join()
+    # it settles, is taken (and fails: it is no image), and the note goes
+    wait_for(lambda: daemon.count("intake.unstuck") == 1, what="intake.unstuck")
+    wait_for(lambda: not note.exists(), what="the note removed")
+    wait_for(lambda: daemon.count("job.done") == 1, what="the job's end")
+    assert daemon.count("intake.stuck") == 1

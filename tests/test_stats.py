@@ -285,6 +285,7 @@ def test_snapshot_has_every_key_with_its_type() -> None:
         "latency_seconds",
         "watches",
         "last_error",
+        "stuck_files",
         "generated_at",
         "hooks",
     ]
@@ -355,6 +356,7 @@ def test_snapshot_per_watch_figures() -> None:
         "files",
         "totals",
         "files_per_second_15m",
+        "stuck",
     ]
     assert (photos["inbox"], photos["outbox"], photos["model"]) == ("/srv/in", "/srv/out", "u2netp")
     assert photos["files"]["queued"] == 41
@@ -490,6 +492,7 @@ def test_render_metrics_families_labels_and_values() -> None:
         ("watchd_run_seconds", "histogram"),
         ("watchd_workers_online", "gauge"),
         ("watchd_build_info", "gauge"),
+        ("watchd_files_stuck", "gauge"),
     }
     hooks = _values(fams["watchd_hooks", "counter"], "watchd_hooks_total")
     assert hooks[("hook", "command"), ("outcome", "failed")] == 1

@@ -637,3 +637,41 @@ def test_an_ignored_name_is_logged_once_at_debug_with_its_rule(inbox: Path) -> N
             "rule": "__MACOSX",
         }
     ]
+
+
+# --- names that never settle (stuck_after) -----------------------------------------------------
+
+
+def test_a_name_that_keeps_changing_is_reported_as_unsettled(inbox: Path) -> None:
+    tracker = StabilityTracker("w", inbox, 1.0)
+    growing = inbox / "scan.pdf"
+    growing.write_bytes(b"x")
+    (inbox / "done.jpg").write_bytes(b"jpeg")
+    for name in ("scan.pdf", "done.jpg"):
+        tracker.touch(name, 0.0)
+    batches = []
+    for step in range(1, 40):  # the scan grows every half second for 20 s
+        now = step * 0.5
+        with open(growing, "ab") as handle:
+            handle.write(b"x")
+        os.utime(growing, ns=(step * 10**9, step * 10**9))
+        batches += tracker.tick(now)
+    assert [c.rel for b in batches for c in b.files] == ["done.jpg"]
+    assert tracker.unsettled_since(19.5, older_than=30.0) == {}
+    assert tracker.unsettled_since(19.5, older_than=10.0) == {"scan.pdf": 0.0}
+    # once it stops changing it settles, is handed out, and is no longer stuck
+    (batch,) = tracker.tick(20.0) + tracker.tick(21.5)
+    assert [c.rel for c in batch.files] == ["scan.pdf"]
+    assert tracker.unsettled_since(21.5, older_than=10.0) == {}
+
+
+def test_a_settled_file_waiting_for_its_group_is_not_stuck(inbox: Path) -> None:
+    tracker = StabilityTracker("w", inbox, 1.0, max_batch_wait=1000.0)
+    (inbox / "a.jpg").write_bytes(b"a")
+    (inbox / "b.jpg").write_bytes(b"b")
+    tracker.touch("a.jpg", 0.0)
+    tracker.touch("b.jpg", 0.0)
+    for step in range(1, 40):
+        (inbox / "b.jpg").write_bytes(b"b" * step)  # keeps changing: a.jpg waits for it
+        tracker.tick(step * 0.5)
+    assert set(tracker.unsettled_since(19.5, older_than=10.0)) == {"b.jpg"}

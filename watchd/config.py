@@ -132,6 +132,10 @@ class WatchConfig:
     ignore: tuple[str, ...] = ()
     #: False (default): names differing only in letter case clash, as on SMB/macOS shares
     case_sensitive_names: bool = False
+    #: seconds a name may keep changing before it is reported as stuck (watchd/stuck.py)
+    stuck_after: float = 600.0
+    #: seconds of changing after which a note appears beside it; 0: never
+    stuck_note_after: float = 3600.0
 
     @property
     def png_compress_level(self) -> int:
@@ -392,6 +396,8 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "webhook_secret": (_string, None),
     "ignore": (_ignore_patterns, ()),
     "case_sensitive_names": (_boolean, False),
+    "stuck_after": (_number(1, 86400 * 365), 600.0),
+    "stuck_note_after": (_number(0, 86400 * 365), 3600.0),
 }
 
 _TOP_KEYS = ("daemon", "pool", "watch")
@@ -560,6 +566,18 @@ def _build_watch(
     for required in ("name", "inbox", "outbox"):
         if values[required] is None:
             raise reader.error(f"{prefix}.{required}", "missing (required)")
+    if values["stuck_after"] <= values["settle_seconds"]:
+        raise reader.error(
+            f"{prefix}.stuck_after",
+            f"must be longer than settle_seconds ({values['settle_seconds']:g}), "
+            f"got {values['stuck_after']:g}: a file being written normally would be reported",
+        )
+    if 0 < values["stuck_note_after"] < values["stuck_after"]:
+        raise reader.error(
+            f"{prefix}.stuck_note_after",
+            f"must be 0 (no note) or at least stuck_after ({values['stuck_after']:g}), "
+            f"got {values['stuck_note_after']:g}",
+        )
     inbox = resolve(values["inbox"])
     # archive and failed default to folders beside the inbox, where the people who use the
     # inbox can find them; watches that share them still never overwrite each other's files.
@@ -589,6 +607,8 @@ def _build_watch(
         priority=values["priority"],
         ignore=values["ignore"],
         case_sensitive_names=values["case_sensitive_names"],
+        stuck_after=values["stuck_after"],
+        stuck_note_after=values["stuck_note_after"],
     )
 
 

@@ -41,6 +41,7 @@ from watchd.models import ModelStore
 from watchd.notify import Notifier
 from watchd.pipeline import LocalPool, Pool
 from watchd.stats import Activity, DaemonInfo, build_snapshot, write_metrics_file, write_stats_file
+from watchd.stuck import StuckFiles
 from watchd.watcher import DEFAULT_IGNORE, InboxWatcher
 
 log = structlog.get_logger()
@@ -79,6 +80,7 @@ class Daemon:
         self._providers: dict[str, str] = {}
         self._activity = Activity()
         self._watchers: list[InboxWatcher] = []
+        self.stuck = StuckFiles()
         self._control: ControlServer | None = None
         self._retired_pools: list[Pool] = []
 
@@ -247,6 +249,7 @@ class Daemon:
             for watcher in self._watchers:
                 for batch in watcher.poll(now):
                     self.intake.accept(batch, self.config.watch(batch.watch))
+            self._check_stuck(now)
             self.dispatcher.collect()
             self.completion.collect()
             self._serve_requests()
@@ -267,6 +270,19 @@ class Daemon:
                 jobs_seen = self.dispatcher.jobs_finished
                 self._write_stats()
                 next_stats = now + self.config.daemon.stats_interval
+
+    def _check_stuck(self, now: float) -> None:
+        """Names that keep changing for longer than stuck_after: reported (watchd/stuck.py)."""
+        for watch, watcher in zip(self.config.watches, self._watchers, strict=True):
+            self.stuck.update(
+                watch.name,
+                watch.inbox,
+                watcher.unsettled_since(now, watch.stuck_after),
+                now_mono=now,
+                now_wall=time.time(),
+                note_after=watch.stuck_note_after,
+                settle_seconds=watch.settle_seconds,
+            )
 
     def _timeout(self, next_timer: float) -> float:
         """Sleep long when idle (events wake us), tick often while something is settling."""
@@ -378,6 +394,8 @@ class Daemon:
             now_wall=time.time(),
             now_mono=time.monotonic(),
             hooks={"manifest": self.completion.counters(), **self.hooks.counters.snapshot()},
+            stuck_counts={w.name: self.stuck.count(w.name) for w in config.watches},
+            stuck_files=self.stuck.listing(time.monotonic()),
         )
 
     def _write_stats(self) -> None:
@@ -426,6 +444,8 @@ class Daemon:
         if pool_settings(new) != pool_settings(old):
             self._replace_pool(new, store)
         if new.watches != old.watches:
+            for watch in old.watches:
+                self.stuck.forget_watch(watch.name)  # found again by the new watchers
             for watcher in self._watchers:
                 watcher.stop()
             self._watchers = []

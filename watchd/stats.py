@@ -334,6 +334,8 @@ def build_snapshot(
     now_wall: float,
     now_mono: float,
     hooks: Mapping[str, Mapping[str, int]] | None = None,
+    stuck_counts: Mapping[str, int] | None = None,
+    stuck_files: list[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The stats snapshot, schema version 1 (see docs/stats.md).
 
@@ -358,6 +360,7 @@ def build_snapshot(
             "files": _zero_filled(FILE_STATES, file_counts.get(name)),
             "totals": _zero_filled(TOTAL_KEYS, totals.get(name)),
             "files_per_second_15m": activity.rate(MAX_WINDOW, now_mono, name),
+            "stuck": int((stuck_counts or {}).get(name, 0)),
         }
     snapshot = {
         "version": SCHEMA_VERSION,
@@ -386,6 +389,7 @@ def build_snapshot(
         "latency_seconds": activity.latency(now_mono),
         "watches": watches,
         "last_error": _last_error(last_error),
+        "stuck_files": [dict(entry) for entry in stuck_files or ()],
         "generated_at": iso_utc(now_wall),
     }
     if hooks is not None:
@@ -596,6 +600,11 @@ class _SnapshotCollector:
         bytes_out = CounterMetricFamily(
             METRIC_PREFIX + "bytes_out", "Bytes of output written.", labels=["watch"]
         )
+        stuck = GaugeMetricFamily(
+            METRIC_PREFIX + "files_stuck",
+            "Names in the inbox that kept changing for longer than stuck_after (not taken).",
+            labels=["watch"],
+        )
         files = GaugeMetricFamily(
             METRIC_PREFIX + "files_in_state",
             "Files in the ledger, by state.",
@@ -614,7 +623,8 @@ class _SnapshotCollector:
                 files.add_metric([name, state], figures["files"][state])
             for state in JOB_STATES:
                 jobs.add_metric([name, state], figures["jobs"][state])
-        yield from (files_total, bytes_in, bytes_out, files, jobs)
+            stuck.add_metric([name], figures.get("stuck", 0))
+        yield from (files_total, bytes_in, bytes_out, files, jobs, stuck)
 
 
 def render_metrics(snapshot: Mapping[str, Any], activity: Activity) -> bytes:

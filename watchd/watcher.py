@@ -58,6 +58,7 @@ DEFAULT_IGNORE: tuple[str, ...] = (
     ".syncthing.*",  # Syncthing's temp files while a file arrives
     "~*.tmp",  # Office's temp files
     ".~lock.*#",  # LibreOffice's lock files
+    "*.watchd-stuck.txt",  # watchd's own note beside a file that never settles
     ".*",
     "*.tmp",
     "*.part",
@@ -185,11 +186,12 @@ def _odd_kind(mode: int) -> str:
 class _Entry:
     """What is remembered per tracked top-level name: a few words, never a file list."""
 
-    __slots__ = ("ready_at", "sig", "stable_since")
+    __slots__ = ("ready_at", "sig", "since", "stable_since")
 
     def __init__(self, now: float) -> None:
         self.sig: tuple[int, ...] | None = None
         self.stable_since = now
+        self.since = now  # first tracked: how long it has kept changing (stuck_after)
         self.ready_at: float | None = None  # loose files only: when it joined the group
 
 
@@ -233,6 +235,22 @@ class StabilityTracker:
 
     def tracked(self) -> int:
         return len(self._entries)
+
+    def unsettled_since(self, now: float, older_than: float) -> dict[str, float]:
+        """Top-level names that have kept changing (never stable for ``settle_seconds``)
+        for longer than ``older_than`` seconds, with when they were first seen.
+
+        A scanner that died mid-page or a copy that stalled leaves such a name behind; it
+        is never taken while it changes, so the daemon reports it instead of waiting
+        silently forever. A name that settled and waits for its group is not stuck.
+        """
+        return {
+            name: entry.since
+            for name, entry in self._entries.items()
+            if now - entry.since >= older_than
+            and entry.ready_at is None
+            and now - entry.stable_since < self._settle
+        }
 
     def tick(self, now: float, max_files: int | None = None) -> list[Batch]:
         """Stat every tracked entry once and return the batches that became ready.
@@ -548,6 +566,10 @@ class InboxWatcher:
         for name in names:
             self._tracker.touch(name, now)
         return self._tracker.tick(now, max_files=POLL_MAX_FILES)
+
+    def unsettled_since(self, now: float, older_than: float) -> dict[str, float]:
+        """See :meth:`StabilityTracker.unsettled_since` (names relative to the inbox)."""
+        return self._tracker.unsettled_since(now, older_than)
 
     def pending(self) -> bool:
         """True while ticking often matters; otherwise the daemon may sleep until woken."""
