@@ -23,7 +23,7 @@ import math
 import os
 import platform
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -335,7 +335,7 @@ def build_snapshot(
     now_mono: float,
     hooks: Mapping[str, Mapping[str, int]] | None = None,
     stuck_counts: Mapping[str, int] | None = None,
-    stuck_files: list[Mapping[str, Any]] | None = None,
+    stuck_files: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The stats snapshot, schema version 1 (see docs/stats.md).
 
