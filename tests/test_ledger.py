@@ -144,6 +144,7 @@ def test_reopening_is_idempotent_and_keeps_data(db_path: Path, clock: Clock) -> 
     assert tables == [
         ("file_counts",),
         ("files",),
+        ("hook_deliveries",),
         ("job_counts",),
         ("jobs",),
         ("name_keys",),
@@ -903,7 +904,7 @@ def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: 
     before = raw(db_path, "SELECT * FROM files ORDER BY id")
     ledger = Ledger.open(db_path, clock=clock)
     try:
-        assert ledger.schema_version() == SCHEMA_VERSION == 4
+        assert ledger.schema_version() == SCHEMA_VERSION == 5
         # rows untouched; migration 3 added two columns (pages, 1 for every old file, and
         # the job's priority, 0 like every old job's)
         assert raw(db_path, "SELECT * FROM files ORDER BY id") == [(*r, 1, 0) for r in before]
@@ -938,6 +939,8 @@ def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: 
         assert ledger.name_in_use(Path("/Archive/f9.JPG"))  # failing
         assert not ledger.name_in_use(Path("/OUT/F1.PNG"))  # done: its name is free again
         assert not ledger.path_in_use(Path("/OUT/F5.PNG"))  # the exact check stays exact
+        # migration 5: no hook has a delivery yet, so every hook of job 3 will run
+        assert raw(db_path, "SELECT COUNT(*) FROM hook_deliveries") == [(0,)]
 
         # And the triggers carry on from the backfilled numbers.
         ledger.recover()  # the running file goes back to the queue
@@ -1437,3 +1440,27 @@ def test_name_in_use_folds_case_and_accents_and_follows_the_files_state(
     assert ledger.name_in_use(out / "shoot" / "other.PNG")
     assert not ledger.name_in_use(out / "shoot" / "caf\u00e9.png")  # the old keys went
     assert job_id
+
+
+# --- hook deliveries (at least once per hook) ---------------------------------------------------
+
+
+def test_a_hook_delivery_keeps_its_id_until_finished_and_a_retry_starts_anew(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    job_id, (file_id,) = ledger.create_job(new_job([new_file("a.jpg")]))
+    ledger.mark_queued([file_id])
+    ledger.mark_failing(file_id, "bad")
+    ledger.mark_failed(file_id)
+    assert ledger.hook_delivery(job_id, "webhook", "d1") == ("d1", False)
+    assert ledger.hook_delivery(job_id, "webhook", "d2") == ("d1", False)  # the same id again
+    assert ledger.hook_delivery(job_id, "command", "c1") == ("c1", False)
+    ledger.finish_hook(job_id, "command", "c1")
+    assert ledger.hook_delivery(job_id, "command", "c9") == ("c1", True)  # never again
+    assert ledger.hook_delivery(job_id, "webhook", "d3") == ("d1", False)  # still to do
+    ledger.requeue_failed(
+        file_id, tmp_path / "a.jpg", tmp_path / "o.png", tmp_path / "a", tmp_path / "f"
+    )
+    ledger.finish_hook(job_id, "webhook", "d1")  # the old report's hook ending late: no effect
+    assert ledger.hook_delivery(job_id, "command", "c2") == ("c2", False)  # a new report
+    assert ledger.hook_delivery(job_id, "webhook", "d4") == ("d4", False)

@@ -17,10 +17,15 @@ Order, and what a crash costs (at least once, never lost):
    time limit; the webhook was delivered or given up), the ledger marks the job
    ``reported``.
 
+Each hook has a delivery in the ledger (``hook_deliveries``: its id, and whether it
+finished), recorded before it is handed over and marked finished when it calls back.
 A crash anywhere before 4 leaves the job unreported; after a restart it is found
-again (:meth:`Completion.report_unreported`) and steps 2-4 run again: the manifest
-is rewritten with the same content and the hooks may run twice. Nothing in memory
-is needed to get there, so ``kill -9`` loses no completion.
+again (:meth:`Completion.report_unreported`): the manifest is rewritten with the same
+content and only the hooks that had not finished run again, with the same delivery
+id (at least once per hook; a receiver de-duplicates on ``X-Watchd-Delivery``). A hook
+whose queue is full is deferred, not dropped: the job stays unreported and the
+periodic pass hands the hook over again. Nothing in memory is needed to get there, so
+``kill -9`` loses no completion.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import base64
 import json
 import os
 import queue
+import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -167,13 +173,30 @@ def write_manifest(path: Path, data: bytes, job_id: int) -> None:
 class HookSink(Protocol):
     """What :class:`Completion` hands a job's hooks to (``watchd.hooks.Hooks``)."""
 
-    def run(self, facts: Mapping[str, Any], hooks: HooksConfig, done: Callable[[], None]) -> int:
-        """Start every hook ``hooks`` configures without blocking; return how many started.
+    def run(
+        self,
+        facts: Mapping[str, Any],
+        hooks: HooksConfig,
+        done: Callable[[], None],
+        delivery: str | None = None,
+    ) -> int:
+        """Start every hook ``hooks`` configures without blocking; return how many started
+        (a full queue starts none: the caller defers it).
 
         Each started hook calls ``done()`` once, from any thread, when it has finished
-        (succeeded, failed, or been given up).
+        (succeeded, failed, or been given up). ``delivery``: the id the hook carries.
         """
         ...
+
+
+#: The hooks of a job, each handed over on its own: (name, the config with only that hook).
+def _single_hooks(hooks: HooksConfig) -> list[tuple[str, HooksConfig]]:
+    single: list[tuple[str, HooksConfig]] = []
+    if hooks.on_complete:
+        single.append(("command", replace(hooks, webhook_url=None, webhook_secret=None)))
+    if hooks.webhook_url:
+        single.append(("webhook", replace(hooks, on_complete=None)))
+    return single
 
 
 @dataclass
@@ -182,6 +205,7 @@ class _Open:
 
     hooks: int
     ended_again: bool = False  # a retried file made it active and it ended again meanwhile
+    deferred: bool = False  # a hook found its queue full: the job stays unreported for now
 
 
 class Completion:
@@ -206,7 +230,7 @@ class Completion:
         self._settings = settings
         self._wake = wake
         self._open: dict[int, _Open] = {}
-        self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[int, str, str]] = queue.SimpleQueue()
         self.manifests_written = 0
         self.manifest_failures = 0
 
@@ -237,10 +261,18 @@ class Completion:
         if detail.manifest is not None and not self._write(detail, outbox):
             return  # stays unreported; the periodic pass tries again
         facts = job_facts(detail, outbox)
-        started = self._hooks.run(facts, settings[1], self._callback(job_id)) if settings else 0
+        started = deferred = 0
+        for hook, single in _single_hooks(settings[1]) if settings else []:
+            delivery, finished = self._ledger.hook_delivery(job_id, hook, uuid.uuid4().hex)
+            if finished:
+                continue  # it ran before a crash: at least once per hook, not per report
+            if self._hooks.run(facts, single, self._callback(job_id, hook, delivery), delivery):
+                started += 1
+            else:
+                deferred += 1  # its queue is full: recorded, handed over again later
         if started:
-            self._open[job_id] = _Open(started)
-        else:
+            self._open[job_id] = _Open(started, deferred=bool(deferred))
+        elif not deferred:
             self._ledger.mark_reported(job_id)
 
     def _write(self, detail: JobDetail, outbox: Path) -> bool:
@@ -268,9 +300,10 @@ class Completion:
         )
         return True
 
-    def _callback(self, job_id: int) -> Callable[[], None]:
+    def _callback(self, job_id: int, hook: str, delivery: str) -> Callable[[], None]:
         def done() -> None:
-            self._done.put(job_id)  # from a hook's thread: only queue it and wake the loop
+            # from a hook's thread: only queue it and wake the loop (invariant 5)
+            self._done.put((job_id, hook, delivery))
             self._wake()
 
         return done
@@ -278,7 +311,8 @@ class Completion:
     def collect(self) -> int:
         """Mark reported every job whose last hook has finished; returns how many."""
         reported = 0
-        for job_id in _drain(self._done):
+        for job_id, hook, delivery in _drain(self._done):
+            self._ledger.finish_hook(job_id, hook, delivery)  # a crash now: it is not rerun
             job = self._open.get(job_id)
             if job is None:
                 continue
@@ -288,6 +322,8 @@ class Completion:
                 if job.ended_again:
                     self.job_finished(job_id)
                     continue
+                if job.deferred:
+                    continue  # report_unreported hands the deferred hook over again
                 self._ledger.mark_reported(job_id)
                 reported += 1
         return reported

@@ -412,6 +412,21 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT watchd_name_key(manifest_path), id FROM jobs
         WHERE manifest_path IS NOT NULL AND state = 'active';
     """,
+    # 5: hook deliveries. One row per hook (command, webhook) of a job's current report,
+    # with a delivery id that stays the same across retries and restarts (the webhook's
+    # X-Watchd-Delivery, the command's WATCHD_DELIVERY_ID) and whether it has finished:
+    # after a crash only the hooks that had not finished run again (at least once per
+    # hook), and a hook that found its queue full waits here instead of being dropped.
+    # A job reopened by a retry starts a new report: its rows go (Ledger.requeue_failed).
+    """
+    CREATE TABLE hook_deliveries (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        hook TEXT NOT NULL CHECK (hook IN ('command', 'webhook')),
+        delivery TEXT NOT NULL,
+        finished_at REAL,
+        PRIMARY KEY (job_id, hook)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -904,6 +919,29 @@ class Ledger:
         ).fetchall()
         return [int(row[0]) for row in rows]
 
+    def hook_delivery(self, job_id: int, hook: str, new_id: str) -> tuple[str, bool]:
+        """The delivery of ``hook`` for the job's current report: its id (``new_id`` when
+        recorded now) and whether it has finished already (then it must not run again)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO hook_deliveries (job_id, hook, delivery) VALUES (?, ?, ?)",
+                (job_id, hook, new_id),
+            )
+            row = db.execute(
+                "SELECT delivery, finished_at FROM hook_deliveries WHERE job_id = ? AND hook = ?",
+                (job_id, hook),
+            ).fetchone()
+        return str(row[0]), row[1] is not None
+
+    def finish_hook(self, job_id: int, hook: str, delivery: str) -> None:
+        """That delivery has finished (delivered, failed for good, or the command ended)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE hook_deliveries SET finished_at = ? "
+                "WHERE job_id = ? AND hook = ? AND delivery = ?",
+                (self._clock(), job_id, hook, delivery),
+            )
+
     def mark_reported(self, job_id: int) -> None:
         """The job's manifest is written and its hooks are handed over."""
         with self._transaction() as db:
@@ -1256,6 +1294,12 @@ class Ledger:
                 raise Conflict(f"file {file_id} is {row[0]}, not failed: nothing to retry")
             db.execute("DELETE FROM name_keys WHERE file_id = ?", (file_id,))
             _add_name_keys(db, file_id, (output, archive, failed))
+            # its job ends again later: a new report, every hook runs again
+            db.execute(
+                "DELETE FROM hook_deliveries "
+                "WHERE job_id = (SELECT job_id FROM files WHERE id = ?)",
+                (file_id,),
+            )
             db.execute(
                 "UPDATE jobs SET state = 'active', finished_at = NULL, cancelled = 0, "
                 "reported = 0 WHERE id = (SELECT job_id FROM files WHERE id = ?)",
