@@ -343,7 +343,7 @@ def _outbox_of(detail: JobDetail) -> Path:
     return detail.manifest.parent if detail.manifest else Path("/")
 
 
-def _drain(source: queue.SimpleQueue[int]) -> Iterator[int]:
+def _drain(source: queue.SimpleQueue[tuple[int, str, str]]) -> Iterator[tuple[int, str, str]]:
     while True:
         try:
             yield source.get_nowait()
