@@ -715,7 +715,7 @@ def test_a_hook_whose_queue_is_full_is_deferred_not_dropped(ledger: Ledger, outb
     assert ledger.unreported_jobs() == []
 
 
-# --- big jobs off the main loop (issue 17) ---------------------------------------------------------
+# --- big jobs off the main loop (issue 17) --------------------------------------------------------
 
 
 def test_a_big_job_without_a_manifest_reads_none_of_its_files(
