@@ -252,6 +252,7 @@ class Daemon:
             self._check_stuck(now)
             self.dispatcher.collect()
             self.completion.collect()
+            self.completion.step()  # a page of a big job's manifest, then the loop goes on
             self._serve_requests()
             if self._hup:
                 self._hup = False
@@ -286,6 +287,8 @@ class Daemon:
 
     def _timeout(self, next_timer: float) -> float:
         """Sleep long when idle (events wake us), tick often while something is settling."""
+        if self.completion.busy:
+            return 0.0  # a manifest is being written a page per pass
         if any(w.pending() for w in self._watchers):
             return BUSY_TICK
         timeout = max(0.0, next_timer - time.monotonic())

@@ -1219,6 +1219,45 @@ class Ledger:
             ),
         )
 
+    def job_last_file_id(self, job_id: int) -> int:
+        """The highest file id of a job (0 for none): where :meth:`job_files_page` stops."""
+        row = self._db.execute("SELECT MAX(id) FROM files WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def job_files_page(
+        self, job_id: int, after_id: int, limit: int, upto_id: int
+    ) -> list[FileDetail]:
+        """The job's files with ids in (``after_id``, ``upto_id``], in id order, at most
+        ``limit``: a big job's manifest is written a page per pass of the daemon's loop.
+
+        A rowid range scan (a job's files were recorded together, so their ids are
+        contiguous but for jobs recorded in between): each page costs its own rows, not
+        a sort of the whole job.
+        """
+        rows = self._db.execute(
+            f"SELECT {_FILE_DETAIL_COLUMNS} FROM files NOT INDEXED "
+            "WHERE id > ? AND id <= ? AND job_id = ? ORDER BY id LIMIT ?",
+            (after_id, upto_id, job_id, limit),
+        ).fetchall()
+        return [
+            FileDetail(
+                id=f[0],
+                rel=os.fsdecode(f[1]),
+                state=f[2],
+                attempts=f[3],
+                error=f[4],
+                output=_path(f[5]),
+                size=f[6],
+                output_bytes=f[7],
+                created_at=f[8],
+                started_at=f[9],
+                finished_at=f[10],
+                retry_at=f[11],
+                pages=f[12],
+            )
+            for f in rows
+        ]
+
     def cancel_job(self, job_id: int) -> list[FileRecord]:
         """Cancel an active job: its files not yet started fail with the reason "cancelled".
 
