@@ -139,6 +139,7 @@ def test_webhook_posts_signed_json_the_receiver_can_verify(
     assert counters.snapshot()["webhook"] == {
         "delivered": 1,
         "failed": 0,
+        "dropped": 0,
         "deferred": 0,
         "retried": 0,
     }
@@ -251,6 +252,7 @@ def test_connection_refused_is_retried_then_given_up(
     assert counters.snapshot()["webhook"] == {
         "delivered": 0,
         "failed": 1,
+        "dropped": 0,
         "deferred": 0,
         "retried": 2,
     }
@@ -492,7 +494,7 @@ def test_commands_run_one_at_a_time_and_a_full_queue_drops(tmp_path: Path) -> No
     wait_for(lambda: done.calls == 3, 30, "all three ran")
     lines = log.read_text().split()
     assert lines == ["1", "start", "1", "end", "2", "start", "2", "end", "3", "start", "3", "end"]
-    assert counters.snapshot()["command"] == {"ok": 3, "failed": 0, "deferred": 1}
+    assert counters.snapshot()["command"] == {"ok": 3, "failed": 0, "dropped": 0, "deferred": 1}
     hooks.close(time.monotonic())
 
 
@@ -536,8 +538,8 @@ def test_hook_counters_appear_in_the_stats_and_the_metrics() -> None:
     snap = build_snapshot(info, {}, {}, activity, None, now_wall=10.0, now_mono=5.0, hooks=hooks)
     assert snap["hooks"] == {
         "manifest": {"written": 4, "failed": 1},
-        "command": {"ok": 0, "failed": 1, "deferred": 0},
-        "webhook": {"delivered": 1, "failed": 0, "deferred": 0, "retried": 0},
+        "command": {"ok": 0, "failed": 1, "dropped": 0, "deferred": 0},
+        "webhook": {"delivered": 1, "failed": 0, "dropped": 0, "deferred": 0, "retried": 0},
     }
     text = render_metrics(snap, activity).decode()
     assert "# TYPE watchd_hooks_total counter" in text

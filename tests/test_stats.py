@@ -242,8 +242,8 @@ ERROR = {"at": WALL0 + 100.25, "watch": "photos", "job": 309, "file": 5126, "mes
 #: What the daemon passes: the completion hooks' outcomes since start.
 HOOKS = {
     "manifest": {"written": 3, "failed": 0},
-    "command": {"ok": 2, "failed": 1, "deferred": 0},
-    "webhook": {"delivered": 3, "failed": 0, "deferred": 0, "retried": 1},
+    "command": {"ok": 2, "failed": 1, "dropped": 0, "deferred": 0},
+    "webhook": {"delivered": 3, "failed": 0, "dropped": 0, "deferred": 0, "retried": 1},
 }
 
 

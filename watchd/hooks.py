@@ -79,8 +79,10 @@ class HookCounters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, dict[str, int]] = {
-            "command": {"ok": 0, "failed": 0, "deferred": 0},
-            "webhook": {"delivered": 0, "failed": 0, "deferred": 0, "retried": 0},
+            # "dropped" stays (always 0) for the stats file's schema version 1: a full
+            # queue defers a hook now (docs/completion.md) instead of dropping it
+            "command": {"ok": 0, "failed": 0, "dropped": 0, "deferred": 0},
+            "webhook": {"delivered": 0, "failed": 0, "dropped": 0, "deferred": 0, "retried": 0},
         }
 
     def add(self, hook: str, outcome: str) -> None:
