@@ -19,6 +19,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import pytest
 
 from tests.support import DaemonProcess, Received, WebhookReceiver, is_output, wait_for
 from watchd.completion import (
+    MANIFEST_PAGE,
     MANIFEST_VERSION,
     Completion,
     build_manifest,
@@ -56,13 +58,26 @@ class Clock:
 class RecordingHooks:
     """Records what the coordinator hands over; the test calls ``done`` when it likes."""
 
-    def __init__(self, per_job: int = 2) -> None:
-        self.per_job = per_job
+    def __init__(self, per_job: int = 2, full: tuple[str, ...] = ()) -> None:
+        self.per_job = per_job  # (not used: a call per hook, accepted unless its queue is full)
+        self.full = set(full)  # hooks whose queue is full: refused (deferred)
         self.calls: list[tuple[Mapping[str, Any], HooksConfig, Callable[[], None]]] = []
+        self.deliveries: list[tuple[int, str, str | None]] = []
 
-    def run(self, facts: Mapping[str, Any], hooks: HooksConfig, done: Callable[[], None]) -> int:
+    def run(
+        self,
+        facts: Mapping[str, Any],
+        hooks: HooksConfig,
+        done: Callable[[], None],
+        delivery: str | None = None,
+    ) -> int:
+        hook = "command" if hooks.on_complete else "webhook"
+        assert not (hooks.on_complete and hooks.webhook_url), "one hook per call"
+        if hook in self.full:
+            return 0
         self.calls.append((facts, hooks, done))
-        return self.per_job
+        self.deliveries.append((int(facts["job"]), hook, delivery))
+        return 1
 
 
 @pytest.fixture
@@ -315,17 +330,18 @@ def test_reported_only_after_every_hook_called_back(ledger: Ledger, outbox: Path
     completion.job_finished(job_id)
 
     assert (outbox / "shoot.manifest.json").is_file()  # written before the hooks are handed over
-    [(facts, given, done)] = sink.calls
+    [(facts, command, done), (_, webhook, done_webhook)] = sink.calls  # one call per hook
     assert facts["job"] == job_id and facts["manifest"] == str(outbox / "shoot.manifest.json")
-    assert given == hooks
+    assert command == replace(hooks, webhook_url=None)
+    assert webhook == replace(hooks, on_complete=None)
     assert completion.collect() == 0
     assert ledger.unreported_jobs() == [job_id]
     done()  # the command finished (from its thread)
     assert wakes and completion.collect() == 0
     assert ledger.unreported_jobs() == [job_id]
     completion.report_unreported()  # the periodic pass does not start it twice
-    assert len(sink.calls) == 1
-    done()  # the webhook was delivered or given up
+    assert len(sink.calls) == 2
+    done_webhook()  # the webhook was delivered or given up
     assert completion.collect() == 1
     assert ledger.unreported_jobs() == []
 
@@ -379,7 +395,8 @@ def test_no_manifest_configured_still_runs_the_hooks(ledger: Ledger, outbox: Pat
     ledger.claim(1)
     finish(ledger, ids)
     sink = RecordingHooks(per_job=1)
-    completion, _ = coordinator(ledger, outbox, sink, HooksConfig(manifest=False))
+    hooks = HooksConfig(manifest=False, on_complete=("/bin/true",))
+    completion, _ = coordinator(ledger, outbox, sink, hooks)
 
     completion.job_finished(job_id)
 
@@ -437,15 +454,32 @@ def test_a_job_that_ends_again_while_its_hooks_run_is_reported_again(
 def test_a_20000_file_job_manifest_costs_bounded_memory_and_time(
     ledger: Ledger, outbox: Path, tmp_path: Path
 ) -> None:
-    """job_detail loads every file of the job; measured here (numbers in docs/completion.md)."""
+    """The manifest is written a page per pass of the loop (MANIFEST_PAGE entries), so no
+    pass takes long; it appears only when complete, byte for byte what build_manifest
+    gives; measured here (numbers in docs/performance.md)."""
     rels = [f"day-{i // 1000:02d}/IMG_{i:05d}.jpg" for i in range(20_000)]
     job_id, ids = record_job(ledger, outbox, rels)
     end_all_at_once(tmp_path / "state" / "ledger.sqlite3", job_id, failed_id=ids[5])
-    completion, _ = coordinator(ledger, outbox, RecordingHooks(per_job=0))
+    sink = RecordingHooks()
+    hooks = HooksConfig(webhook_url="http://127.0.0.1:9/")
+    completion, _ = coordinator(ledger, outbox, sink, hooks)
 
     started = time.perf_counter()
     completion.job_finished(job_id)
-    seconds = time.perf_counter() - started
+    passes = [time.perf_counter() - started]
+    while completion.busy:
+        assert not (outbox / "shoot.manifest.json").exists()  # written last, whole
+        assert sink.calls == []  # the hooks wait for it
+        began = time.perf_counter()
+        completion.step()
+        passes.append(time.perf_counter() - began)
+    seconds = sum(passes)
+    assert len(passes) == 20_000 // MANIFEST_PAGE  # the first page came with job_finished
+    assert len(sink.calls) == 1
+    expected = encode_manifest(build_manifest(ledger.job_detail(job_id), outbox))
+    assert (outbox / "shoot.manifest.json").read_bytes() == expected
+    assert not [p for p in os.listdir(outbox) if p.startswith(".")]  # no temp left
+    print(f"20k files: longest pass {max(passes) * 1000:.0f} ms, {len(passes)} passes")
 
     manifest = read_manifest(outbox / "shoot.manifest.json")
     assert len(manifest["inputs"]) == 20_000
@@ -596,11 +630,21 @@ def test_e2e_folder_job_gets_manifest_then_command_then_signed_webhook(
 
 
 @pytest.mark.e2e
+def hook_finished(root: Path, hook: str) -> bool:
+    """Whether the ledger records that hook of job 1 as finished (it will not run again)."""
+    with sqlite3.connect(root / "state" / "ledger.sqlite3") as db:
+        row = db.execute(
+            "SELECT finished_at FROM hook_deliveries WHERE job_id = 1 AND hook = ?", (hook,)
+        ).fetchone()
+    return row is not None and row[0] is not None
+
+
 def test_e2e_kill9_before_the_webhook_is_delivered_delivers_it_after_restart(
     daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path], tmp_path: Path
 ) -> None:
     """A receiver that answers 500: the job stays unreported; kill -9; the restarted daemon
-    writes the manifest again, reruns the command and delivers to the healed receiver."""
+    writes the manifest again and delivers to the healed receiver, with the same delivery
+    id; the command, which had finished before the crash, does not run again."""
     program, record = recorder(tmp_path)
     server = WebhookReceiver(answer=lambda _request: 500).start()
     try:
@@ -613,7 +657,9 @@ def test_e2e_kill9_before_the_webhook_is_delivered_delivers_it_after_restart(
         shutil.copyfile(photos["cat.png"], root / "inbox" / "cat.png")
         wait_for(lambda: daemon.count("hook.webhook_retry") >= 1, what="a failed delivery")
         wait_for(lambda: runs(record), what="the command")
+        wait_for(lambda: hook_finished(root, "command"), what="the command's end in the ledger")
         assert reported(root) == {1: 0}
+        before = server.requests[0].headers["X-Watchd-Delivery"]
         daemon.kill()
         (root / "outbox" / "cat.manifest.json").unlink()  # as if the crash came before it
 
@@ -622,10 +668,103 @@ def test_e2e_kill9_before_the_webhook_is_delivered_delivers_it_after_restart(
         wait_for(lambda: reported(root) == {1: 1}, what="reported after the restart")
         manifest = read_manifest(root / "outbox" / "cat.manifest.json")
         assert manifest["inputs"][0]["outputs"] == ["cat.png"]
-        assert len(runs(record)) == 2  # at least once: the command ran again
+        assert len(runs(record)) == 1  # at least once per hook: it had finished, so not again
         last = server.requests[-1]  # answered 200
         assert verified(last, "k") and last.json()["job"] == 1
+        assert last.headers["X-Watchd-Delivery"] == before  # receivers de-duplicate on it
+        assert last.json()["delivery"] == before
         assert daemon.events("recovery.done")[-1]["reported"] == 1
         assert daemon.stop() == 0
     finally:
         server.stop()
+
+
+# --- at least once per hook (issue 17) ------------------------------------------------------------
+
+
+def test_after_a_crash_only_the_hooks_that_had_not_finished_run_again(
+    ledger: Ledger, outbox: Path, tmp_path: Path, clock: Clock
+) -> None:
+    job_id, ids = record_job(ledger, outbox, ["a.jpg"])
+    finish(ledger, ids)
+    hooks = HooksConfig(on_complete=("/bin/true",), webhook_url="http://127.0.0.1:9/")
+    sink = RecordingHooks()
+    completion, _ = coordinator(ledger, outbox, sink, hooks)
+    completion.job_finished(job_id)
+    [(_, _, command_done), _] = sink.calls
+    command_done()  # the command ran; the webhook is still retrying when the daemon dies
+    completion.collect()
+    first = dict((hook, delivery) for _, hook, delivery in sink.deliveries)
+    ledger.close()
+
+    again = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)  # kill -9, restart
+    try:
+        sink2 = RecordingHooks()
+        completion2, _ = coordinator(again, outbox, sink2, hooks)
+        assert completion2.report_unreported() == 1
+        assert [(hook, delivery) for _, hook, delivery in sink2.deliveries] == [
+            ("webhook", first["webhook"])  # the same delivery id: the receiver de-duplicates
+        ]
+        sink2.calls[0][2]()
+        completion2.collect()
+        assert again.unreported_jobs() == []
+    finally:
+        again.close()
+
+
+def test_a_hook_whose_queue_is_full_is_deferred_not_dropped(ledger: Ledger, outbox: Path) -> None:
+    job_id, ids = record_job(ledger, outbox, ["a.jpg"])
+    finish(ledger, ids)
+    hooks = HooksConfig(on_complete=("/bin/true",), webhook_url="http://127.0.0.1:9/")
+    sink = RecordingHooks(full=("webhook",))
+    completion, _ = coordinator(ledger, outbox, sink, hooks)
+    completion.job_finished(job_id)
+    assert [hook for _, hook, _ in sink.deliveries] == ["command"]
+    sink.calls[0][2]()
+    completion.collect()
+    assert ledger.unreported_jobs() == [job_id]  # waits in the ledger for the webhook
+    completion.report_unreported()  # the queue is still full
+    assert [hook for _, hook, _ in sink.deliveries] == ["command"]  # the command not again
+    sink.full.clear()  # room again
+    completion.report_unreported()
+    assert [hook for _, hook, _ in sink.deliveries] == ["command", "webhook"]
+    sink.calls[1][2]()
+    completion.collect()
+    assert ledger.unreported_jobs() == []
+
+
+# --- big jobs off the main loop (issue 17) --------------------------------------------------------
+
+
+def test_a_big_job_without_a_manifest_reads_none_of_its_files(
+    ledger: Ledger, outbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hooks get the job's counts, not its files: with manifest = false a 20,000-file job's
+    end reads its head and counts only (it read every file row before: 0.7 s)."""
+    rels = [f"IMG_{i:05d}.jpg" for i in range(20_000)]
+    files = [
+        NewFile(
+            r, Path("/in") / r, outbox / (r[:-4] + ".png"), Path("/a") / r, Path("/f") / r, 1, 1
+        )
+        for r in rels
+    ]
+    job_id, ids = ledger.create_job(NewJob("photos", "big", "loose", OPTIONS, files, manifest=None))
+    end_all_at_once(tmp_path / "state" / "ledger.sqlite3", job_id, failed_id=ids[5])
+    limits: list[int | None] = []
+    real = ledger.job_detail
+
+    def spy(job: int, *, file_limit: int | None = None) -> Any:
+        limits.append(file_limit)
+        return real(job, file_limit=file_limit)
+
+    monkeypatch.setattr(ledger, "job_detail", spy)
+    sink = RecordingHooks()
+    hooks = HooksConfig(manifest=False, webhook_url="http://127.0.0.1:9/")
+    completion, _ = coordinator(ledger, outbox, sink, hooks)
+    started = time.perf_counter()
+    completion.job_finished(job_id)
+    seconds = time.perf_counter() - started
+    assert limits == [0]  # no file rows
+    [(facts, _, _)] = sink.calls
+    assert facts["files"] == {"total": 20_000, "done": 19_999, "failed": 1}
+    print(f"20k-file job without manifest: job_finished {seconds * 1000:.0f} ms")

@@ -417,6 +417,47 @@ def test_bad_choices(raw: dict[str, Any], key: str, fragment: str, tmp_path: Pat
             "true or false",
         ),
         ({**with_watch(), "daemon": {"priority_aging": 0}}, "daemon.priority_aging", "at least 1"),
+        (
+            {**with_watch(), "pool": {"max_files_per_worker": 0}},
+            "pool.max_files_per_worker",
+            "at least 1",
+        ),
+        (
+            {**with_watch(), "pool": {"max_files_per_worker": "100"}},
+            "pool.max_files_per_worker",
+            "expected an integer",
+        ),
+        (
+            {
+                **with_watch(),
+                "pool": {
+                    "backend": "dask",
+                    "scheduler": "tcp://127.0.0.1:8786",
+                    "max_files_per_worker": 10,
+                },
+            },
+            "pool.max_files_per_worker",
+            "local pool only",
+        ),
+        (with_watch(case_sensitive_names="no"), "watch[0].case_sensitive_names", "true or false"),
+        (with_watch(stuck_after=0), "watch[0].stuck_after", "at least 1"),
+        (
+            with_watch(stuck_after=2, settle_seconds=2),
+            "watch[0].stuck_after",
+            "longer than settle_seconds (2)",
+        ),
+        (with_watch(stuck_note_after=-1), "watch[0].stuck_note_after", "at least 0"),
+        (
+            with_watch(stuck_after=600, stuck_note_after=60),
+            "watch[0].stuck_note_after",
+            "0 (no note) or at least stuck_after (600)",
+        ),
+        (with_watch(ignore="*.bak"), "watch[0].ignore", "a list of patterns"),
+        (with_watch(ignore=[3]), "watch[0].ignore", "a list of patterns"),
+        (with_watch(ignore=[""]), "watch[0].ignore", "must name something"),
+        (with_watch(ignore=["/"]), "watch[0].ignore", "must name something"),
+        (with_watch(ignore=["drafts/*.jpg"]), "watch[0].ignore", "not a path; use '*.jpg'"),
+        (with_watch(ignore=["*"]), "watch[0].ignore", "would ignore every file"),
     ],
 )
 def test_bad_output_priority_and_hook_values(
@@ -833,3 +874,45 @@ def test_check_config_prints_http_as_toml_that_loads_again(
     assert "\n[http]\n" in out
     again = write(tmp_path, out, name="again.toml")
     assert load_config(again).http == load_config(path).http
+
+
+# --- ignore rules: the per-watch list and check-ignore ------------------------------------------
+
+
+def test_watch_ignore_patterns_drop_a_trailing_slash(tmp_path: Path) -> None:
+    config = build_config(with_watch(ignore=["*.bak", "Proofs/"]), source=None, base=tmp_path)
+    assert config.watches[0].ignore == ("*.bak", "Proofs")
+    assert build_config(with_watch(), source=None, base=tmp_path).watches[0].ignore == ()
+
+
+def test_check_ignore_names_the_rule_and_its_origin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        '[[watch]]\nname = "w"\ninbox = "in"\noutbox = "out"\nignore = ["*.bak"]\n',
+    )
+    inbox = tmp_path / "in"
+    code = cli.main(
+        [
+            "check-ignore",
+            "--config",
+            str(path),
+            str(inbox / "shoot" / "__MACOSX" / "x.jpg"),
+            "a.BAK",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "ignored by built-in rule '__MACOSX' (name '__MACOSX', watch w)" in out
+    assert "a.BAK: ignored by watch's ignore rule '*.bak' (name 'a.BAK', watch w)" in out
+    assert cli.main(["check-ignore", "--config", str(path), "photo.jpg"]) == 1
+    assert "photo.jpg: not ignored (watch w)" in capsys.readouterr().out
+
+
+def test_check_ignore_with_an_unknown_watch_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, '[[watch]]\nname = "w"\ninbox = "in"\noutbox = "out"\n')
+    assert cli.main(["check-ignore", "--config", str(path), "--watch", "nope", "a.jpg"]) == 2
+    assert "no watch named 'nope' (watches: w)" in capsys.readouterr().err

@@ -137,7 +137,11 @@ def test_a_batch_on_the_cluster_matches_local_processing_and_status_shows_the_cl
     assert (ready["backend"], ready["scheduler"], ready["workers"]) == ("dask", cluster.address, 2)
     before = status(daemon)
     assert before["backend"] == "dask"
+    by_host = before["pool"].pop("workers_by_host")
     assert before["pool"] == {"scheduler": cluster.address, "connected": True, "error": None}
+    assert (
+        sum(by_host.values()) == 2
+    )  # both workers online, counted per host (watchd_workers_online)
     assert before["workers"] == {"total": 2, "busy": 0}  # 2 workers x 1 thread, both idle
     assert before["providers"] == {"u2netp": "CPUExecutionProvider"}
 

@@ -140,6 +140,7 @@ def test_webhook_posts_signed_json_the_receiver_can_verify(
         "delivered": 1,
         "failed": 0,
         "dropped": 0,
+        "deferred": 0,
         "retried": 0,
     }
 
@@ -225,10 +226,12 @@ def test_receiver_down_the_queue_is_bounded_and_submit_never_blocks(
         accepted = [hooks.run(FACTS | {"job": n}, config, done) for n in range(10)]
         elapsed = time.monotonic() - started
 
-    assert accepted == [1, 1, 1] + [0] * 7  # a dropped hook is not waited for
+    assert (
+        accepted == [1, 1, 1] + [0] * 7
+    )  # a deferred hook is not waited for (Completion keeps it)
     assert elapsed < 1.0  # nothing waited for the dead receiver
-    assert counters.snapshot()["webhook"]["dropped"] == 7
-    dropped = [e for e in logs if e["event"] == "hook.dropped"]
+    assert counters.snapshot()["webhook"]["deferred"] == 7
+    dropped = [e for e in logs if e["event"] == "hook.deferred"]
     assert len(dropped) == 7 and dropped[0]["hook"] == "webhook" and dropped[0]["waiting"] == 3
     wait_for(lambda: counters.snapshot()["webhook"]["retried"] == 3, 10, "three refused attempts")
     assert done.calls == 0
@@ -250,6 +253,7 @@ def test_connection_refused_is_retried_then_given_up(
         "delivered": 0,
         "failed": 1,
         "dropped": 0,
+        "deferred": 0,
         "retried": 2,
     }
     [failed] = [e for e in logs if e["event"] == "hook.webhook_failed"]
@@ -484,13 +488,13 @@ def test_commands_run_one_at_a_time_and_a_full_queue_drops(tmp_path: Path) -> No
     assert hooks.run(FACTS | {"job": 1}, config, done) == 1
     wait_for(log.exists, 30, "the first command running")
     started = [hooks.run(FACTS | {"job": n}, config, done) for n in (2, 3, 4)]
-    assert started == [1, 1, 0]  # two wait, the third is dropped
-    assert counters.snapshot()["command"]["dropped"] == 1
+    assert started == [1, 1, 0]  # two wait, the third is deferred
+    assert counters.snapshot()["command"]["deferred"] == 1
     gate.touch()
     wait_for(lambda: done.calls == 3, 30, "all three ran")
     lines = log.read_text().split()
     assert lines == ["1", "start", "1", "end", "2", "start", "2", "end", "3", "start", "3", "end"]
-    assert counters.snapshot()["command"] == {"ok": 3, "failed": 0, "dropped": 1}
+    assert counters.snapshot()["command"] == {"ok": 3, "failed": 0, "dropped": 0, "deferred": 1}
     hooks.close(time.monotonic())
 
 
@@ -534,8 +538,8 @@ def test_hook_counters_appear_in_the_stats_and_the_metrics() -> None:
     snap = build_snapshot(info, {}, {}, activity, None, now_wall=10.0, now_mono=5.0, hooks=hooks)
     assert snap["hooks"] == {
         "manifest": {"written": 4, "failed": 1},
-        "command": {"ok": 0, "failed": 1, "dropped": 0},
-        "webhook": {"delivered": 1, "failed": 0, "dropped": 0, "retried": 0},
+        "command": {"ok": 0, "failed": 1, "dropped": 0, "deferred": 0},
+        "webhook": {"delivered": 1, "failed": 0, "dropped": 0, "deferred": 0, "retried": 0},
     }
     text = render_metrics(snap, activity).decode()
     assert "# TYPE watchd_hooks_total counter" in text

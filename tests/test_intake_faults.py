@@ -848,7 +848,9 @@ def test_derived_names_always_fit_the_file_system() -> None:
 def test_hostile_names_stay_inside_the_outbox_and_nothing_is_lost(
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    daemon = daemon_factory(pool__workers=2).start()
+    # Exact names throughout (each original archived under its own name): the case-folding
+    # default is tested in tests/test_e2e_queue.py; here Case/case/CASE are three names.
+    daemon = daemon_factory(pool__workers=2, watch__case_sensitive_names=True).start()
     root = daemon.root
     inbox = os.fsencode(root / "inbox")
     photo = small_photo()

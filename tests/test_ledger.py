@@ -144,8 +144,10 @@ def test_reopening_is_idempotent_and_keeps_data(db_path: Path, clock: Clock) -> 
     assert tables == [
         ("file_counts",),
         ("files",),
+        ("hook_deliveries",),
         ("job_counts",),
         ("jobs",),
+        ("name_keys",),
         ("settings",),
         ("totals",),
     ]
@@ -902,7 +904,7 @@ def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: 
     before = raw(db_path, "SELECT * FROM files ORDER BY id")
     ledger = Ledger.open(db_path, clock=clock)
     try:
-        assert ledger.schema_version() == SCHEMA_VERSION == 3
+        assert ledger.schema_version() == SCHEMA_VERSION == 5
         # rows untouched; migration 3 added two columns (pages, 1 for every old file, and
         # the job's priority, 0 like every old job's)
         assert raw(db_path, "SELECT * FROM files ORDER BY id") == [(*r, 1, 0) for r in before]
@@ -931,6 +933,14 @@ def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: 
         assert ledger.get_setting("paused") is None
         assert [s.id for s in ledger.list_jobs()] == [4, 3, 2, 1]
         assert ledger.unfinished() == 5
+        # migration 4: the unfinished files' targets by their folded names, nothing else
+        assert raw(db_path, "SELECT COUNT(*), COUNT(DISTINCT file_id) FROM name_keys") == [(15, 5)]
+        assert ledger.name_in_use(Path("/OUT/F5.PNG"))  # pending: in use in any letter case
+        assert ledger.name_in_use(Path("/Archive/f9.JPG"))  # failing
+        assert not ledger.name_in_use(Path("/OUT/F1.PNG"))  # done: its name is free again
+        assert not ledger.path_in_use(Path("/OUT/F5.PNG"))  # the exact check stays exact
+        # migration 5: no hook has a delivery yet, so every hook of job 3 will run
+        assert raw(db_path, "SELECT COUNT(*) FROM hook_deliveries") == [(0,)]
 
         # And the triggers carry on from the backfilled numbers.
         ledger.recover()  # the running file goes back to the queue
@@ -947,6 +957,7 @@ def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: 
         ledger.close()
     # Reopening does not migrate (or backfill) a second time.
     again = Ledger.open(db_path, clock=clock)
+    assert raw(db_path, "SELECT COUNT(*) FROM name_keys") == [(15,)]
     assert again.totals()["scans"]["files_done"] == 2
     assert again.counts() == grouped_counts(db_path)
     again.close()
@@ -1404,3 +1415,52 @@ def test_a_running_files_page_count_survives_a_crash_and_its_next_claim(ledger: 
     ledger.recover()  # the daemon died while writing the pages
     [again] = ledger.claim(1)
     assert again.id == file_id and again.pages == 3
+
+
+# --- names as Windows and macOS clients compare them ----------------------------------------------
+
+
+def test_name_in_use_folds_case_and_accents_and_follows_the_files_state(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    job_id, (file_id,) = ledger.create_job(
+        new_job([new_file("Caf\u00e9.jpg", out=str(out / "Shoot"))])
+    )
+    for same in ("shoot/CAF\u00c9.png", "SHOOT/cafe\u0301.PNG", "shoot"):
+        assert ledger.name_in_use(out / same), same
+    assert not ledger.name_in_use(out / "shoot" / "cafe.png")
+    assert not ledger.name_in_use(out / "shoo")
+    ledger.mark_queued([file_id])
+    ledger.mark_failing(file_id, "bad")
+    ledger.mark_failed(file_id)  # terminal: the name is free again
+    assert not ledger.name_in_use(out / "shoot" / "CAF\u00c9.png")
+    moved = out / "Shoot" / "Other.png"
+    ledger.requeue_failed(file_id, tmp_path / "src.jpg", moved, tmp_path / "a", tmp_path / "f")
+    assert ledger.name_in_use(out / "shoot" / "other.PNG")
+    assert not ledger.name_in_use(out / "shoot" / "caf\u00e9.png")  # the old keys went
+    assert job_id
+
+
+# --- hook deliveries (at least once per hook) ---------------------------------------------------
+
+
+def test_a_hook_delivery_keeps_its_id_until_finished_and_a_retry_starts_anew(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    job_id, (file_id,) = ledger.create_job(new_job([new_file("a.jpg")]))
+    ledger.mark_queued([file_id])
+    ledger.mark_failing(file_id, "bad")
+    ledger.mark_failed(file_id)
+    assert ledger.hook_delivery(job_id, "webhook", "d1") == ("d1", False)
+    assert ledger.hook_delivery(job_id, "webhook", "d2") == ("d1", False)  # the same id again
+    assert ledger.hook_delivery(job_id, "command", "c1") == ("c1", False)
+    ledger.finish_hook(job_id, "command", "c1")
+    assert ledger.hook_delivery(job_id, "command", "c9") == ("c1", True)  # never again
+    assert ledger.hook_delivery(job_id, "webhook", "d3") == ("d1", False)  # still to do
+    ledger.requeue_failed(
+        file_id, tmp_path / "a.jpg", tmp_path / "o.png", tmp_path / "a", tmp_path / "f"
+    )
+    ledger.finish_hook(job_id, "webhook", "d1")  # the old report's hook ending late: no effect
+    assert ledger.hook_delivery(job_id, "command", "c2") == ("c2", False)  # a new report
+    assert ledger.hook_delivery(job_id, "webhook", "d4") == ("d4", False)

@@ -547,3 +547,29 @@ def test_pool_stops_a_task_past_file_timeout(
     assert time.monotonic() - started < 60
     monkeypatch.setattr(pool, "file_timeout", 120.0)
     assert isinstance(outcome(pool.submit(small_task(photos, file_id=9))), Result)
+
+
+def test_max_files_per_worker_replaces_a_worker_between_files(
+    model_store: ModelStore, photos: dict[str, Path]
+) -> None:
+    """[pool] max_files_per_worker: each worker makes exactly N files, then a fresh one takes
+    over; every file queued meanwhile succeeds on its first attempt (none fails or waits on
+    the leaving worker)."""
+    recycling = LocalPool(
+        workers=1,
+        threads_per_worker=1,
+        env=model_store.worker_env(),
+        models=("u2netp",),
+        file_timeout=120,
+        max_files_per_worker=2,
+    )
+    try:
+        futures = [recycling.submit(small_task(photos, file_id=i)) for i in range(1, 7)]
+        results = [outcome(f) for f in futures]
+    finally:
+        recycling.close(cancel=True)
+    assert all(isinstance(r, Result) for r in results), results
+    pids = [r.worker_pid for r in results if isinstance(r, Result)]
+    assert [r.file_id for r in results if isinstance(r, Result)] == [1, 2, 3, 4, 5, 6]
+    assert pids[0] == pids[1] and pids[2] == pids[3] and pids[4] == pids[5], pids
+    assert len(set(pids)) == 3, pids

@@ -242,8 +242,8 @@ ERROR = {"at": WALL0 + 100.25, "watch": "photos", "job": 309, "file": 5126, "mes
 #: What the daemon passes: the completion hooks' outcomes since start.
 HOOKS = {
     "manifest": {"written": 3, "failed": 0},
-    "command": {"ok": 2, "failed": 1, "dropped": 0},
-    "webhook": {"delivered": 3, "failed": 0, "dropped": 0, "retried": 1},
+    "command": {"ok": 2, "failed": 1, "dropped": 0, "deferred": 0},
+    "webhook": {"delivered": 3, "failed": 0, "dropped": 0, "deferred": 0, "retried": 1},
 }
 
 
@@ -285,6 +285,7 @@ def test_snapshot_has_every_key_with_its_type() -> None:
         "latency_seconds",
         "watches",
         "last_error",
+        "stuck_files",
         "generated_at",
         "hooks",
     ]
@@ -355,6 +356,7 @@ def test_snapshot_per_watch_figures() -> None:
         "files",
         "totals",
         "files_per_second_15m",
+        "stuck",
     ]
     assert (photos["inbox"], photos["outbox"], photos["model"]) == ("/srv/in", "/srv/out", "u2netp")
     assert photos["files"]["queued"] == 41
@@ -485,6 +487,12 @@ def test_render_metrics_families_labels_and_values() -> None:
         ("watchd_drop_to_output_seconds", "histogram"),
         ("watchd_throughput_files_per_second", "gauge"),
         ("watchd_hooks", "counter"),
+        ("watchd_file_retries", "counter"),
+        ("watchd_queue_wait_seconds", "histogram"),
+        ("watchd_run_seconds", "histogram"),
+        ("watchd_workers_online", "gauge"),
+        ("watchd_build_info", "gauge"),
+        ("watchd_files_stuck", "gauge"),
     }
     hooks = _values(fams["watchd_hooks", "counter"], "watchd_hooks_total")
     assert hooks[("hook", "command"), ("outcome", "failed")] == 1
@@ -583,7 +591,7 @@ def test_any_watch_name_stays_valid(name: str, tmp_path: Path) -> None:
 # --- the docs ------------------------------------------------------------------------
 
 # keys that are names chosen by people (a watch, a model) rather than part of the schema
-_DYNAMIC = {"watches": "<watch>", "providers": "<model>"}
+_DYNAMIC = {"watches": "<watch>", "providers": "<model>", "workers_by_host": "<host>"}
 
 
 def _paths(value: Any, prefix: str = "") -> list[str]:
@@ -653,3 +661,87 @@ def test_doc_documents_every_metric() -> None:
         shown = family.name + "_total" if family.type == "counter" else family.name
         families.add((shown, family.type))
     assert families == rows
+
+
+# --- the queue families (issue 17) ----------------------------------------------------------------
+
+
+def test_queue_families_retries_wait_run_workers_online_and_build_info() -> None:
+    import platform
+
+    activity = Activity()
+    activity.record_attempt("photos", waited=0.3, ran=1.5)
+    activity.record_attempt("photos", waited=4000.0, ran=0.05)
+    activity.record_attempt("photos", waited=-1.0, ran=float("nan"))  # skew: 0; nan: left out
+    activity.record_retry("photos", "timeout")
+    activity.record_retry("photos", "timeout")
+    activity.record_retry("photos", "write_error")
+    text = render_metrics(_snapshot(activity, host="box1"), activity).decode("utf-8")
+    fams = _families(text)
+
+    retries = _values(fams["watchd_file_retries", "counter"], "watchd_file_retries_total")
+    assert retries[("reason", "timeout"), ("watch", "photos")] == 2
+    assert retries[("reason", "write_error"), ("watch", "photos")] == 1
+    assert retries[("reason", "worker_lost"), ("watch", "scans")] == 0  # every reason present
+    assert len(retries) == 2 * 5
+
+    wait = _values(
+        fams["watchd_queue_wait_seconds", "histogram"], "watchd_queue_wait_seconds_bucket"
+    )
+    assert wait[("le", "0.1"), ("watch", "photos")] == 1  # the skewed one, as 0
+    assert wait[("le", "0.5"), ("watch", "photos")] == 2
+    assert wait[("le", "3600.0"), ("watch", "photos")] == 2
+    assert wait[("le", "7200.0"), ("watch", "photos")] == 3
+    assert wait[("le", "+Inf"), ("watch", "scans")] == 0
+    run = _values(fams["watchd_run_seconds", "histogram"], "watchd_run_seconds_count")
+    assert run[(("watch", "photos"),)] == 2
+    run_sum = _values(fams["watchd_run_seconds", "histogram"], "watchd_run_seconds_sum")
+    assert run_sum[(("watch", "photos"),)] == pytest.approx(1.55)
+
+    online = _values(fams["watchd_workers_online", "gauge"], "watchd_workers_online")
+    assert online == {(("host", "box1"),): 4}
+    info = _values(fams["watchd_build_info", "gauge"], "watchd_build_info")
+    assert info == {
+        (
+            ("backend", "local"),
+            ("python_version", platform.python_version()),
+            ("version", "0.1.0"),
+        ): 1
+    }
+
+
+def test_workers_online_per_dask_host_counts_running_workers() -> None:
+    pool = {
+        "backend": "dask",
+        "scheduler": "tcp://s:8786",
+        "connected": True,
+        "per_worker": [
+            {"host": "gpu1", "status": "running"},
+            {"host": "gpu1", "status": "running"},
+            {"host": "gpu2", "status": "running"},
+            {"host": "gpu3", "status": "closing"},
+        ],
+    }
+    snap = _snapshot(backend="dask", pool=pool)
+    assert snap["pool"]["workers_by_host"] == {"gpu1": 2, "gpu2": 1}
+    text = render_metrics(snap, Activity()).decode("utf-8")
+    online = _values(_families(text)["watchd_workers_online", "gauge"], "watchd_workers_online")
+    assert online == {(("host", "gpu1"),): 2, (("host", "gpu2"),): 1}
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("processing took longer than file_timeout; the worker was stopped", "timeout"),
+        ("processing took longer than file_timeout (300 s) on dask worker w1", "timeout"),
+        ("the worker process died (Abnormal termination)", "worker_lost"),
+        ("the dask worker running it died: KilledWorker", "worker_lost"),
+        ("the dask result was lost: CancelledError()", "worker_lost"),
+        ("processing failed: RuntimeError: onnxruntime died", "error"),
+        ("a dask worker returned <class 'int'>", "error"),
+    ],
+)
+def test_retry_reason_of_a_lost_attempt(message: str, reason: str) -> None:
+    from watchd.dispatcher import retry_reason
+
+    assert retry_reason(message) == reason

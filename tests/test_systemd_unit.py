@@ -28,6 +28,9 @@ else:  # pragma: no cover - Python 3.10
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMD = ROOT / "systemd"
 UNIT = SYSTEMD / "watchd.service"
+#: The drop-in that switches the unit to Type=notify-reload on systemd >= 253.
+NOTIFY_RELOAD = SYSTEMD / "notify-reload.conf"
+NOTIFY_RELOAD_SINCE = 253
 EXEC_START_BINARY = "/opt/watchd/bin/watchd"
 #: Highest acceptable "Overall exposure level" of `systemd-analyze security` (0 safe .. 10 unsafe).
 MAX_EXPOSURE = 2.5
@@ -146,6 +149,53 @@ def test_exposure_level_is_low(tmp_path: Path) -> None:
     assert match, output
     exposure = float(match.group(1))
     assert exposure <= MAX_EXPOSURE, output
+
+
+def analyze_version() -> int:
+    """The major version of this machine's systemd-analyze ("systemd 252 (252.38-1)")."""
+    match = re.match(r"systemd (\d+)", analyze("--version").stdout)
+    assert match, "systemd-analyze --version printed no version"
+    return int(match.group(1))
+
+
+@requires_analyze
+def test_the_notify_reload_drop_in_where_systemd_knows_it(tmp_path: Path) -> None:
+    """The unit with the drop-in installed beside it, as `systemctl edit` would place it.
+
+    systemd >= 253: verify must be clean (Type=notify-reload, ReloadSignal=, ExecReload=
+    reset). Older systemd: verify must say it does not know the type, which is why the
+    unit itself keeps Type=notify and docs/service.md installs the drop-in only on 253+.
+    """
+    copy = runnable_copy(tmp_path)
+    drop_ins = copy.parent / f"{UNIT.name}.d"
+    drop_ins.mkdir()
+    shutil.copyfile(NOTIFY_RELOAD, drop_ins / NOTIFY_RELOAD.name)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        # the unit's own folder first, so verify finds watchd.service.d/ there; the trailing
+        # ":" keeps the built-in search path for the units ours refers to
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{copy.parent}:", "SYSTEMD_COLORS": "0"},
+    )
+    output = result.stdout + result.stderr
+    ours = [line for line in output.splitlines() if str(tmp_path) in line]
+    assert result.returncode == 0, output
+    if analyze_version() >= NOTIFY_RELOAD_SINCE:
+        assert ours == [], "\n".join(ours)
+    else:
+        assert any("Failed to parse service type, ignoring: notify-reload" in x for x in ours), (
+            output
+        )
+
+
+def test_the_drop_in_switches_to_notify_reload_and_clears_exec_reload() -> None:
+    found = directives(NOTIFY_RELOAD)
+    # SIGHUP is the signal the daemon reloads on (tests/test_service.py sends it and checks
+    # RELOADING=1 with MONOTONIC_USEC, then READY=1, on a real notify socket)
+    assert found == {"Type": ["notify-reload"], "ReloadSignal": ["SIGHUP"], "ExecReload": [""]}
 
 
 # --- what the daemon relies on -------------------------------------------------------------------

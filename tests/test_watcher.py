@@ -18,6 +18,8 @@ from watchd.watcher import (
     Batch,
     InboxWatcher,
     StabilityTracker,
+    explain_ignored,
+    ignore_rule,
     is_ignored,
 )
 
@@ -77,10 +79,75 @@ def rels(batch: Batch) -> list[str]:
         ("Desktop.ini", True),
         ("@eaDir", True),
         ("#recycle", True),
+        ("__MACOSX", True),
+        ("__macosx", True),
+        (".stfolder", True),
+        (".stversions", True),
+        (".syncthing.photo.jpg.tmp", True),
+        ("~WRL0001.tmp", True),
+        (".~lock.report.odt#", True),
+        ("MACOSX", False),
+        ("lock.report.odt#", False),
     ],
 )
 def test_is_ignored_table(name: str, ignored: bool) -> None:
     assert is_ignored(name) is ignored
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("__MACOSX", "__MACOSX"),
+        (".stfolder", ".stfolder"),
+        (".stversions", ".stversions"),
+        (".syncthing.a.jpg.tmp", ".syncthing.*"),
+        ("~$report.docx", "~$*"),
+        ("~WRL0001.tmp", "~*.tmp"),
+        (".~lock.report.odt#", ".~lock.*#"),
+        (".DS_Store", ".*"),
+        ("photo.jpg", None),
+    ],
+)
+def test_ignore_rule_names_the_most_specific_rule(name: str, rule: str | None) -> None:
+    assert ignore_rule(name) == rule
+
+
+def test_explain_ignored_names_the_component_and_rule() -> None:
+    assert explain_ignored("shoot/__MACOSX/._a.jpg") == ("__MACOSX", "__MACOSX")
+    assert explain_ignored("shoot/a.jpg") is None
+    assert explain_ignored("shoot/Proofs/a.jpg", (*DEFAULT_IGNORE, "proofs")) == (
+        "Proofs",
+        "proofs",
+    )
+
+
+def test_a_folder_job_leaves_out_macos_and_syncthing_litter(inbox: Path) -> None:
+    """A zip unpacked on a share brings __MACOSX/; Syncthing brings .stfolder and temp files."""
+    job = inbox / "shoot"
+    (job / "__MACOSX").mkdir(parents=True)
+    (job / "__MACOSX" / "._a.jpg").write_bytes(b"resource fork")
+    (job / ".stversions").mkdir()
+    (job / ".stversions" / "a~20240101.jpg").write_bytes(b"old")
+    (job / ".syncthing.b.jpg.tmp").write_bytes(b"partial")
+    (job / ".~lock.notes.odt#").write_bytes(b"lock")
+    (job / "a.jpg").write_bytes(b"jpeg")
+    tracker = StabilityTracker("w", inbox, 1.0)
+    tracker.touch("shoot", 0.0)
+    assert tracker.tick(0.0) == []
+    (batch,) = tracker.tick(2.0)
+    assert [c.rel for c in batch.files] == ["a.jpg"]
+
+
+def test_a_watchs_own_patterns_add_to_the_built_in_ones(inbox: Path) -> None:
+    (inbox / "a.jpg").write_bytes(b"jpeg")
+    (inbox / "a.bak").write_bytes(b"backup")
+    (inbox / ".hidden.jpg").write_bytes(b"hidden")
+    tracker = StabilityTracker("w", inbox, 1.0, (*DEFAULT_IGNORE, "*.BAK"))
+    for name in ("a.jpg", "a.bak", ".hidden.jpg"):
+        tracker.touch(name, 0.0)
+    tracker.tick(0.0)
+    (batch,) = tracker.tick(2.0)
+    assert [c.rel for c in batch.files] == ["a.jpg"]
 
 
 def test_is_ignored_custom_patterns() -> None:
@@ -551,3 +618,60 @@ def test_reading_files_does_not_wake_the_watcher(
     while wakes.count == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert wakes.count >= 1
+
+
+def test_an_ignored_name_is_logged_once_at_debug_with_its_rule(inbox: Path) -> None:
+    (inbox / "__MACOSX").mkdir()
+    (inbox / "a.jpg").write_bytes(b"jpeg")
+    watcher = InboxWatcher("w", inbox, 1.0, wake=lambda: None)
+    with capture_logs() as logs:
+        watcher.scan(0.0)
+        watcher.scan(1.0)  # a rescan meets it again: no second line
+    ignored = [e for e in logs if e["event"] == "intake.ignored"]
+    assert ignored == [
+        {
+            "event": "intake.ignored",
+            "log_level": "debug",
+            "watch": "w",
+            "path": str(inbox / "__MACOSX"),
+            "rule": "__MACOSX",
+        }
+    ]
+
+
+# --- names that never settle (stuck_after) -----------------------------------------------------
+
+
+def test_a_name_that_keeps_changing_is_reported_as_unsettled(inbox: Path) -> None:
+    tracker = StabilityTracker("w", inbox, 1.0)
+    growing = inbox / "scan.pdf"
+    growing.write_bytes(b"x")
+    (inbox / "done.jpg").write_bytes(b"jpeg")
+    for name in ("scan.pdf", "done.jpg"):
+        tracker.touch(name, 0.0)
+    batches = []
+    for step in range(1, 40):  # the scan grows every half second for 20 s
+        now = step * 0.5
+        with open(growing, "ab") as handle:
+            handle.write(b"x")
+        os.utime(growing, ns=(step * 10**9, step * 10**9))
+        batches += tracker.tick(now)
+    assert [c.rel for b in batches for c in b.files] == ["done.jpg"]
+    assert tracker.unsettled_since(19.5, older_than=30.0) == {}
+    assert tracker.unsettled_since(19.5, older_than=10.0) == {"scan.pdf": 0.0}
+    # once it stops changing it settles, is handed out, and is no longer stuck
+    (batch,) = tracker.tick(20.0) + tracker.tick(21.5)
+    assert [c.rel for c in batch.files] == ["scan.pdf"]
+    assert tracker.unsettled_since(21.5, older_than=10.0) == {}
+
+
+def test_a_settled_file_waiting_for_its_group_is_not_stuck(inbox: Path) -> None:
+    tracker = StabilityTracker("w", inbox, 1.0, max_batch_wait=1000.0)
+    (inbox / "a.jpg").write_bytes(b"a")
+    (inbox / "b.jpg").write_bytes(b"b")
+    tracker.touch("a.jpg", 0.0)
+    tracker.touch("b.jpg", 0.0)
+    for step in range(1, 40):
+        (inbox / "b.jpg").write_bytes(b"b" * step)  # keeps changing: a.jpg waits for it
+        tracker.tick(step * 0.5)
+    assert set(tracker.unsettled_since(19.5, older_than=10.0)) == {"b.jpg"}

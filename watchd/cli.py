@@ -15,7 +15,7 @@ from pathlib import Path
 
 from watchd import __version__
 from watchd.cli_ops import add_operator_commands, run_operator_command
-from watchd.config import Config, load_config
+from watchd.config import Config, WatchConfig, load_config
 from watchd.errors import ConfigError, ModelError
 
 EXIT_OK = 0
@@ -46,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration and print it")
     _config_arg(check)
 
+    why = commands.add_parser(
+        "check-ignore",
+        help="say whether intake ignores a name and which rule does (no daemon needed)",
+    )
+    why.add_argument(
+        "paths", nargs="+", metavar="PATH", help="a path inside an inbox, or a name relative to it"
+    )
+    why.add_argument("--watch", metavar="NAME", help="the watch whose rules apply (default: all)")
+    _config_arg(why)
+
     models = commands.add_parser("models", help="list, pull or import model files")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = model_commands.add_parser("list", help="known and installed models")
@@ -73,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(config)
         if args.command == "check-config":
             return _check_config(config)
+        if args.command == "check-ignore":
+            return _check_ignore(args, config)
         if args.command == "models":
             return _models(args, config)
         return run_operator_command(args, config)
@@ -112,6 +124,40 @@ def _check_config(config: Config) -> int:
         print(f"watchd: {len(problems)} problem(s) found", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _check_ignore(args: argparse.Namespace, config: Config) -> int:
+    """Print, per path, ``ignored by RULE (name NAME, watch W)`` or ``taken``; exit 0 if every
+    path is ignored, 1 if some is not (like ``git check-ignore``), 2 for an unknown watch."""
+    import os
+
+    from watchd.watcher import DEFAULT_IGNORE, explain_ignored
+
+    watches: tuple[WatchConfig, ...] = config.watches
+    if args.watch is not None:
+        try:
+            watches = (config.watch(args.watch),)
+        except KeyError:
+            names = ", ".join(w.name for w in config.watches)
+            print(f"watchd: no watch named {args.watch!r} (watches: {names})", file=sys.stderr)
+            return EXIT_USAGE
+    all_ignored = True
+    for raw in args.paths:
+        absolute = Path(os.path.abspath(raw))
+        for watch in watches:
+            inside = absolute.is_relative_to(watch.inbox) and absolute != watch.inbox
+            rel = str(absolute.relative_to(watch.inbox)) if inside else raw
+            found = explain_ignored(rel, DEFAULT_IGNORE + watch.ignore)
+            if found is not None:
+                origin = "watch's ignore" if found[1] in watch.ignore else "built-in"
+                rule, name = found[1], found[0]
+                print(
+                    f"{raw}: ignored by {origin} rule {rule!r} (name {name!r}, watch {watch.name})"
+                )
+            else:
+                all_ignored = False
+                print(f"{raw}: not ignored (watch {watch.name})")
+    return EXIT_OK if all_ignored else EXIT_FAILED
 
 
 def _print_config(config: Config) -> None:

@@ -187,6 +187,18 @@ def _status(client: Any, args: argparse.Namespace, out: TextIO) -> int:
     error = status.get("last_error")
     if error:
         rows.append(("last error", f"{error['at']} job {error['job']}: {error['message']}"))
+    stuck = sum(int(w.get("stuck", 0)) for w in status["watches"].values())
+    for entry in status.get("stuck_files", []):  # oldest first, at most 20
+        note = ", note beside it" if entry.get("note") else ""
+        rows.append(
+            (
+                "stuck",
+                f"{entry['path']}: changing for {_duration(entry['changing_seconds'])}, "
+                f"not taken{note}",
+            )
+        )
+    if stuck > len(status.get("stuck_files", [])):
+        rows.append(("stuck", f"... {stuck} in all"))
     _print_rows(rows, out)
     print(file=out)
     header = ("WATCH", "MODEL", "QUEUED", "RUNNING", "DONE", "FAILED", "INBOX")

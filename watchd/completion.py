@@ -17,27 +17,34 @@ Order, and what a crash costs (at least once, never lost):
    time limit; the webhook was delivered or given up), the ledger marks the job
    ``reported``.
 
+Each hook has a delivery in the ledger (``hook_deliveries``: its id, and whether it
+finished), recorded before it is handed over and marked finished when it calls back.
 A crash anywhere before 4 leaves the job unreported; after a restart it is found
-again (:meth:`Completion.report_unreported`) and steps 2-4 run again: the manifest
-is rewritten with the same content and the hooks may run twice. Nothing in memory
-is needed to get there, so ``kill -9`` loses no completion.
+again (:meth:`Completion.report_unreported`): the manifest is rewritten with the same
+content and only the hooks that had not finished run again, with the same delivery
+id (at least once per hook; a receiver de-duplicates on ``X-Watchd-Delivery``). A hook
+whose queue is full is deferred, not dropped: the job stays unreported and the
+periodic pass hands the hook over again. Nothing in memory is needed to get there, so
+``kill -9`` loses no completion.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import queue
+import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
 from watchd.config import HooksConfig
-from watchd.files import page_paths, write_via_temp
+from watchd.files import ensure_dir, fsync_dir, page_paths, write_via_temp
 from watchd.ledger import FileDetail, JobDetail, Ledger, NotFound
 from watchd.stats import iso_utc
 
@@ -161,19 +168,119 @@ def write_manifest(path: Path, data: bytes, job_id: int) -> None:
     write_via_temp(path, data, manifest_temp_name(job_id))
 
 
+#: Manifest entries written per pass of the daemon's loop (docs/performance.md: a page of
+#: 500 costs a few tens of milliseconds, so ``status`` is answered well within 100 ms).
+MANIFEST_PAGE = 500
+
+
+class _ManifestWriter:
+    """One manifest written a page at a time into its hidden temp file, then renamed.
+
+    The bytes are exactly :func:`encode_manifest` of :func:`build_manifest`: the head
+    (every key but the inputs), the inputs page by page in file-id order, the tail. The
+    file appears under its name only when complete (fsync, rename, fsync folder), after
+    every output and original is in place (docs/design.md, invariant 3); a crash leaves
+    only the temp, replaced when the job is reported again. Only the main thread, which
+    owns the ledger, reads the pages (invariant 5).
+    """
+
+    def __init__(self, detail: JobDetail, outbox: Path, last_id: int) -> None:
+        assert detail.manifest is not None
+        self.path = detail.manifest
+        self.job_id = detail.id
+        self.outbox = outbox
+        self.last_id = last_id
+        self.after_id = 0
+        self.entries = 0
+        self.size = 0
+        ensure_dir(self.path.parent)
+        self.temp = self.path.parent / manifest_temp_name(detail.id)
+        with contextlib.suppress(FileNotFoundError):  # a crash's leftover, never written through
+            os.unlink(self.temp)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fd: int | None = os.open(self.temp, flags, 0o666)
+        head = encode_manifest(build_manifest(replace(detail, files=()), outbox))
+        assert head.endswith(b"[]}\n")
+        self._write(head[:-3])  # up to and including the inputs' "["
+
+    def _write(self, data: bytes) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.size += len(data)
+
+    def page(self, ledger: Ledger, limit: int) -> tuple[int, bool]:
+        """Write up to ``limit`` more inputs; returns (how many, whether it is complete)."""
+        rows = ledger.job_files_page(self.job_id, self.after_id, limit, self.last_id)
+        if rows:
+            entries = ",".join(
+                json.dumps(file_entry(f, self.outbox), ensure_ascii=False, separators=(",", ":"))
+                for f in rows
+            )
+            self._write((b"," if self.entries else b"") + entries.encode())
+            self.entries += len(rows)
+            self.after_id = rows[-1].id
+        if len(rows) == limit and self.after_id < self.last_id:
+            return len(rows), False
+        self._write(b"]}\n")
+        assert self.fd is not None
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        os.replace(self.temp, self.path)
+        fsync_dir(self.path.parent)
+        return len(rows), True
+
+    def abort(self) -> None:
+        """Stop (an error, or the job ended again): close and remove the temp file."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.temp)
+
+
+@dataclass
+class _Writing:
+    """An ended job whose manifest is being written; its hooks wait for it."""
+
+    writer: _ManifestWriter
+    detail: JobDetail
+    outbox: Path
+    settings: tuple[Path, HooksConfig] | None
+
+
 # --- the coordinator ------------------------------------------------------------------------------
 
 
 class HookSink(Protocol):
     """What :class:`Completion` hands a job's hooks to (``watchd.hooks.Hooks``)."""
 
-    def run(self, facts: Mapping[str, Any], hooks: HooksConfig, done: Callable[[], None]) -> int:
-        """Start every hook ``hooks`` configures without blocking; return how many started.
+    def run(
+        self,
+        facts: Mapping[str, Any],
+        hooks: HooksConfig,
+        done: Callable[[], None],
+        delivery: str | None = None,
+    ) -> int:
+        """Start every hook ``hooks`` configures without blocking; return how many started
+        (a full queue starts none: the caller defers it).
 
         Each started hook calls ``done()`` once, from any thread, when it has finished
-        (succeeded, failed, or been given up).
+        (succeeded, failed, or been given up). ``delivery``: the id the hook carries.
         """
         ...
+
+
+#: The hooks of a job, each handed over on its own: (name, the config with only that hook).
+def _single_hooks(hooks: HooksConfig) -> list[tuple[str, HooksConfig]]:
+    single: list[tuple[str, HooksConfig]] = []
+    if hooks.on_complete:
+        single.append(("command", replace(hooks, webhook_url=None, webhook_secret=None)))
+    if hooks.webhook_url:
+        single.append(("webhook", replace(hooks, on_complete=None)))
+    return single
 
 
 @dataclass
@@ -182,6 +289,7 @@ class _Open:
 
     hooks: int
     ended_again: bool = False  # a retried file made it active and it ended again meanwhile
+    deferred: bool = False  # a hook found its queue full: the job stays unreported for now
 
 
 class Completion:
@@ -206,7 +314,8 @@ class Completion:
         self._settings = settings
         self._wake = wake
         self._open: dict[int, _Open] = {}
-        self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._writing: dict[int, _Writing] = {}
+        self._done: queue.SimpleQueue[tuple[int, str, str]] = queue.SimpleQueue()
         self.manifests_written = 0
         self.manifest_failures = 0
 
@@ -226,51 +335,112 @@ class Completion:
             # it once more when they are done, with the new manifest.
             self._open[job_id].ended_again = True
             return
+        writing = self._writing.pop(job_id, None)
+        if writing is not None:  # ended again while its manifest was being written
+            writing.writer.abort()
         try:
-            detail = self._ledger.job_detail(job_id)
+            # The job's head and counts only: its files are read a page at a time while
+            # its manifest is written (step), never for the hooks, whose facts are counts.
+            detail = self._ledger.job_detail(job_id, file_limit=0)
         except NotFound:
             return  # pruned meanwhile
         if detail.state == "active":
             return  # a failed file was retried meanwhile: it will end again
         settings = self._settings(detail.watch)
         outbox = settings[0] if settings else _outbox_of(detail)
-        if detail.manifest is not None and not self._write(detail, outbox):
+        if detail.manifest is None:
+            self._hand_over(detail, outbox, settings)
+            return
+        try:
+            writer = _ManifestWriter(detail, outbox, self._ledger.job_last_file_id(job_id))
+        except OSError as exc:
+            self._manifest_failed(detail, exc)
             return  # stays unreported; the periodic pass tries again
+        self._writing[job_id] = _Writing(writer, detail, outbox, settings)
+        self._advance(job_id, MANIFEST_PAGE)  # a small job's manifest is done right here
+
+    @property
+    def busy(self) -> bool:
+        """A manifest is being written: the daemon's loop should come back at once."""
+        return bool(self._writing)
+
+    def step(self, budget: int = MANIFEST_PAGE) -> bool:
+        """Write up to ``budget`` more manifest entries (one page per pass of the daemon's
+        loop, so a 100,000-file job's manifest never holds up ``status`` or intake);
+        returns whether more remain. A finished manifest's hooks are handed over."""
+        for job_id in list(self._writing):
+            if budget <= 0:
+                break
+            budget -= self._advance(job_id, budget)
+        return self.busy
+
+    def _advance(self, job_id: int, budget: int) -> int:
+        """Pages of one job's manifest, up to ``budget`` entries; returns entries written."""
+        writing = self._writing[job_id]
+        written = 0
+        try:
+            while written < budget:
+                limit = min(MANIFEST_PAGE, budget - written)
+                count, complete = writing.writer.page(self._ledger, limit)
+                written += count
+                if complete:
+                    break
+            else:
+                return written
+        except OSError as exc:
+            del self._writing[job_id]
+            writing.writer.abort()
+            self._manifest_failed(writing.detail, exc)
+            return written
+        del self._writing[job_id]
+        self._manifest_written(writing.detail, writing.writer)
+        self._hand_over(writing.detail, writing.outbox, writing.settings)
+        return written
+
+    def _hand_over(
+        self, detail: JobDetail, outbox: Path, settings: tuple[Path, HooksConfig] | None
+    ) -> None:
+        """The hooks of an ended job whose manifest (if any) is in place."""
+        job_id = detail.id
         facts = job_facts(detail, outbox)
-        started = self._hooks.run(facts, settings[1], self._callback(job_id)) if settings else 0
+        started = deferred = 0
+        for hook, single in _single_hooks(settings[1]) if settings else []:
+            delivery, finished = self._ledger.hook_delivery(job_id, hook, uuid.uuid4().hex)
+            if finished:
+                continue  # it ran before a crash: at least once per hook, not per report
+            if self._hooks.run(facts, single, self._callback(job_id, hook, delivery), delivery):
+                started += 1
+            else:
+                deferred += 1  # its queue is full: recorded, handed over again later
         if started:
-            self._open[job_id] = _Open(started)
-        else:
+            self._open[job_id] = _Open(started, deferred=bool(deferred))
+        elif not deferred:
             self._ledger.mark_reported(job_id)
 
-    def _write(self, detail: JobDetail, outbox: Path) -> bool:
-        assert detail.manifest is not None
-        try:
-            data = encode_manifest(build_manifest(detail, outbox))
-            write_manifest(detail.manifest, data, detail.id)
-        except OSError as exc:
-            self.manifest_failures += 1
-            log.error(
-                "job.manifest_failed",
-                job=detail.id,
-                path=str(detail.manifest),
-                error=exc.strerror or str(exc),
-            )
-            return False
+    def _manifest_failed(self, detail: JobDetail, exc: OSError) -> None:
+        self.manifest_failures += 1
+        log.error(
+            "job.manifest_failed",
+            job=detail.id,
+            path=str(detail.manifest),
+            error=exc.strerror or str(exc),
+        )
+
+    def _manifest_written(self, detail: JobDetail, writer: _ManifestWriter) -> None:
         self.manifests_written += 1
         log.info(
             "job.manifest",
             job=detail.id,
             watch=detail.watch,
             path=str(detail.manifest),
-            files=detail.total,
-            bytes=len(data),
+            files=writer.entries,
+            bytes=writer.size,
         )
-        return True
 
-    def _callback(self, job_id: int) -> Callable[[], None]:
+    def _callback(self, job_id: int, hook: str, delivery: str) -> Callable[[], None]:
         def done() -> None:
-            self._done.put(job_id)  # from a hook's thread: only queue it and wake the loop
+            # from a hook's thread: only queue it and wake the loop (invariant 5)
+            self._done.put((job_id, hook, delivery))
             self._wake()
 
         return done
@@ -278,7 +448,8 @@ class Completion:
     def collect(self) -> int:
         """Mark reported every job whose last hook has finished; returns how many."""
         reported = 0
-        for job_id in _drain(self._done):
+        for job_id, hook, delivery in _drain(self._done):
+            self._ledger.finish_hook(job_id, hook, delivery)  # a crash now: it is not rerun
             job = self._open.get(job_id)
             if job is None:
                 continue
@@ -288,6 +459,8 @@ class Completion:
                 if job.ended_again:
                     self.job_finished(job_id)
                     continue
+                if job.deferred:
+                    continue  # report_unreported hands the deferred hook over again
                 self._ledger.mark_reported(job_id)
                 reported += 1
         return reported
@@ -295,8 +468,9 @@ class Completion:
     def report_unreported(self) -> int:
         """Report ended jobs a crash (or a failed manifest write) left unreported."""
         handled = 0
-        for job_id in self._ledger.unreported_jobs(UNREPORTED_BATCH + len(self._open)):
-            if job_id not in self._open:  # (those are being reported now)
+        busy = len(self._open) + len(self._writing)
+        for job_id in self._ledger.unreported_jobs(UNREPORTED_BATCH + busy):
+            if job_id not in self._open and job_id not in self._writing:  # (being reported)
                 self.job_finished(job_id)
                 handled += 1
         return handled
@@ -307,7 +481,7 @@ def _outbox_of(detail: JobDetail) -> Path:
     return detail.manifest.parent if detail.manifest else Path("/")
 
 
-def _drain(source: queue.SimpleQueue[int]) -> Iterator[int]:
+def _drain(source: queue.SimpleQueue[tuple[int, str, str]]) -> Iterator[tuple[int, str, str]]:
     while True:
         try:
             yield source.get_nowait()

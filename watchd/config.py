@@ -12,7 +12,6 @@ is what ``make run`` in a fresh clone wants.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
@@ -77,6 +76,7 @@ class PoolConfig:
     model_cache: int = 2  # models each worker keeps loaded (least recently used one goes)
     memory_arena: bool = True  # onnxruntime's CPU arena: faster, more memory per model
     lone_file_uses_all_cores: bool = True  # a file alone in the pool: all its threads
+    max_files_per_worker: int | None = None  # local pool: replace a worker after N files
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,14 @@ class WatchConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     priority: int = 0
+    #: glob patterns of names intake leaves alone, added to watcher.DEFAULT_IGNORE
+    ignore: tuple[str, ...] = ()
+    #: False (default): names differing only in letter case clash, as on SMB/macOS shares
+    case_sensitive_names: bool = False
+    #: seconds a name may keep changing before it is reported as stuck (watchd/stuck.py)
+    stuck_after: float = 600.0
+    #: seconds of changing after which a note appears beside it; 0: never
+    stuck_note_after: float = 3600.0
 
     @property
     def png_compress_level(self) -> int:
@@ -327,6 +335,29 @@ def _path(value: Any) -> str:
     return _string(value)
 
 
+def _ignore_patterns(value: Any) -> tuple[str, ...]:
+    """Glob patterns (``*``, ``?``, ``[abc]``) each matched against one name, a file's or a
+    folder's, case-insensitively; a trailing ``/`` is allowed and dropped (``"Proofs/"``)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(
+            f'expected a list of patterns such as ["*.bak", "Drafts/"], got {_describe(value)}'
+        )
+    patterns: list[str] = []
+    for raw in value:
+        pattern = raw[:-1] if raw.endswith("/") else raw
+        if not pattern or "\0" in pattern:
+            raise _Bad(f"{raw!r} is not a pattern: it must name something")
+        if "/" in pattern:
+            raise _Bad(
+                f"{raw!r}: a pattern matches one name (a file or a folder), not a path; "
+                f"use {pattern.rsplit('/', 1)[-1]!r} to ignore that name at any depth"
+            )
+        if pattern.strip("*") == "":
+            raise _Bad(f"{raw!r} would ignore every file, so nothing would ever be taken")
+        patterns.append(pattern)
+    return tuple(patterns)
+
+
 _SCHEDULER_RE = re.compile(r"(tcp|tls)://([^\s/:\[\]]+|\[[0-9a-fA-F:]+\]):[0-9]{1,5}")
 
 
@@ -384,6 +415,7 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "model_cache": (_integer(1, 64), 2),
     "memory_arena": (_boolean, True),
     "lone_file_uses_all_cores": (_boolean, True),
+    "max_files_per_worker": (_integer(1, 1_000_000_000), None),
 }
 
 #: Keys a job's sidecar ``watchd.toml`` may set (the model and how outputs look), with
@@ -420,6 +452,10 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "on_complete_timeout": (_number(1, 86400), 60.0),
     "webhook_url": (_url, None),
     "webhook_secret": (_string, None),
+    "ignore": (_ignore_patterns, ()),
+    "case_sensitive_names": (_boolean, False),
+    "stuck_after": (_number(1, 86400 * 365), 600.0),
+    "stuck_note_after": (_number(0, 86400 * 365), 3600.0),
 }
 
 
@@ -529,6 +565,8 @@ class _Reader:
 
 
 def _did_you_mean(key: str, options: Mapping[str, Any] | tuple[str, ...]) -> str:
+    import difflib  # only for a mistake: not on every CLI call's path
+
     close = difflib.get_close_matches(key, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -543,6 +581,12 @@ def _check_pool(reader: _Reader, pool: PoolConfig) -> None:
         )
     if any(tls) and not (pool.scheduler or "").startswith("tls://"):
         raise reader.error("pool.scheduler", "the tls_* keys need a tls:// scheduler address")
+    if pool.backend == "dask" and pool.max_files_per_worker is not None:
+        raise reader.error(
+            "pool.max_files_per_worker",
+            'applies to the local pool only; with backend = "dask" recycle workers on their '
+            "hosts (dask worker --lifetime, docs/scale-out.md)",
+        )
 
 
 def load_config(path: Path | None) -> Config:
@@ -625,6 +669,7 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
         model_cache=pool_raw["model_cache"],
         memory_arena=pool_raw["memory_arena"],
         lone_file_uses_all_cores=pool_raw["lone_file_uses_all_cores"],
+        max_files_per_worker=pool_raw["max_files_per_worker"],
     )
     _check_pool(reader, pool)
     watches_raw = raw.get("watch", [DEFAULT_WATCH] if source is None else None)
@@ -687,6 +732,18 @@ def _build_watch(
     for required in ("name", "inbox", "outbox"):
         if values[required] is None:
             raise reader.error(f"{prefix}.{required}", "missing (required)")
+    if values["stuck_after"] <= values["settle_seconds"]:
+        raise reader.error(
+            f"{prefix}.stuck_after",
+            f"must be longer than settle_seconds ({values['settle_seconds']:g}), "
+            f"got {values['stuck_after']:g}: a file being written normally would be reported",
+        )
+    if 0 < values["stuck_note_after"] < values["stuck_after"]:
+        raise reader.error(
+            f"{prefix}.stuck_note_after",
+            f"must be 0 (no note) or at least stuck_after ({values['stuck_after']:g}), "
+            f"got {values['stuck_note_after']:g}",
+        )
     inbox = resolve(values["inbox"])
     # archive and failed default to folders beside the inbox, where the people who use the
     # inbox can find them; watches that share them still never overwrite each other's files.
@@ -714,6 +771,10 @@ def _build_watch(
             webhook_secret=values["webhook_secret"],
         ),
         priority=values["priority"],
+        ignore=values["ignore"],
+        case_sensitive_names=values["case_sensitive_names"],
+        stuck_after=values["stuck_after"],
+        stuck_note_after=values["stuck_note_after"],
     )
 
 

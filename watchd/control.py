@@ -14,8 +14,6 @@ The wire format is documented in ``docs/protocol.md``; ``COMMANDS`` and
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import errno
 import grp
@@ -25,20 +23,38 @@ import os
 import socket
 import stat
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
-
-import structlog
+from typing import TYPE_CHECKING, Any, Final
 
 from watchd.errors import WatchdError
 
-log = structlog.get_logger()
+if TYPE_CHECKING:
+    import asyncio
+    import concurrent.futures
+else:
+    # The CLI (``watchd status`` and friends) imports this module for the client alone,
+    # and health checks call it often: the server's heavy imports (asyncio alone is about a
+    # third of the CLI's start-up) happen on first use, in the daemon (issue 17).
+    from watchd.lazy import lazy_module
+
+    asyncio = lazy_module("asyncio")
+
+
+class _LazyLog:
+    """structlog's logger, imported when the server first logs (the CLI's client never does)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import structlog
+
+        return getattr(structlog.get_logger(), name)
+
+
+log: Any = _LazyLog()
 
 PROTOCOL_VERSION: Final = 1
 
@@ -126,7 +142,7 @@ class Request:
 #: loop thread, so it must not block. The server never cancels that future: after a timeout
 #: or ``stop()`` it simply stops waiting, so the main thread may complete it at any time
 #: without error. A future the daemon cancels itself is answered ``unavailable``.
-Handler = Callable[[Request], concurrent.futures.Future[dict[str, Any]]]
+Handler = Callable[[Request], "concurrent.futures.Future[dict[str, Any]]"]
 
 
 # --- argument checks ------------------------------------------------------------------------------
@@ -489,6 +505,8 @@ def _listen(path: Path, mode: int, gid: int | None, backlog: int) -> tuple[socke
         ) from exc
     _clear_stale(path)
     try:
+        import tempfile
+
         private = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))  # mode 0700
     except OSError as exc:
         raise ControlSocketError(

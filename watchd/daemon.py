@@ -15,6 +15,7 @@ import os
 import queue
 import random
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -48,7 +49,8 @@ from watchd.stats import (
     write_metrics_file,
     write_stats_file,
 )
-from watchd.watcher import InboxWatcher
+from watchd.stuck import StuckFiles
+from watchd.watcher import DEFAULT_IGNORE, InboxWatcher
 
 if TYPE_CHECKING:
     from watchd.http.server import HttpServer
@@ -90,6 +92,7 @@ class Daemon:
         self._providers: dict[str, str] = {}
         self._activity = Activity()
         self._watchers: list[InboxWatcher] = []
+        self.stuck = StuckFiles()
         self._control: ControlServer | None = None
         self._http: HttpServer | None = None
         self._retired_pools: list[Pool] = []
@@ -237,6 +240,7 @@ class Daemon:
                 watch.inbox,
                 watch.settle_seconds,
                 wake=self._wake,
+                ignore=DEFAULT_IGNORE + watch.ignore,
                 method=method,
                 poll_interval=watch.poll_interval,
             )
@@ -311,8 +315,10 @@ class Daemon:
                 self.notifier.watchdog()  # from the loop itself: a hung loop gets restarted
                 next_ping = now + ping_interval
             self._take_batches(now)
+            self._check_stuck(now)
             self.dispatcher.collect()
             self.completion.collect()
+            self.completion.step()  # a page of a big job's manifest, then the loop goes on
             self._serve_requests()
             if self._hup:
                 self._hup = False
@@ -346,8 +352,23 @@ class Daemon:
                         raise
                     log.exception("intake.set_aside_failed", path=str(path))
 
+    def _check_stuck(self, now: float) -> None:
+        """Names that keep changing for longer than stuck_after: reported (watchd/stuck.py)."""
+        for watch, watcher in zip(self.config.watches, self._watchers, strict=True):
+            self.stuck.update(
+                watch.name,
+                watch.inbox,
+                watcher.unsettled_since(now, watch.stuck_after),
+                now_mono=now,
+                now_wall=time.time(),
+                note_after=watch.stuck_note_after,
+                settle_seconds=watch.settle_seconds,
+            )
+
     def _timeout(self, next_timer: float) -> float:
         """Sleep long when idle (events wake us), tick often while something is settling."""
+        if self.completion.busy:
+            return 0.0  # a manifest is being written a page per pass
         if any(w.pending() for w in self._watchers):
             return BUSY_TICK
         timeout = max(0.0, next_timer - time.monotonic())
@@ -445,6 +466,7 @@ class Daemon:
                 w.name: {"inbox": str(w.inbox), "outbox": str(w.outbox), "model": w.model}
                 for w in config.watches
             },
+            host=socket.gethostname(),
         )
         return build_snapshot(
             info,
@@ -455,6 +477,8 @@ class Daemon:
             now_wall=time.time(),
             now_mono=time.monotonic(),
             hooks={"manifest": self.completion.counters(), **self.hooks.counters.snapshot()},
+            stuck_counts={w.name: self.stuck.count(w.name) for w in config.watches},
+            stuck_files=self.stuck.listing(time.monotonic()),
         )
 
     def _write_stats(self) -> None:
@@ -503,6 +527,8 @@ class Daemon:
         if pool_settings(new) != pool_settings(old):
             self._replace_pool(new, store)
         if new.watches != old.watches:
+            for watch in old.watches:
+                self.stuck.forget_watch(watch.name)  # found again by the new watchers
             for watcher in self._watchers:
                 watcher.stop()
             self._watchers = []
@@ -643,6 +669,7 @@ def pool_settings(config: Config) -> tuple[Any, ...]:
         pool.model_cache,
         pool.memory_arena,
         pool.lone_file_uses_all_cores,
+        pool.max_files_per_worker,
         models_of(config),
         config.daemon.models_dir,
     )
@@ -692,6 +719,7 @@ def new_pool(config: Config, store: ModelStore, wake: Callable[[], None] | None 
         model_cache=config.pool.model_cache,
         memory_arena=config.pool.memory_arena,
         lone_file_uses_all_cores=config.pool.lone_file_uses_all_cores,
+        max_files_per_worker=config.pool.max_files_per_worker,
     )
 
 

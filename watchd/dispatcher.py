@@ -75,6 +75,8 @@ class Dispatcher:
         self.jobs_finished = 0
         self.last_error: dict[str, Any] | None = None
         self.in_flight: dict[Future[Result], FileRecord] = {}
+        #: when each in-flight attempt was handed to the pool: (unix, monotonic) seconds
+        self._handed: dict[Future[Result], tuple[float, float]] = {}
         self._write_failures = 0
         self._pool_breaks = 0
         #: Called in the main thread when a job's last file ends (manifest, hooks).
@@ -125,6 +127,7 @@ class Dispatcher:
         )
         future = self._pool.submit(task)
         self.in_flight[future] = record
+        self._handed[future] = (self._clock(), self._monotonic())
         future.add_done_callback(lambda _f: self._wake())
 
     def original(self, record: FileRecord) -> Path:
@@ -139,6 +142,7 @@ class Dispatcher:
         """Finish every in-flight file whose future is done."""
         self._pool.check()
         done = [future for future in self.in_flight if future.done()]
+        self._time_attempts(done)
         broke = [future for future in done if pool_broke(future)]
         if broke:
             self._pool_broke([self.in_flight.pop(future) for future in broke])
@@ -146,6 +150,18 @@ class Dispatcher:
             if future in self.in_flight:
                 self._finish(self.in_flight.pop(future), outcome(future))
         return len(done)
+
+    def _time_attempts(self, done: list[Future[Result]]) -> None:
+        """Queue wait and worker time of each attempt that came back (the queue metrics)."""
+        now = self._monotonic()
+        for future in done:
+            handed = self._handed.pop(future, None)
+            record = self.in_flight.get(future)
+            if handed is None or record is None or pool_broke(future):
+                continue  # a broken pool's files never ran
+            self._activity.record_attempt(
+                record.watch, waited=handed[0] - record.created_at, ran=now - handed[1]
+            )
 
     def _pool_broke(self, records: list[FileRecord]) -> None:
         """The pool failed these files without a worker dying *with* them.
@@ -160,6 +176,7 @@ class Dispatcher:
         reason = "the worker pool broke before this file ran (a worker died while idle or starting)"
         for record in records:
             delay = self._backoff(self._pool_breaks)
+            self._activity.record_retry(record.watch, "pool_broke")
             self._note_error(record, f"{reason}; retrying in {delay:.0f} s")
             log.warning(
                 "file.retry",
@@ -193,6 +210,7 @@ class Dispatcher:
         if record.attempts >= self._max_attempts:
             self.fail(record, f"{reason} (gave up after {record.attempts} attempts)")
             return
+        self._activity.record_retry(record.watch, retry_reason(reason))
         log.warning(
             "file.retry", file=record.id, job=record.job_id, attempt=record.attempts, error=reason
         )
@@ -223,6 +241,7 @@ class Dispatcher:
             delay = self._backoff(self._write_failures)
             reason = f"cannot write the output {record.output}: {exc.strerror or exc}"
             self._note_error(record, f"{reason} (retrying in {delay:.0f} s)")
+            self._activity.record_retry(record.watch, "write_error")
             log.error(
                 "file.write_failed",
                 file=record.id,
@@ -252,6 +271,7 @@ class Dispatcher:
             height=result.height,
             attempt=record.attempts,
             threads=result.threads,
+            worker_pid=result.worker_pid or None,
             **{f"{k}_s": round(v, 3) for k, v in result.timings.items()},
             latency_s=round(latency, 3),
         )
@@ -394,3 +414,16 @@ class Dispatcher:
 def pool_broke(future: Future[Result]) -> bool:
     """Whether the pool failed this file without running it to the end in a worker."""
     return not future.cancelled() and isinstance(future.exception(), BrokenProcessPool)
+
+
+def retry_reason(message: str) -> str:
+    """The ``reason`` label of a lost attempt (``watchd_file_retries_total``), from the
+    message the pool gave it: past file_timeout, a worker (process or Dask worker) that
+    died or was lost, or anything else that went wrong inside the attempt."""
+    if "file_timeout" in message or "took longer" in message:
+        return "timeout"
+    if message.startswith("processing failed"):
+        return "error"
+    if "died" in message or "lost" in message or "broke" in message:
+        return "worker_lost"
+    return "error"

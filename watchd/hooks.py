@@ -2,8 +2,9 @@
 
 Both run in their own thread with a bounded queue, so a slow command or an
 unreachable receiver never holds up processing (docs/design.md, invariant 6): when a
-queue is full, the new hook is dropped with a warning and a counter, and the job
-is reported without it.
+queue is full, the new hook is refused with a warning and a counter (``deferred``);
+:class:`watchd.completion.Completion` keeps its job unreported and hands the hook
+over again on its periodic pass, so it waits in the ledger instead of being lost.
 
 * :class:`CommandRunner` runs one command at a time, never through a shell, with the
   job's facts in ``WATCHD_*`` variables, its own process group (killed whole at the
@@ -78,8 +79,10 @@ class HookCounters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, dict[str, int]] = {
-            "command": {"ok": 0, "failed": 0, "dropped": 0},
-            "webhook": {"delivered": 0, "failed": 0, "dropped": 0, "retried": 0},
+            # "dropped" stays (always 0) for the stats file's schema version 1: a full
+            # queue defers a hook now (docs/completion.md) instead of dropping it
+            "command": {"ok": 0, "failed": 0, "dropped": 0, "deferred": 0},
+            "webhook": {"delivered": 0, "failed": 0, "dropped": 0, "deferred": 0, "retried": 0},
         }
 
     def add(self, hook: str, outcome: str) -> None:
@@ -627,33 +630,47 @@ class Hooks:
         self.runner.start()
         self.sender.start()
 
-    def run(self, facts: Mapping[str, Any], hooks: HooksConfig, done: Callable[[], None]) -> int:
-        """Queue the job's command and webhook; a full queue drops one, with a warning."""
+    def run(
+        self,
+        facts: Mapping[str, Any],
+        hooks: HooksConfig,
+        done: Callable[[], None],
+        delivery: str | None = None,
+    ) -> int:
+        """Queue the job's command and webhook; returns how many were queued. A full queue
+        refuses one (a warning and the ``deferred`` counter): the caller keeps it and hands
+        it over again later (``Completion``: the job stays unreported in the ledger).
+
+        ``delivery``: the delivery id, the same for every attempt and after a restart
+        (``X-Watchd-Delivery``, ``WATCHD_DELIVERY_ID``); a new one when not given.
+        """
         started = 0
         job = int(facts["job"])
+        delivery_id = delivery or uuid.uuid4().hex
         if hooks.on_complete:
             env = command_environment(self._base_env, facts)
+            env["WATCHD_DELIVERY_ID"] = delivery_id
             command = CommandJob(job, hooks.on_complete, env, hooks.on_complete_timeout, done)
             if self.runner.submit(command):
                 started += 1
             else:
-                self._dropped("command", job, self.runner.pending)
+                self._deferred("command", job, self.runner.pending)
         if hooks.webhook_url:
-            delivery = Delivery(job, hooks.webhook_url, hooks.webhook_secret, facts, done)
-            if self.sender.submit(delivery):
+            call = Delivery(job, hooks.webhook_url, hooks.webhook_secret, facts, done, delivery_id)
+            if self.sender.submit(call):
                 started += 1
             else:
-                self._dropped("webhook", job, self.sender.pending)
+                self._deferred("webhook", job, self.sender.pending)
         return started
 
-    def _dropped(self, hook: str, job: int, waiting: int) -> None:
-        self.counters.add(hook, "dropped")
+    def _deferred(self, hook: str, job: int, waiting: int) -> None:
+        self.counters.add(hook, "deferred")
         log.warning(
-            "hook.dropped",
+            "hook.deferred",
             hook=hook,
             job=job,
             waiting=waiting,
-            message=f"{waiting} {hook} hooks are already waiting; this one is dropped",
+            message=f"{waiting} {hook} hooks are already waiting; this one runs later",
         )
 
     def close(self, deadline: float) -> dict[str, int]:

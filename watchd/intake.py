@@ -56,7 +56,7 @@ from watchd.files import (
     with_suffix,
     write_error_note,
 )
-from watchd.ledger import FileRecord, Ledger, NewFile, NewJob
+from watchd.ledger import FileRecord, Ledger, NewFile, NewJob, name_key
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
 #: The file suffix of each output format (a mask is a greyscale PNG).
@@ -153,6 +153,18 @@ def output_config(options: dict[str, object] | object) -> OutputConfig:
         if isinstance(level, int):
             return OutputConfig(png_compress_level=level)
     return OutputConfig()
+
+
+def _folded_names(listings: dict[Path, set[bytes]], folder: Path) -> set[bytes]:
+    """The folded names (``name_key``) in ``folder``, listed once per naming pass."""
+    listing = listings.get(folder)
+    if listing is None:
+        try:
+            listing = {name_key(os.fsencode(n)) for n in os.listdir(folder)}
+        except OSError:  # not there yet (created when the first output is written)
+            listing = set()
+        listings[folder] = listing
+    return listing
 
 
 class Intake:
@@ -321,7 +333,7 @@ class Intake:
             )
         if not files:
             return None
-        taken, claim, output_taken = self._name_checker()
+        taken, claim, output_taken = self._name_checker(fold=not watch.case_sensitive_names)
         if batch.kind == "folder":
             out_root = claim(unique_path(watch.outbox / batch.name, taken, folder=True))
             archive_root = claim(unique_path(watch.archive / batch.name, taken, folder=True))
@@ -401,16 +413,25 @@ class Intake:
 
         The failed path stays: the original sits there and leaves it for the spool.
         """
-        taken, claim, output_taken = self._name_checker()
+        # Folded whatever the watch says: it only ever avoids more names (a " (2)" sooner),
+        # and the watch's setting may have changed since the job was recorded.
+        taken, claim, output_taken = self._name_checker(fold=True)
         multi_page = _may_have_pages(record.rel)
         output = claim(unique_path(record.output, partial(output_taken, multi_page=multi_page)))
         archive = claim(unique_path(record.archive, taken))
         return output, archive, record.failed
 
     def _name_checker(
-        self,
+        self, *, fold: bool = False
     ) -> tuple[Callable[[Path], bool], Callable[[Path], Path], Callable[..., bool]]:
         """``taken(path)``: on disk, assigned to an unfinished file, or claimed here.
+
+        With ``fold`` (a watch's default, ``case_sensitive_names = false``) names are
+        compared as Windows and macOS clients of a share compare them (``name_key``):
+        ``a.png`` is taken by ``A.png`` on disk, in the ledger or claimed in this job, so
+        ``A.jpg`` and ``a.jpg`` give ``A.png`` and ``a (2).png`` on any file system. Each
+        folder is listed at most once per call (nothing else writes there meanwhile: the
+        main thread is busy here).
 
         ``output_taken(path, multi_page=...)`` also keeps outputs apart from the pages of
         multi-page inputs, whose names (``scan-p1.png``) are only known once a worker has
@@ -419,24 +440,33 @@ class Intake:
         name of it exists or is in use.
         """
         reserved: set[Path] = set()
+        folded: set[bytes] = set()
+        listings: dict[Path, set[bytes]] = {}
+
+        def on_disk(path: Path) -> bool:
+            if os.path.lexists(path):
+                return True
+            return fold and name_key(os.fsencode(path.name)) in _folded_names(listings, path.parent)
+
+        def in_use(path: Path) -> bool:
+            if path in reserved or self._ledger.path_in_use(path):
+                return True
+            return fold and (name_key(path) in folded or self._ledger.name_in_use(path))
 
         def taken(path: Path) -> bool:
-            return (
-                path in reserved
-                or os.path.lexists(path)
-                or os.path.lexists(error_note_path(path))
-                or self._ledger.path_in_use(path)
-            )
+            return in_use(path) or on_disk(path) or on_disk(error_note_path(path))
 
         def claim(path: Path) -> Path:
             reserved.add(path)
+            if fold:
+                folded.add(name_key(path))
             return path
 
         def output_taken(path: Path, *, multi_page: bool) -> bool:
             if taken(path):
                 return True
             base = page_base(path)
-            if base is not None and (base in reserved or self._ledger.path_in_use(base)):
+            if base is not None and in_use(base):
                 return True
             return multi_page and any(taken(page) for page in first_page_names(path))
 

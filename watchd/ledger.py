@@ -49,6 +49,7 @@ import json
 import os
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -386,6 +387,46 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_manifest ON jobs(manifest_path) WHERE manifest_path IS NOT NULL;
     CREATE INDEX jobs_unreported ON jobs(id) WHERE reported = 0 AND state != 'active';
     """,
+    # 4: case-insensitive names. Each target (output, archive, failed, manifest) also
+    # recorded by its folded key (name_key: Unicode case folding, composed accents), so
+    # that a clash check can ask "is a name that a Windows or macOS client cannot tell
+    # apart from this one in use?" through an index, as path_in_use asks for the exact
+    # name. Rows go with their file or job (cascade); a retried file's keys are replaced.
+    # The SQL function watchd_name_key exists only on the daemon's own connection.
+    """
+    CREATE TABLE name_keys (
+        key BLOB NOT NULL,
+        file_id INTEGER REFERENCES files(id) ON DELETE CASCADE,
+        job_id INTEGER REFERENCES jobs(id) ON DELETE CASCADE
+    );
+    CREATE INDEX name_keys_key ON name_keys(key);
+    CREATE INDEX name_keys_file ON name_keys(file_id) WHERE file_id IS NOT NULL;
+    CREATE INDEX name_keys_job ON name_keys(job_id) WHERE job_id IS NOT NULL;
+    INSERT INTO name_keys (key, file_id)
+        SELECT watchd_name_key(output_path), id FROM files WHERE state NOT IN ('done', 'failed')
+        UNION ALL
+        SELECT watchd_name_key(archive_path), id FROM files WHERE state NOT IN ('done', 'failed')
+        UNION ALL
+        SELECT watchd_name_key(failed_path), id FROM files WHERE state NOT IN ('done', 'failed');
+    INSERT INTO name_keys (key, job_id)
+        SELECT watchd_name_key(manifest_path), id FROM jobs
+        WHERE manifest_path IS NOT NULL AND state = 'active';
+    """,
+    # 5: hook deliveries. One row per hook (command, webhook) of a job's current report,
+    # with a delivery id that stays the same across retries and restarts (the webhook's
+    # X-Watchd-Delivery, the command's WATCHD_DELIVERY_ID) and whether it has finished:
+    # after a crash only the hooks that had not finished run again (at least once per
+    # hook), and a hook that found its queue full waits here instead of being dropped.
+    # A job reopened by a retry starts a new report: its rows go (Ledger.requeue_failed).
+    """
+    CREATE TABLE hook_deliveries (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        hook TEXT NOT NULL CHECK (hook IN ('command', 'webhook')),
+        delivery TEXT NOT NULL,
+        finished_at REAL,
+        PRIMARY KEY (job_id, hook)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -398,6 +439,15 @@ _FILE_COLUMNS = (
 
 def _blob(path: Path) -> bytes:
     return os.fsencode(path)
+
+
+def name_key(path: Path | bytes) -> bytes:
+    """A path as a Windows or macOS client compares names: letter case and the composed
+    or decomposed form of an accent do not matter (``A.png``, ``a.png``; ``é``, ``e\u0301``).
+
+    The same function as ``files.name_key``, for the ledger's ``name_keys`` rows."""
+    text = os.fsdecode(path)
+    return os.fsencode(unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold()))
 
 
 def _path(blob: bytes) -> Path:
@@ -543,6 +593,7 @@ class Ledger:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA foreign_keys=ON")
+            connection.create_function("watchd_name_key", 1, _sql_name_key, deterministic=True)
             ledger = cls(connection, clock, priority_aging=priority_aging)
             ledger._migrate()
         except LedgerError:
@@ -623,7 +674,14 @@ class Ledger:
                         None if item.reject is None else _text(item.reject),
                     ),
                 )
-                file_ids.append(int(cursor.lastrowid or 0))
+                file_id = int(cursor.lastrowid or 0)
+                file_ids.append(file_id)
+                _add_name_keys(db, file_id, (item.output, item.archive, item.failed))
+            if job.manifest is not None:
+                db.execute(
+                    "INSERT INTO name_keys (key, job_id) VALUES (?, ?)",
+                    (name_key(job.manifest), job_id),
+                )
         return job_id, file_ids
 
     def path_in_use(self, path: Path) -> bool:
@@ -641,6 +699,22 @@ class Ledger:
                 return True
         row = self._db.execute(  # a manifest is a target too, until its job has ended
             "SELECT 1 FROM jobs WHERE manifest_path = ? AND state = 'active' LIMIT 1", (exact,)
+        ).fetchone()
+        return row is not None
+
+    def name_in_use(self, path: Path) -> bool:
+        """:meth:`path_in_use` with names compared as Windows and macOS clients compare
+        them (:func:`name_key`): ``A.png`` is in use while ``a.png`` is an unfinished
+        file's target, and ``Shoot`` while something below ``shoot/`` is."""
+        exact = name_key(path)
+        low = exact + b"/"
+        high = exact + b"0"
+        row = self._db.execute(
+            "SELECT 1 FROM name_keys k "
+            "LEFT JOIN files f ON f.id = k.file_id LEFT JOIN jobs j ON j.id = k.job_id "
+            "WHERE (k.key = ? OR (k.key >= ? AND k.key < ?)) "
+            "AND (f.state NOT IN ('done', 'failed') OR j.state = 'active') LIMIT 1",
+            (exact, low, high),
         ).fetchone()
         return row is not None
 
@@ -856,6 +930,29 @@ class Ledger:
             (limit,),
         ).fetchall()
         return [int(row[0]) for row in rows]
+
+    def hook_delivery(self, job_id: int, hook: str, new_id: str) -> tuple[str, bool]:
+        """The delivery of ``hook`` for the job's current report: its id (``new_id`` when
+        recorded now) and whether it has finished already (then it must not run again)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO hook_deliveries (job_id, hook, delivery) VALUES (?, ?, ?)",
+                (job_id, hook, new_id),
+            )
+            row = db.execute(
+                "SELECT delivery, finished_at FROM hook_deliveries WHERE job_id = ? AND hook = ?",
+                (job_id, hook),
+            ).fetchone()
+        return str(row[0]), row[1] is not None
+
+    def finish_hook(self, job_id: int, hook: str, delivery: str) -> None:
+        """That delivery has finished (delivered, failed for good, or the command ended)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE hook_deliveries SET finished_at = ? "
+                "WHERE job_id = ? AND hook = ? AND delivery = ?",
+                (self._clock(), job_id, hook, delivery),
+            )
 
     def mark_reported(self, job_id: int) -> None:
         """The job's manifest is written and its hooks are handed over."""
@@ -1134,6 +1231,45 @@ class Ledger:
             ),
         )
 
+    def job_last_file_id(self, job_id: int) -> int:
+        """The highest file id of a job (0 for none): where :meth:`job_files_page` stops."""
+        row = self._db.execute("SELECT MAX(id) FROM files WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def job_files_page(
+        self, job_id: int, after_id: int, limit: int, upto_id: int
+    ) -> list[FileDetail]:
+        """The job's files with ids in (``after_id``, ``upto_id``], in id order, at most
+        ``limit``: a big job's manifest is written a page per pass of the daemon's loop.
+
+        A rowid range scan (a job's files were recorded together, so their ids are
+        contiguous but for jobs recorded in between): each page costs its own rows, not
+        a sort of the whole job.
+        """
+        rows = self._db.execute(
+            f"SELECT {_FILE_DETAIL_COLUMNS} FROM files NOT INDEXED "
+            "WHERE id > ? AND id <= ? AND job_id = ? ORDER BY id LIMIT ?",
+            (after_id, upto_id, job_id, limit),
+        ).fetchall()
+        return [
+            FileDetail(
+                id=f[0],
+                rel=os.fsdecode(f[1]),
+                state=f[2],
+                attempts=f[3],
+                error=f[4],
+                output=_path(f[5]),
+                size=f[6],
+                output_bytes=f[7],
+                created_at=f[8],
+                started_at=f[9],
+                finished_at=f[10],
+                retry_at=f[11],
+                pages=f[12],
+            )
+            for f in rows
+        ]
+
     def cancel_job(self, job_id: int) -> list[FileRecord]:
         """Cancel an active job: its files not yet started fail with the reason "cancelled".
 
@@ -1207,6 +1343,14 @@ class Ledger:
                 if row is None:
                     raise NotFound(f"no file {file_id}")
                 raise Conflict(f"file {file_id} is {row[0]}, not failed: nothing to retry")
+            db.execute("DELETE FROM name_keys WHERE file_id = ?", (file_id,))
+            _add_name_keys(db, file_id, (output, archive, failed))
+            # its job ends again later: a new report, every hook runs again
+            db.execute(
+                "DELETE FROM hook_deliveries "
+                "WHERE job_id = (SELECT job_id FROM files WHERE id = ?)",
+                (file_id,),
+            )
             db.execute(
                 "UPDATE jobs SET state = 'active', finished_at = NULL, cancelled = 0, "
                 "reported = 0 WHERE id = (SELECT job_id FROM files WHERE id = ?)",
@@ -1297,6 +1441,7 @@ def _create(path: Path) -> None:
     try:
         connection = sqlite3.connect(temp, isolation_level=None)
         try:
+            connection.create_function("watchd_name_key", 1, _sql_name_key, deterministic=True)
             ledger = Ledger(connection, time.time)
             ledger._migrate()
         finally:
@@ -1351,6 +1496,20 @@ def _check_health(connection: sqlite3.Connection, path: Path) -> None:
             f"cannot use the ledger {path}: the database is damaged "
             f"({'; '.join(problems)[:300]}); {_RESTORE_HINT}"
         )
+
+
+def _sql_name_key(value: bytes | str | None) -> bytes | None:
+    """``watchd_name_key(blob)`` in SQL (migration 4 fills name_keys with it)."""
+    if value is None:
+        return None
+    return name_key(value.encode() if isinstance(value, str) else value)
+
+
+def _add_name_keys(db: sqlite3.Connection, file_id: int, paths: Iterable[Path]) -> None:
+    db.executemany(
+        "INSERT INTO name_keys (key, file_id) VALUES (?, ?)",
+        [(name_key(p), file_id) for p in paths],
+    )
 
 
 def _split_sql(script: str) -> list[str]:

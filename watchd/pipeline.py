@@ -111,6 +111,7 @@ class Result:
     height: int
     timings: Mapping[str, float] = field(default_factory=dict)
     threads: int = 1  # the onnxruntime threads its inference ran on
+    worker_pid: int = 0  # the worker process that made it (0: not known), for the log
 
     @property
     def data(self) -> bytes:
@@ -570,6 +571,7 @@ def process(task: Task) -> Result:
         height=size[1],
         timings=timings,
         threads=task.threads or _threads,
+        worker_pid=os.getpid(),
     )
 
 
@@ -741,10 +743,16 @@ class LocalPool:
         model_cache: int = DEFAULT_MODEL_CACHE,
         memory_arena: bool = True,
         lone_file_uses_all_cores: bool = True,
+        max_files_per_worker: int | None = None,
     ) -> None:
-        """``model_cache``, ``memory_arena``, ``lone_file_uses_all_cores``: the ``[pool]``
-        settings of the same names."""
+        """``model_cache``, ``memory_arena``, ``lone_file_uses_all_cores``,
+        ``max_files_per_worker``: the ``[pool]`` settings of the same names."""
         self.size = workers
+        #: pebble's ``max_tasks``: a worker exits after this many tasks, *after* returning the
+        #: last one's result, and pebble starts a fresh one (with its own initializer). Files
+        #: waiting are never assigned to the leaving worker, so none fails or is retried; the
+        #: cost is one worker start (spawn + model load) per this many files.
+        self.max_files_per_worker = max_files_per_worker
         self.file_timeout = file_timeout
         # A file alone in the pool may use every thread of it, but not more than the cores
         # this process may run on (more workers than cores is the operator's choice; a lone
@@ -781,6 +789,7 @@ class LocalPool:
 
         return ProcessPool(
             max_workers=self.size,
+            max_tasks=self.max_files_per_worker or 0,
             initializer=init_worker,
             initargs=self._initargs,
             context=multiprocessing.get_context("spawn"),

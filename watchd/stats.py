@@ -21,8 +21,9 @@ import contextlib
 import json
 import math
 import os
+import platform
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +41,15 @@ SCHEMA_VERSION = 1
 
 #: Drop-to-output latency buckets, in seconds (the ``le`` bounds of the histogram).
 LATENCY_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
+#: Time waiting in the queue (recorded to the start of an attempt), in seconds: from a file
+#: taken at once to a backlog of hours.
+QUEUE_WAIT_BUCKETS: tuple[float, ...] = (
+    0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400,
+)  # fmt: skip
+#: Time one attempt spends in a worker (handed over to its result), in seconds.
+RUN_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
+#: Why a file's attempt is retried (``watchd_file_retries_total``'s ``reason`` label).
+RETRY_REASONS: tuple[str, ...] = ("timeout", "worker_lost", "error", "write_error", "pool_broke")
 
 FILE_STATES: tuple[str, ...] = (
     "pending",
@@ -93,6 +103,31 @@ class Activity:
         self._hist: dict[str, list[int]] = {}
         self._hist_sum: dict[str, float] = {}
         self._rng = random.Random(seed)
+        self._queue_wait = _Histograms(QUEUE_WAIT_BUCKETS)
+        self._run = _Histograms(RUN_BUCKETS)
+        self._retries: dict[tuple[str, str], int] = {}
+
+    def record_attempt(self, watch: str, *, waited: float, ran: float) -> None:
+        """One attempt that came back from a worker (whatever its outcome): how long the
+        file waited in the queue before it (from its recording, earlier attempts and
+        back-off included) and how long it ran in the worker."""
+        self._queue_wait.observe(watch, waited)
+        self._run.observe(watch, ran)
+
+    def record_retry(self, watch: str, reason: str) -> None:
+        """One attempt given back to the queue; ``reason`` is one of :data:`RETRY_REASONS`."""
+        key = (watch, reason)
+        self._retries[key] = self._retries.get(key, 0) + 1
+
+    def retries(self) -> dict[tuple[str, str], int]:
+        """Retries since start by (watch, reason)."""
+        return dict(self._retries)
+
+    def queue_wait_histogram(self) -> dict[str, tuple[list[int], float, int]]:
+        return self._queue_wait.cumulative()
+
+    def run_histogram(self) -> dict[str, tuple[list[int], float, int]]:
+        return self._run.cumulative()
 
     def record(self, watch: str, *, ok: bool, latency: float, now: float) -> None:
         """Count one finished file of ``watch``; ``now`` is monotonic seconds."""
@@ -191,6 +226,36 @@ class Activity:
         return out
 
 
+class _Histograms:
+    """Fixed-bucket histograms per watch since start (bounded: buckets x watches)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+
+    def observe(self, watch: str, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        value = max(0.0, float(value))  # clock skew between the recording and now
+        counts = self._counts.get(watch)
+        if counts is None:
+            counts = self._counts[watch] = [0] * (len(self.bounds) + 1)
+            self._sums[watch] = 0.0
+        counts[bisect.bisect_left(self.bounds, value)] += 1
+        self._sums[watch] += value
+
+    def cumulative(self) -> dict[str, tuple[list[int], float, int]]:
+        out: dict[str, tuple[list[int], float, int]] = {}
+        for watch, counts in self._counts.items():
+            running, cumulative = 0, []
+            for n in counts:
+                running += n
+                cumulative.append(running)
+            out[watch] = (cumulative, self._sums[watch], running)
+        return out
+
+
 def _check_window(window: float) -> int:
     if not 0 < window <= MAX_WINDOW:
         raise ValueError(f"window must be in (0, {MAX_WINDOW:g}] seconds, got {window!r}")
@@ -240,6 +305,7 @@ class DaemonInfo:
     providers: Mapping[str, str]  # model -> onnxruntime provider in use
     watches: Mapping[str, Mapping[str, str]]  # name -> {"inbox", "outbox", "model"}
     pool: Mapping[str, Any] = field(default_factory=dict)  # the pool's describe()
+    host: str = ""  # this machine's name (the local pool's workers run here)
 
 
 def iso_utc(unix: float) -> str:
@@ -268,6 +334,8 @@ def build_snapshot(
     now_wall: float,
     now_mono: float,
     hooks: Mapping[str, Mapping[str, int]] | None = None,
+    stuck_counts: Mapping[str, int] | None = None,
+    stuck_files: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The stats snapshot, schema version 1 (see docs/stats.md).
 
@@ -292,6 +360,7 @@ def build_snapshot(
             "files": _zero_filled(FILE_STATES, file_counts.get(name)),
             "totals": _zero_filled(TOTAL_KEYS, totals.get(name)),
             "files_per_second_15m": activity.rate(MAX_WINDOW, now_mono, name),
+            "stuck": int((stuck_counts or {}).get(name, 0)),
         }
     snapshot = {
         "version": SCHEMA_VERSION,
@@ -306,6 +375,7 @@ def build_snapshot(
             "scheduler": info.pool.get("scheduler"),
             "connected": bool(info.pool.get("connected", True)),
             "error": info.pool.get("error"),
+            "workers_by_host": _workers_by_host(info),
         },
         "models": list(info.models),
         "providers": dict(info.providers),
@@ -319,11 +389,26 @@ def build_snapshot(
         "latency_seconds": activity.latency(now_mono),
         "watches": watches,
         "last_error": _last_error(last_error),
+        "stuck_files": [dict(entry) for entry in stuck_files or ()],
         "generated_at": iso_utc(now_wall),
     }
     if hooks is not None:
         snapshot["hooks"] = {hook: dict(outcomes) for hook, outcomes in hooks.items()}
     return snapshot
+
+
+def _workers_by_host(info: DaemonInfo) -> dict[str, int]:
+    """Worker processes online per host: the local pool's on this machine; a Dask
+    cluster's as its scheduler last reported them (only workers in state "running")."""
+    if info.backend != "dask":
+        return {info.host or "localhost": info.workers_total}
+    hosts: dict[str, int] = {}
+    for worker in info.pool.get("per_worker", ()):
+        if worker.get("status") not in (None, "running"):
+            continue
+        host = str(worker.get("host") or worker.get("address") or "unknown")
+        hosts[host] = hosts.get(host, 0) + 1
+    return dict(sorted(hosts.items()))
 
 
 def _last_error(error: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -434,6 +519,25 @@ class _SnapshotCollector:
             )
         yield histogram
 
+        yield from self._queue_families(watches)
+
+        online = GaugeMetricFamily(
+            METRIC_PREFIX + "workers_online",
+            "Worker processes online, per host (one host for the local pool; per Dask host).",
+            labels=["host"],
+        )
+        for host, count in snap["pool"].get("workers_by_host", {}).items():
+            online.add_metric([host], count)
+        yield online
+
+        info = GaugeMetricFamily(
+            METRIC_PREFIX + "build_info",
+            "Always 1; the labels say which watchd runs, on which Python, with which pool.",
+            labels=["version", "python_version", "backend"],
+        )
+        info.add_metric([snap["watchd_version"], platform.python_version(), snap["backend"]], 1)
+        yield info
+
         if "hooks" in snap:
             hooks = CounterMetricFamily(
                 METRIC_PREFIX + "hooks",
@@ -444,6 +548,44 @@ class _SnapshotCollector:
                 for outcome, count in outcomes.items():
                     hooks.add_metric([hook, outcome], count)
             yield hooks
+
+    def _queue_families(self, watches: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+        """What Celery's and Dramatiq's exporters show: retries by reason, and time
+        waiting in the queue apart from time running in a worker."""
+        retries = CounterMetricFamily(
+            METRIC_PREFIX + "file_retries",
+            "Attempts given back to the queue since the daemon started, by watch and reason.",
+            labels=["watch", "reason"],
+        )
+        recorded = self._activity.retries()
+        for name in sorted(set(watches) | {w for w, _ in recorded}):
+            for reason in RETRY_REASONS:
+                retries.add_metric([name, reason], recorded.get((name, reason), 0))
+        yield retries
+        for family, help_text, bounds, histograms in (
+            (
+                "queue_wait_seconds",
+                "Seconds from a file's recording to the start of an attempt (earlier attempts "
+                "and back-off included), per watch, since the daemon started.",
+                QUEUE_WAIT_BUCKETS,
+                self._activity.queue_wait_histogram(),
+            ),
+            (
+                "run_seconds",
+                "Seconds one attempt spent in a worker, per watch, since the daemon started.",
+                RUN_BUCKETS,
+                self._activity.run_histogram(),
+            ),
+        ):
+            histogram = HistogramMetricFamily(METRIC_PREFIX + family, help_text, labels=["watch"])
+            empty = ([0] * (len(bounds) + 1), 0.0, 0)
+            les = [repr(float(b)) for b in bounds] + ["+Inf"]
+            for name in sorted(set(watches) | set(histograms)):
+                cumulative, total, _count = histograms.get(name, empty)
+                histogram.add_metric(
+                    [name], buckets=list(zip(les, cumulative, strict=True)), sum_value=total
+                )
+            yield histogram
 
     @staticmethod
     def _per_watch(watches: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
@@ -457,6 +599,11 @@ class _SnapshotCollector:
         )
         bytes_out = CounterMetricFamily(
             METRIC_PREFIX + "bytes_out", "Bytes of output written.", labels=["watch"]
+        )
+        stuck = GaugeMetricFamily(
+            METRIC_PREFIX + "files_stuck",
+            "Names in the inbox that kept changing for longer than stuck_after (not taken).",
+            labels=["watch"],
         )
         files = GaugeMetricFamily(
             METRIC_PREFIX + "files_in_state",
@@ -476,7 +623,8 @@ class _SnapshotCollector:
                 files.add_metric([name, state], figures["files"][state])
             for state in JOB_STATES:
                 jobs.add_metric([name, state], figures["jobs"][state])
-        yield from (files_total, bytes_in, bytes_out, files, jobs)
+            stuck.add_metric([name], figures.get("stuck", 0))
+        yield from (files_total, bytes_in, bytes_out, files, jobs, stuck)
 
 
 def render_metrics(snapshot: Mapping[str, Any], activity: Activity) -> bytes:

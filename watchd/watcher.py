@@ -47,8 +47,18 @@ from watchdog.observers.polling import PollingObserver
 log = structlog.get_logger()
 
 # Names that are never content: hidden files (also rsync's ".name.XXXXXX" temp files),
-# browser/uploader partials, Office lock files, and NAS/Windows housekeeping.
+# browser/uploader partials, Office lock files, and NAS/Windows/macOS/sync-tool housekeeping.
+# Each pattern matches one name (a file's or a folder's), case-insensitively. The specific
+# rules come before the broad ``.*`` so that :func:`ignore_rule` names the one that
+# explains a name (``.~lock.a.odt#`` is LibreOffice's lock file, not just "hidden").
 DEFAULT_IGNORE: tuple[str, ...] = (
+    "__MACOSX",  # the resource-fork folder of zips made on macOS
+    ".stfolder",  # Syncthing's folder marker
+    ".stversions",  # Syncthing's old versions
+    ".syncthing.*",  # Syncthing's temp files while a file arrives
+    "~*.tmp",  # Office's temp files
+    ".~lock.*#",  # LibreOffice's lock files
+    "*.watchd-stuck.txt",  # watchd's own note beside a file that never settles
     ".*",
     "*.tmp",
     "*.part",
@@ -138,6 +148,32 @@ def is_ignored(name: str, patterns: Sequence[str] = DEFAULT_IGNORE) -> bool:
     return _compile(tuple(patterns)).match(name) is not None
 
 
+def ignore_rule(name: str, patterns: Sequence[str] = DEFAULT_IGNORE) -> str | None:
+    """The first pattern that ignores one name (a path component), or None.
+
+    The answer to "why was my file not taken": ``watchd check-ignore`` prints it and
+    intake's ``intake.ignored`` debug event carries it. Per-pattern matching is slower
+    than the combined expression, so the hot paths use :func:`is_ignored`.
+    """
+    for pattern in patterns:
+        if _compile((pattern,)).match(name) is not None:
+            return pattern
+    return None
+
+
+def explain_ignored(rel: str, patterns: Sequence[str] = DEFAULT_IGNORE) -> tuple[str, str] | None:
+    """For a path relative to an inbox: the first component that is ignored and its rule.
+
+    A name deep inside an ignored folder (``__MACOSX/a/b.jpg``) is ignored because of the
+    folder, so the answer names the component as well as the pattern.
+    """
+    for part in Path(rel).parts:
+        rule = ignore_rule(part, patterns)
+        if rule is not None:
+            return part, rule
+    return None
+
+
 def _odd_kind(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "symlink"
@@ -153,11 +189,12 @@ def _odd_kind(mode: int) -> str:
 class _Entry:
     """What is remembered per tracked top-level name: a few words, never a file list."""
 
-    __slots__ = ("ready_at", "sig", "stable_since")
+    __slots__ = ("ready_at", "sig", "since", "stable_since")
 
     def __init__(self, now: float) -> None:
         self.sig: tuple[int, ...] | None = None
         self.stable_since = now
+        self.since = now  # first tracked: how long it has kept changing (stuck_after)
         self.ready_at: float | None = None  # loose files only: when it joined the group
 
 
@@ -183,7 +220,8 @@ class StabilityTracker:
         self._watch = watch
         self._inbox = Path(os.path.abspath(inbox))
         self._settle = settle_seconds
-        self._ignored = _compile(tuple(ignore)).match
+        self._patterns = tuple(ignore)
+        self._ignored = _compile(self._patterns).match
         self._max_files = max(1, max_batch_files)
         self._max_wait = (
             max(10.0, 10 * settle_seconds) if max_batch_wait is None else max_batch_wait
@@ -193,6 +231,7 @@ class StabilityTracker:
         #: Refused entries of a kind intake moves aside (links, pipes, ...), each reported
         #: once, in the order met; the caller takes them with :meth:`take_skipped`.
         self.skipped: list[tuple[str, str]] = []
+        self._logged_ignored: set[str] = set()
 
     def touch(self, name: str, now: float) -> None:
         """Start tracking a top-level name; an already tracked one keeps its clock,
@@ -202,6 +241,22 @@ class StabilityTracker:
 
     def tracked(self) -> int:
         return len(self._entries)
+
+    def unsettled_since(self, now: float, older_than: float) -> dict[str, float]:
+        """Top-level names that have kept changing (never stable for ``settle_seconds``)
+        for longer than ``older_than`` seconds, with when they were first seen.
+
+        A scanner that died mid-page or a copy that stalled leaves such a name behind; it
+        is never taken while it changes, so the daemon reports it instead of waiting
+        silently forever. A name that settled and waits for its group is not stuck.
+        """
+        return {
+            name: entry.since
+            for name, entry in self._entries.items()
+            if now - entry.since >= older_than
+            and entry.ready_at is None
+            and now - entry.stable_since < self._settle
+        }
 
     def tick(self, now: float, max_files: int | None = None) -> list[Batch]:
         """Stat every tracked entry once and return the batches that became ready.
@@ -312,6 +367,8 @@ class StabilityTracker:
             with os.scandir(dirpath) as it:
                 for de in it:
                     if self._ignored(de.name):
+                        if collect:
+                            self.note_ignored(de.path, de.name)
                         continue
                     try:
                         yield de, de.stat(follow_symlinks=False)
@@ -349,6 +406,22 @@ class StabilityTracker:
             batches.append(Batch(self._watch, "loose", self._inbox, files[0].rel + more, files))
             budget = None if budget is None else budget - len(files)
         return batches
+
+    def note_ignored(self, path: str, name: str) -> None:
+        """Say (at debug level, once per path) which rule kept a name out of intake, so
+        "why was my file never taken?" has an answer in the log as well as from
+        ``watchd check-ignore``."""
+        if path in self._logged_ignored:
+            return
+        if len(self._logged_ignored) >= _SKIP_LOG_LIMIT:
+            self._logged_ignored.clear()
+        self._logged_ignored.add(path)
+        log.debug(
+            "intake.ignored",
+            watch=self._watch,
+            path=path,
+            rule=ignore_rule(name, self._patterns),
+        )
 
     def _skip(self, path: str, reason: str) -> None:
         """Log a refused path once, not on every tick or rescan that meets it again."""
@@ -485,6 +558,7 @@ class InboxWatcher:
         with os.scandir(self._inbox) as it:
             for de in it:
                 if self._ignored(de.name):
+                    self._tracker.note_ignored(de.path, de.name)
                     continue
                 if de.is_symlink():  # d_type only, no syscall; never tracked
                     self._tracker._skip(de.path, "symlink")
@@ -517,6 +591,10 @@ class InboxWatcher:
 
     def forget_skipped(self, path: Path) -> None:
         self._tracker.forget_skipped(str(path))
+
+    def unsettled_since(self, now: float, older_than: float) -> dict[str, float]:
+        """See :meth:`StabilityTracker.unsettled_since` (names relative to the inbox)."""
+        return self._tracker.unsettled_since(now, older_than)
 
     def pending(self) -> bool:
         """True while ticking often matters; otherwise the daemon may sleep until woken."""

@@ -1,0 +1,80 @@
+"""`watchd status` starts fast: scripts and health checks call it every few seconds.
+
+Timing on a shared, loaded CI machine is too noisy to assert (docs/performance.md has the
+measured numbers); what is asserted is the cause of a slow start, deterministically: the
+modules a `watchd status` process imports. The daemon's heavy ones (asyncio for the
+control server, structlog, SQLite, the image and model stack) must not be among them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+#: Modules only the daemon needs; any of them in a `watchd status` process costs start-up.
+DAEMON_ONLY = (
+    "asyncio",
+    "structlog",
+    "sqlite3",
+    "concurrent.futures",
+    "tempfile",
+    "difflib",
+    "watchdog",
+    "PIL",
+    "numpy",
+    "onnxruntime",
+    "pebble",
+    "watchd.daemon",
+    "watchd.ledger",
+    "watchd.pipeline",
+)
+
+PROBE = """
+import json, sys
+from watchd import cli
+code = cli.main(sys.argv[1:])
+# a module imported lazily (importlib.util.LazyLoader) has not run: not loaded. Only its type
+# is looked at, since any attribute access would run it.
+loaded = [m for m in json.loads(sys.stdin.read())
+          if m in sys.modules and type(sys.modules[m]).__name__ != "_LazyModule"]
+print(json.dumps({"code": code, "loaded": loaded}))
+"""
+
+
+def probe(*argv: str) -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        input=json.dumps(DAEMON_ONLY),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
+    return answer
+
+
+def test_status_imports_none_of_the_daemons_modules(tmp_path: Path) -> None:
+    config = tmp_path / "watchd.toml"
+    config.write_text('[[watch]]\nname = "w"\ninbox = "in"\noutbox = "out"\n')
+    answer = probe("status", "--config", str(config))
+    assert answer["code"] == 3  # no daemon here: the client ran and could not connect
+    assert answer["loaded"] == [], answer
+
+
+def test_a_config_mistake_still_gets_its_suggestion(tmp_path: Path) -> None:
+    """difflib is imported only when a key is misspelt, and then it is."""
+    config = tmp_path / "watchd.toml"
+    config.write_text('[[watch]]\nname = "w"\ninbox = "in"\noutbox = "out"\nsetle_seconds = 1\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "watchd", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "did you mean 'settle_seconds'?" in result.stderr
