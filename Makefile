@@ -33,6 +33,10 @@ run: model
 test: lint typecheck model
 	$(BIN)/pytest
 
+## unit: the fast loop (under a minute): no daemon, no model, no container, no scale tests
+unit: $(STAMP)
+	$(BIN)/pytest -q -m "not e2e and not model and not container and not slow"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

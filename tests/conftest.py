@@ -13,6 +13,18 @@ from tests.support import DaemonProcess, write_config
 from watchd.models import ModelStore
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks taken from what a test uses, so the fast loop (``make unit``) cannot miss one:
+    asking for ``daemon_factory`` starts the real daemon (``e2e``); asking for
+    ``model_store`` (directly or through another fixture) uses the real model (``model``)."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "daemon_factory" in names:
+            item.add_marker(pytest.mark.e2e)
+        if "model_store" in names:
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session")
 def model_store() -> ModelStore:
     """rembg's own model folder, where ``make test`` put u2netp (pulled here if missing)."""

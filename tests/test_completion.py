@@ -264,6 +264,7 @@ def test_non_utf8_names_become_valid_json_with_their_exact_bytes_beside(
 # --- atomic, and last -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_write_manifest_never_shows_a_partial_file(tmp_path: Path) -> None:
     """A reader polling the manifest sees nothing or a whole one, never a prefix."""
     target = tmp_path / "job.manifest.json"
@@ -451,6 +452,7 @@ def test_a_job_that_ends_again_while_its_hooks_run_is_reported_again(
 # --- size -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_20000_file_job_manifest_costs_bounded_memory_and_time(
     ledger: Ledger, outbox: Path, tmp_path: Path
 ) -> None:
@@ -736,6 +738,7 @@ def test_a_hook_whose_queue_is_full_is_deferred_not_dropped(ledger: Ledger, outb
 # --- big jobs off the main loop (issue 17) --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_big_job_without_a_manifest_reads_none_of_its_files(
     ledger: Ledger, outbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

