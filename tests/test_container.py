@@ -120,15 +120,23 @@ def test_drops_become_cutouts_owned_by_puid(
     for name in ("inbox", "outbox", "archive", "failed"):  # made on first start, for PUID
         info = os.stat(data / name)
         assert (info.st_uid, info.st_gid) == user, name
-    drop(photos["astronaut.jpg"], data / "inbox")
-    drop(photos["coffee.png"], data / "inbox")
-    stage = tmp_path / "stage" / "shoot"  # a folder, moved in whole
-    stage.mkdir(parents=True)
-    shutil.copyfile(photos["chelsea.webp"], stage / "chelsea.webp")
-    shutil.copyfile(photos["rocket.jpg"], stage / "rocket.jpg")
-    for path in (stage, stage / "chelsea.webp", stage / "rocket.jpg"):
+    # As a Samba group share creates files (create mask 0664): an output is never more open
+    # than its input (docs/design.md, invariant 4), so UMASK 002 shows on 0664 inputs.
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    for name in ("astronaut.jpg", "coffee.png"):
+        shutil.copyfile(photos[name], stage / name)
+        os.chmod(stage / name, 0o664)
+        os.chown(stage / name, *user)
+        os.rename(stage / name, data / "inbox" / name)
+    shoot = stage / "shoot"  # a folder, moved in whole
+    shoot.mkdir()
+    shutil.copyfile(photos["chelsea.webp"], shoot / "chelsea.webp")
+    shutil.copyfile(photos["rocket.jpg"], shoot / "rocket.jpg")
+    for path in (shoot, shoot / "chelsea.webp", shoot / "rocket.jpg"):
+        os.chmod(path, 0o775 if path.is_dir() else 0o664)
         os.chown(path, *user)  # as the share user (PUID) creates it over SMB
-    os.rename(stage, data / "inbox" / "shoot")
+    os.rename(shoot, data / "inbox" / "shoot")
     (data / "inbox" / "broken.jpg").write_text("this is not a photo\n")
 
     expected = ["astronaut.png", "coffee.png", "shoot/chelsea.png", "shoot/rocket.png"]
