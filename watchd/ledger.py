@@ -1211,24 +1211,7 @@ class Ledger:
             running=by_state.get(FileState.RUNNING.value, 0),
             options=json.loads(row[10]),
             manifest=None if row[11] is None else _path(row[11]),
-            files=tuple(
-                FileDetail(
-                    id=f[0],
-                    rel=os.fsdecode(f[1]),
-                    state=f[2],
-                    attempts=f[3],
-                    error=f[4],
-                    output=_path(f[5]),
-                    size=f[6],
-                    output_bytes=f[7],
-                    created_at=f[8],
-                    started_at=f[9],
-                    finished_at=f[10],
-                    retry_at=f[11],
-                    pages=f[12],
-                )
-                for f in files
-            ),
+            files=tuple(_file_detail(f) for f in files),
         )
 
     def job_last_file_id(self, job_id: int) -> int:
@@ -1251,24 +1234,7 @@ class Ledger:
             "WHERE id > ? AND id <= ? AND job_id = ? ORDER BY id LIMIT ?",
             (after_id, upto_id, job_id, limit),
         ).fetchall()
-        return [
-            FileDetail(
-                id=f[0],
-                rel=os.fsdecode(f[1]),
-                state=f[2],
-                attempts=f[3],
-                error=f[4],
-                output=_path(f[5]),
-                size=f[6],
-                output_bytes=f[7],
-                created_at=f[8],
-                started_at=f[9],
-                finished_at=f[10],
-                retry_at=f[11],
-                pages=f[12],
-            )
-            for f in rows
-        ]
+        return [_file_detail(f) for f in rows]
 
     def cancel_job(self, job_id: int) -> list[FileRecord]:
         """Cancel an active job: its files not yet started fail with the reason "cancelled".
@@ -1496,6 +1462,25 @@ def _check_health(connection: sqlite3.Connection, path: Path) -> None:
             f"cannot use the ledger {path}: the database is damaged "
             f"({'; '.join(problems)[:300]}); {_RESTORE_HINT}"
         )
+
+
+def _file_detail(row: Sequence[Any]) -> FileDetail:
+    """A row of ``_FILE_DETAIL_COLUMNS`` as a :class:`FileDetail`."""
+    return FileDetail(
+        id=row[0],
+        rel=os.fsdecode(row[1]),
+        state=row[2],
+        attempts=row[3],
+        error=row[4],
+        output=_path(row[5]),
+        size=row[6],
+        output_bytes=row[7],
+        created_at=row[8],
+        started_at=row[9],
+        finished_at=row[10],
+        retry_at=row[11],
+        pages=row[12],
+    )
 
 
 def _sql_name_key(value: bytes | str | None) -> bytes | None:
