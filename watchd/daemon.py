@@ -740,6 +740,8 @@ def load_in_worker(pool: Pool, model: str) -> str:
 def rescan(watcher: InboxWatcher, name: str, now: float) -> None:
     """The periodic safety scan; an inbox that vanished (unmounted share) is logged, not fatal."""
     try:
+        if watcher.revive():
+            log.info("watch.revived", watch=name, message="the inbox is back; watching it again")
         watcher.scan(now)
     except OSError as exc:
         log.error("watch.unavailable", watch=name, error=str(exc))
