@@ -37,13 +37,9 @@ from watchd.completion import (
 )
 from watchd.config import HooksConfig
 from watchd.ledger import Ledger, NewFile, NewJob
+from watchd.options import JobOptions
 
-OPTIONS = {
-    "model": "u2netp",
-    "after": "archive",
-    "max_file_bytes": 1000,
-    "output": {"format": "png"},
-}
+OPTIONS = JobOptions(model="u2netp", after="archive", max_file_bytes=1000)
 T0 = 1_700_000_000.0
 
 

@@ -141,13 +141,11 @@ def job_facts(detail: JobDetail, outbox: Path) -> dict[str, Any]:
 
 def build_manifest(detail: JobDetail, outbox: Path) -> dict[str, Any]:
     """The manifest of an ended job (layout version :data:`MANIFEST_VERSION`)."""
-    options = detail.options
-    output = options.get("output")
     return {
         "version": MANIFEST_VERSION,
         **job_facts(detail, outbox),
-        "model": options.get("model"),
-        "format": output.get("format") if isinstance(output, Mapping) else None,
+        "model": detail.options.model,
+        "format": detail.options.output.format,
         "inputs": [file_entry(f, outbox) for f in detail.files],
     }
 

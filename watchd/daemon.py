@@ -18,7 +18,6 @@ import signal
 import socket
 import sqlite3
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
@@ -38,9 +37,10 @@ from watchd.fsinfo import filesystem_type, is_network
 from watchd.hooks import Hooks
 from watchd.intake import Intake, is_litter
 from watchd.ledger import Ledger
-from watchd.models import ModelStore, check_name
+from watchd.models import ModelStore
 from watchd.notify import Notifier
-from watchd.pipeline import LocalPool, Pool
+from watchd.pool.factory import models_of, new_pool
+from watchd.pool.protocol import ModelCheck, Pool
 from watchd.stats import (
     Activity,
     DaemonInfo,
@@ -127,7 +127,6 @@ class Daemon:
             activity=self._activity,
             monotonic=time.monotonic,
         )
-        self._store = store
         self.intake = Intake(
             self.ledger, self._spool_dir, fail=self.dispatcher.fail, check_model=self._check_model
         )
@@ -144,20 +143,21 @@ class Daemon:
             self._recover()
             self.paused = self.dispatcher.paused = self.ledger.get_setting("paused") == "1"
             for model in models:
-                self._providers[model] = load_in_worker(self.pool, model)
-                self._check_provider(model, self._providers[model])
+                check = load_in_worker(self.pool, model)
+                self._providers[model] = check.provider
+                self._check_provider(model, check)
             self._start_watchers()
             self._start_control()
             self._start_http()
             self._write_stats()
-            pool = self.pool.describe()
+            pool = self.pool.status()
             log.info(
                 "daemon.ready",
                 pid=os.getpid(),
-                backend=pool["backend"],
-                workers=pool["workers"],  # local: processes; dask: workers connected right now
-                scheduler=pool.get("scheduler"),
-                cluster=pool.get("state"),
+                backend=pool.backend,
+                workers=pool.workers,  # local: processes; dask: workers connected right now
+                scheduler=pool.scheduler,
+                cluster=pool.state,
                 paused=self.paused,
                 socket=str(config.daemon.socket),
                 watches=[
@@ -200,20 +200,18 @@ class Daemon:
                 log.info("recovery.folder_removed", watch=watch, folder=str(root))
 
     def _check_model(self, model: str) -> None:
-        """A model a sidecar names must be one the pool can load (installed and intact, or,
-        on a Dask cluster whose workers hold the models, at least a valid name)."""
-        if self.config.pool.backend == "dask":
-            check_name(model)
-        else:
-            self._store.verify(model)
+        """A model a sidecar names must be one the pool can load (the pool decides what it
+        can check: installed and intact here, or a valid name for workers elsewhere)."""
+        self.pool.verify_model(model)
 
-    def _check_provider(self, model: str, active: str) -> None:
+    def _check_provider(self, model: str, check: ModelCheck) -> None:
         """Say which provider runs; loudly if not the one asked for (rembg's top complaint)."""
         wanted = self.config.pool.providers[0]
+        active = check.provider
         if active == wanted:
             log.info("model.loaded", model=model, provider=active)
             return
-        if active.startswith("unknown"):  # DaskPool: no worker to ask yet; each is asked on joining
+        if check.deferred:  # no worker to ask yet; the pool asks each as it joins
             if self.config.pool.require_accelerator:
                 raise ModelError(
                     f"model {model!r} cannot be checked ({active}); refusing to start "
@@ -286,7 +284,7 @@ class Daemon:
         return {
             "ledger_open": True,
             "recovery_done": True,
-            "model_loaded": bool(self._providers) or self.pool.describe()["backend"] == "dask",
+            "model_loaded": bool(self._providers),  # checked, or deferred to the workers
             "watches_live": len(self._watchers) == len(self.config.watches)
             and all(w.alive for w in self._watchers),
         }
@@ -445,23 +443,19 @@ class Daemon:
     def snapshot(self) -> dict[str, Any]:
         """Everything ``watchd status`` and the stats file show (cheap: no table scans)."""
         config = self.config
-        pool = self.pool.describe()
-        if pool["backend"] == "dask":  # worker threads of the cluster, and those running our files
-            total, busy = int(pool["threads"]), int(pool["busy"])
-        else:
-            total, busy = self.pool.size, min(self.pool.size, len(self.dispatcher.in_flight))
+        pool = self.pool.status()
         info = DaemonInfo(
             version=__version__,
             pid=os.getpid(),
             started_at=self._started_at,
             paused=self.paused,
-            workers_total=total,
-            workers_busy=busy,
-            backend=str(pool["backend"]),
-            pool=pool,
+            workers_total=pool.threads,
+            workers_busy=pool.busy,
+            backend=pool.backend,
+            pool=pool.as_dict(),
             models=tuple(sorted({w.model for w in config.watches})),
-            # A Dask cluster's workers report their own providers as they join.
-            providers={**self._providers, **pool.get("providers", {})},
+            # A cluster's workers report their own providers as they join.
+            providers={**self._providers, **pool.providers},
             watches={
                 w.name: {"inbox": str(w.inbox), "outbox": str(w.outbox), "model": w.model}
                 for w in config.watches
@@ -535,7 +529,6 @@ class Daemon:
             self.config = new
             self._start_watchers()
         self.config = new
-        self._store = store  # sidecars' models are checked where the new config looks
         self.ledger.priority_aging = new.daemon.priority_aging
         self.dispatcher.use_pool(self.pool, new.pool.max_attempts)
         log.info("reload.done", changes=changes)
@@ -544,7 +537,7 @@ class Daemon:
     def _replace_pool(self, config: Config, store: ModelStore) -> None:
         pool = new_pool(config, store, wake=self._wake)
         try:
-            providers = {m: load_in_worker(pool, m) for m in models_of(config)}
+            providers = {m: load_in_worker(pool, m).provider for m in models_of(config)}
         except WatchdError as exc:
             pool.close(cancel=True)
             log.error("reload.rejected", error=str(exc), message="the running configuration stays")
@@ -561,9 +554,7 @@ class Daemon:
         """One line for ``systemctl status``."""
         names = ", ".join(f"{w.name}: {w.inbox}" for w in self.config.watches)
         paused = "paused; " if self.paused else ""
-        pool = self.pool.describe()
-        cluster = f" on {pool['scheduler']} ({pool['state']})" if pool.get("scheduler") else ""
-        return f"{paused}{pool['workers']} workers{cluster}; watching {names}"
+        return f"{paused}{self.pool.status().summary()}; watching {names}"
 
     # --- signals and shutdown ---------------------------------------------------------------------
 
@@ -695,39 +686,7 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     return sorted(changes)
 
 
-def new_pool(config: Config, store: ModelStore, wake: Callable[[], None] | None = None) -> Pool:
-    pool = config.pool
-    if pool.backend == "dask":
-        assert pool.scheduler is not None  # config validation
-        from watchd.dask_pool import DaskPool, security_from  # only with backend = "dask"
-
-        return DaskPool(
-            pool.scheduler,
-            models=models_of(config),
-            file_timeout=pool.file_timeout,
-            dispatch_window=pool.dispatch_window,
-            security=security_from(pool.tls_ca_file, pool.tls_client_cert, pool.tls_client_key),
-            on_capacity=wake,  # dispatch as soon as the cluster can take work
-        )
-    return LocalPool(
-        workers=config.pool.workers,
-        threads_per_worker=config.pool.threads_per_worker,
-        env=store.worker_env(),
-        models=models_of(config),
-        file_timeout=config.pool.file_timeout,
-        providers=config.pool.providers,
-        model_cache=config.pool.model_cache,
-        memory_arena=config.pool.memory_arena,
-        lone_file_uses_all_cores=config.pool.lone_file_uses_all_cores,
-        max_files_per_worker=config.pool.max_files_per_worker,
-    )
-
-
-def models_of(config: Config) -> tuple[str, ...]:
-    return tuple(sorted({watch.model for watch in config.watches}))
-
-
-def load_in_worker(pool: Pool, model: str) -> str:
+def load_in_worker(pool: Pool, model: str) -> ModelCheck:
     """Load ``model`` in a real worker before declaring the daemon ready."""
     try:
         return pool.check_model(model, MODEL_LOAD_TIMEOUT)

@@ -17,13 +17,12 @@ import random
 import stat
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from watchd.errors import InputRejected
+from watchd.errors import AttemptFailed, InputRejected
 from watchd.files import (
     atomic_write,
     is_permanent,
@@ -34,9 +33,10 @@ from watchd.files import (
     remove_stray_temp,
     write_error_note,
 )
-from watchd.intake import output_config, spool_path
+from watchd.intake import spool_path
 from watchd.ledger import CANCELLED_REASON, FileRecord, FinishedJob, Ledger, Recovery
-from watchd.pipeline import AttemptFailed, Pool, Result, Task, outcome
+from watchd.pool.protocol import Pool, outcome, pool_broke
+from watchd.pool.task import Result, Task
 from watchd.stats import Activity
 
 log = structlog.get_logger()
@@ -113,16 +113,15 @@ class Dispatcher:
 
     def _start(self, record: FileRecord, threads: int = 0) -> None:
         try:
-            data = read_input(self.original(record), int(record.options["max_file_bytes"]))
+            data = read_input(self.original(record), record.options.max_file_bytes)
         except InputRejected as exc:
             self.fail(record, str(exc))
             return
-        output = output_config(record.options)
         task = Task(
             file_id=record.id,
             data=data,
-            model=str(record.options["model"]),
-            output=output,
+            model=record.options.model,
+            output=record.options.output,
             threads=threads,
         )
         future = self._pool.submit(task)
@@ -132,7 +131,7 @@ class Dispatcher:
 
     def original(self, record: FileRecord) -> Path:
         """Where the input is while it waits: the spool, or the inbox with ``after = "keep"``."""
-        if record.options.get("in_place"):
+        if record.options.in_place:
             return record.source
         return spool_path(self._spool, record.id)
 
@@ -309,12 +308,12 @@ class Dispatcher:
 
     def dispose_done(self, record: FileRecord) -> None:
         """written -> done: archive, delete or keep the original (idempotent)."""
-        after = record.options["after"]
+        after = record.options.after
         original = self.original(record)
         try:
-            if record.options.get("in_place"):
+            if record.options.in_place:
                 pass  # after = "keep" on an inbox: the original stays where it was dropped
-            elif after == "delete" or (after == "keep" and record.options.get("intake") == "copy"):
+            elif after == "delete" or (after == "keep" and record.options.copied):
                 remove_file(original)  # (a submitted copy: the original was never touched)
             elif os.path.lexists(original):
                 move_file(original, record.archive, record.id)
@@ -354,7 +353,7 @@ class Dispatcher:
         """failing -> failed (idempotent, for recovery too)."""
         original = self.original(record)
         try:
-            keep = bool(record.options.get("in_place"))
+            keep = record.options.in_place
             write_error_note(record.failed, reason, record.rel, record.id, left_in_inbox=keep)
             if os.path.lexists(original) and not keep:
                 move_file(original, record.failed, record.id)
@@ -409,11 +408,6 @@ class Dispatcher:
             count += 1
         self.in_flight.clear()
         return count
-
-
-def pool_broke(future: Future[Result]) -> bool:
-    """Whether the pool failed this file without running it to the end in a worker."""
-    return not future.cancelled() and isinstance(future.exception(), BrokenProcessPool)
 
 
 def retry_reason(message: str) -> str:

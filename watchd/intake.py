@@ -30,14 +30,12 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
 import structlog
 
-from watchd.config import JobOverrides, OutputConfig, WatchConfig, sidecar_overrides
+from watchd.config import JobOverrides, WatchConfig, sidecar_overrides
 from watchd.errors import ConfigError, InputRejected, LedgerError, UnsafePath, WatchdError
 from watchd.files import (
     OS_LITTER,
@@ -57,10 +55,8 @@ from watchd.files import (
     write_error_note,
 )
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob, name_key
+from watchd.options import IntakeMode, job_options
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
-
-#: The file suffix of each output format (a mask is a greyscale PNG).
-OUTPUT_SUFFIXES = {"png": ".png", "mask": ".png", "webp": ".webp", "jpeg": ".jpg"}
 
 log = structlog.get_logger()
 
@@ -102,8 +98,6 @@ LOOSE_SIDECAR = (
     "together with the images, and drop that folder"
 )
 
-IntakeMode = Literal["inbox", "copy", "move"]
-
 #: What the person who dropped an entry the watcher never takes reads in its note.
 SET_ASIDE_REASONS = {
     "symlink": (
@@ -120,39 +114,6 @@ SET_ASIDE_REASONS = {
 }
 _MOVED_ASIDE = "It was moved here as it was, without being opened or followed.\n"
 _LEFT_IN_INBOX = "It could not be moved out of the inbox and was left there.\n"
-
-
-def job_options(
-    watch: WatchConfig, intake: IntakeMode = "inbox", overrides: JobOverrides | None = None
-) -> dict[str, object]:
-    """The options a job is processed with, frozen when it is accepted.
-
-    A reload or an edited sidecar never changes a job already recorded. ``in_place``
-    marks inputs that are never moved (``after = "keep"`` on an inbox): they are read
-    where they were dropped. Every other input waits in the spool: moved there from
-    the inbox, or copied/moved there by ``submit``.
-    """
-    output = overrides.output if overrides else watch.output
-    return {
-        "model": overrides.model if overrides else watch.model,
-        "after": watch.after,
-        "output": asdict(output),
-        "max_file_bytes": watch.max_file_bytes,
-        "intake": intake,
-        "in_place": intake == "inbox" and watch.after == "keep",
-    }
-
-
-def output_config(options: dict[str, object] | object) -> OutputConfig:
-    """The output options recorded with a job (jobs from before they existed: PNG)."""
-    if isinstance(options, dict):
-        recorded = options.get("output")
-        if isinstance(recorded, dict):
-            return OutputConfig(**recorded)
-        level = options.get("png_compress_level")
-        if isinstance(level, int):
-            return OutputConfig(png_compress_level=level)
-    return OutputConfig()
 
 
 def _folded_names(listings: dict[Path, set[bytes]], folder: Path) -> set[bytes]:
@@ -320,14 +281,13 @@ class Intake:
         self, batch: Batch, watch: WatchConfig, intake: IntakeMode, priority: int | None
     ) -> int | None:
         overrides, problem = read_sidecar(batch, watch, self._check_model)
-        options = job_options(watch, intake, overrides)
-        if overrides is not None:
-            options["sidecar"] = sidecar_label(batch, batch.sidecars[0])
+        label = None if overrides is None else sidecar_label(batch, batch.sidecars[0])
+        options = job_options(watch, intake, overrides, label)
         if priority is None:
             priority = overrides.priority if overrides else watch.priority
-        suffix = OUTPUT_SUFFIXES[output_config(options).format]
+        suffix = options.suffix
         files = batch.files
-        if options["in_place"]:
+        if options.in_place:
             files = tuple(
                 c for c in files if not self._ledger.is_known_source(c.path, c.size, c.mtime_ns)
             )
@@ -397,14 +357,14 @@ class Intake:
             files=len(file_ids),
             bytes=sum(f.size for f in new_files),
             priority=priority,
-            **({"sidecar": options["sidecar"]} if "sidecar" in options else {}),
+            **({"sidecar": options.sidecar} if options.sidecar is not None else {}),
         )
         if problem is not None:
             log.warning("job.sidecar_invalid", job=job_id, watch=watch.name, error=problem)
-        if not options["in_place"] and intake != "copy":
+        if not options.in_place and intake != "copy":
             _dispose_sidecars(sidecar_targets, file_ids[0])
         self.finish_pending(self._ledger.job_files(job_id))
-        if batch.kind == "folder" and intake != "copy" and not options["in_place"]:
+        if batch.kind == "folder" and intake != "copy" and not options.in_place:
             prune_taken_folder(batch.root, is_litter)
         return job_id
 
@@ -484,7 +444,7 @@ class Intake:
         for record in records:
             if record.state != "pending":
                 continue
-            if record.options.get("in_place"):
+            if record.options.in_place:
                 taken = os.path.lexists(record.source)
                 if not taken:
                     self._disappeared(record)
@@ -516,12 +476,12 @@ class Intake:
             return True
         try:
             expect = self._expected.get(record.source)
-            if record.options.get("intake") == "copy":
+            if record.options.copied:
                 copy_file(record.source, target, record.id, expect=expect)
             else:
                 # From an inbox on another file system (a share) this is a copy: it must
                 # not read through a link swapped in since the entry settled.
-                plain = record.options.get("intake", "inbox") == "inbox"
+                plain = record.options.intake == "inbox"
                 move_file(
                     record.source, target, record.id, plain_only=plain, sync=False, expect=expect
                 )

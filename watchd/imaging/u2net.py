@@ -10,7 +10,7 @@ tests/test_u2net.py compares the results with rembg's own, pixel for pixel, on r
 photos, so a rembg release that changes them is noticed.
 
 Other model families (isnet, birefnet, ...), alpha matting and mask post-processing
-still go through rembg (imported on first use, see watchd/pipeline.py). A
+still go through rembg (imported on first use, see watchd/imaging/cutout.py). A
 :class:`U2netSession` has rembg's ``predict`` method, so rembg's ``remove`` accepts it.
 """
 
