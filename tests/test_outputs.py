@@ -24,9 +24,9 @@ from PIL import Image, ImageCms
 from tests.support import DaemonProcess, wait_for
 from watchd import files
 from watchd.config import OutputConfig
-from watchd.dispatcher import Dispatcher
 from watchd.errors import InputRejected
 from watchd.files import NAME_MAX, page_paths, remove_stray_temp, temp_name
+from watchd.finisher import write_outputs
 from watchd.imaging import cutout as cutting
 from watchd.imaging import decode as decoding
 from watchd.imaging.decode import decode_pages
@@ -418,8 +418,8 @@ def test_dispatcher_writes_every_page_atomically_and_a_rerun_overwrites_them(
         temps.append(temp_name(file_id, page))
         write(path, data, file_id, page=page, **access)
 
-    monkeypatch.setattr("watchd.dispatcher.atomic_write", watch)
-    Dispatcher._write_outputs(record(out), result)
+    monkeypatch.setattr("watchd.finisher.atomic_write", watch)
+    write_outputs(record(out), result)
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "scan-p1.png",
         "scan-p2.png",
@@ -430,7 +430,7 @@ def test_dispatcher_writes_every_page_atomically_and_a_rerun_overwrites_them(
     # the rerun after a crash between pages 2 and 3: the same paths, nothing beside them
     (out.parent / temp_name(7, 3)).write_bytes(b"half")
     assert remove_stray_temp(out.parent, 7)
-    Dispatcher._write_outputs(record(out), replace(result, pages=(b"1", b"2", b"3")))
+    write_outputs(record(out), replace(result, pages=(b"1", b"2", b"3")))
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "scan-p1.png",
         "scan-p2.png",
@@ -439,7 +439,7 @@ def test_dispatcher_writes_every_page_atomically_and_a_rerun_overwrites_them(
     assert (out.parent / "scan-p3.png").read_bytes() == b"3"
     # a single-page result keeps the assigned path and the plain temp name
     temps.clear()
-    Dispatcher._write_outputs(record(tmp_path / "single.png"), replace(result, pages=(b"x",)))
+    write_outputs(record(tmp_path / "single.png"), replace(result, pages=(b"x",)))
     assert (tmp_path / "single.png").read_bytes() == b"x" and temps == [temp_name(7)]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from tests.support import DaemonProcess, wait_for
 from watchd.commands import submitted_batch
 from watchd.config import OUTPUT_KEYS, DaemonConfig, WatchConfig, load_config
 from watchd.control import ControlClient
-from watchd.dispatcher import Dispatcher
 from watchd.files import error_note_path
+from watchd.finisher import Finisher
 from watchd.intake import LOOSE_SIDECAR, NESTED_SIDECAR, SIDECAR_MAX_BYTES, Intake
 from watchd.ledger import DEFAULT_PRIORITY_AGING, JobDetail, Ledger
 from watchd.stats import Activity
@@ -40,13 +39,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class UnusedPool:
-    """Intake never dispatches; anything touching the pool here is a bug in the test."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"intake used the pool ({name})")
 
 
 @dataclass
@@ -86,18 +78,15 @@ def make_rig(root: Path, after: str = "archive") -> Rig:
         (root / folder).mkdir(parents=True, exist_ok=True)
     clock = Clock()
     ledger = Ledger.open(root / "state" / "ledger.sqlite3", clock=clock)
-    dispatcher = Dispatcher(
+    finisher = Finisher(
         ledger,
-        UnusedPool(),  # type: ignore[arg-type]
         root / "state" / "spool",
-        max_attempts=3,
-        wake=lambda: None,
-        clock=clock,
-        rng=random.Random(0),
         activity=Activity(),
+        clock=clock,
         monotonic=clock,
+        job_ended=lambda _job: None,
     )
-    return Rig(root, watch, ledger, Intake(ledger, root / "state" / "spool", dispatcher.fail))
+    return Rig(root, watch, ledger, Intake(ledger, root / "state" / "spool", finisher))
 
 
 @pytest.fixture
@@ -453,7 +442,7 @@ def test_a_sidecar_model_the_pool_cannot_load_is_refused_at_intake(tmp_path: Pat
         checked.append(model)
         raise ModelError(f"model {model!r} is not installed")
 
-    rig.intake = Intake(rig.ledger, tmp_path / "state" / "spool", rig.intake._fail, check)
+    rig.intake = Intake(rig.ledger, tmp_path / "state" / "spool", rig.intake._finisher, check)
     album(rig, b'model = "isnet-anime"\n')
     detail = rig.accept("album")
     assert checked == ["isnet-anime"]

@@ -30,9 +30,10 @@ from watchd.commands import Commands
 from watchd.completion import Completion
 from watchd.config import Config, HooksConfig, WatchConfig, load_config
 from watchd.control import ControlServer, ProtocolError, Request
-from watchd.dispatcher import Dispatcher
+from watchd.dispatcher import Dispatcher, Pause
 from watchd.errors import ConfigError, LedgerError, ModelError, WatchdError
 from watchd.files import ensure_dir, prune_taken_folder
+from watchd.finisher import Finisher
 from watchd.fsinfo import filesystem_type, is_network
 from watchd.hooks import Hooks
 from watchd.intake import Intake, is_litter
@@ -71,13 +72,32 @@ MODEL_LOAD_TIMEOUT = 300.0
 HOOK_GRACE = 5.0
 
 
+class LiveConfig:
+    """The configuration in force now, replaced whole by a reload.
+
+    The one owner of "the current config": parts that must follow a reload (the hooks of
+    a job that ends after it) are handed this object, never a copy of what it held.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def hooks_of(self, watch: str) -> tuple[Path, HooksConfig] | None:
+        """A watch's outbox and hooks as configured *now* (a reload applies to jobs ending
+        after it); None for a watch a reload removed."""
+        try:
+            config = self.config.watch(watch)
+        except KeyError:
+            return None
+        return config.outbox, config.hooks
+
+
 class Daemon:
     """The long-running process for one configuration."""
 
     def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
-        self.config = config
+        self.live = LiveConfig(config)
         self.notifier = notifier or Notifier()
-        self.paused = False
         self._wakeups: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._requests: queue.SimpleQueue[tuple[Request, Future[dict[str, Any]]]] = (
             queue.SimpleQueue()
@@ -96,6 +116,19 @@ class Daemon:
         self._control: ControlServer | None = None
         self._http: HttpServer | None = None
         self._retired_pools: list[Pool] = []
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force now (:class:`LiveConfig`)."""
+        return self.live.config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self.live.config = config
+
+    @property
+    def paused(self) -> bool:
+        return self.pause.paused
 
     # --- the runbook ------------------------------------------------------------------------------
 
@@ -116,10 +149,23 @@ class Daemon:
         )
         log.info("ledger.opened", path=str(self._state_dir / "ledger.sqlite3"))
         self.pool = new_pool(config, store, wake=self._wake)
+        self.pause = Pause(self.ledger)
+        # Manifest, then hooks, then "reported": see watchd/completion.py for the order.
+        self.hooks = Hooks(os.environ)  # the commands' base environment, read once here
+        self.completion = Completion(self.ledger, self.hooks, self.live, self._wake)
+        self.finisher = Finisher(
+            self.ledger,
+            self._spool_dir,
+            activity=self._activity,
+            clock=time.time,
+            monotonic=time.monotonic,
+            job_ended=self._job_finished,
+        )
         self.dispatcher = Dispatcher(
             self.ledger,
             self.pool,
-            self._spool_dir,
+            self.finisher,
+            self.pause,
             max_attempts=config.pool.max_attempts,
             wake=self._wake,
             clock=time.time,
@@ -128,20 +174,20 @@ class Daemon:
             monotonic=time.monotonic,
         )
         self.intake = Intake(
-            self.ledger, self._spool_dir, fail=self.dispatcher.fail, check_model=self._check_model
+            self.ledger, self._spool_dir, self.finisher, check_model=self._check_model
         )
-        # Manifest, then hooks, then "reported": see watchd/completion.py for the order.
-        self.hooks = Hooks(os.environ)  # the commands' base environment, read once here
-        self.completion = Completion(self.ledger, self.hooks, self._hook_settings, self._wake)
-        self.dispatcher.on_job_finished = self._job_finished
         self.commands = Commands(
-            self, self.ledger, self.intake, self.dispatcher.dispose_failed, self._spool_dir
+            self,
+            self.ledger,
+            self.intake,
+            self._spool_dir,
+            finisher=self.finisher,
+            pause=self.pause,
         )
         try:
             self._install_signal_handlers()
             self.hooks.start()
             self._recover()
-            self.paused = self.dispatcher.paused = self.ledger.get_setting("paused") == "1"
             for model in models:
                 check = load_in_worker(self.pool, model)
                 self._providers[model] = check.provider
@@ -173,7 +219,7 @@ class Daemon:
 
     def _recover(self) -> None:
         recovery = self.ledger.recover()
-        self.dispatcher.finish_interrupted(recovery)
+        self.finisher.finish_interrupted(recovery)
         self.intake.finish_pending(list(recovery.pending))
         self._remove_emptied_folders()
         reported = self.completion.report_unreported()  # jobs that ended just before a crash
@@ -302,7 +348,7 @@ class Daemon:
         next_prune = now
         next_ping = now
         ping_interval = self.notifier.watchdog_interval
-        jobs_seen = self.dispatcher.jobs_finished
+        jobs_seen = self.finisher.jobs_finished
         while self._stop_signal is None:
             timers = [next_rescan, next_stats, next_prune]
             if ping_interval is not None:
@@ -331,8 +377,8 @@ class Daemon:
             if now >= next_prune:
                 self._prune()
                 next_prune = now + PRUNE_INTERVAL
-            if now >= next_stats or self.dispatcher.jobs_finished != jobs_seen:
-                jobs_seen = self.dispatcher.jobs_finished
+            if now >= next_stats or self.finisher.jobs_finished != jobs_seen:
+                jobs_seen = self.finisher.jobs_finished
                 self._write_stats()
                 next_stats = now + self.config.daemon.stats_interval
 
@@ -392,18 +438,9 @@ class Daemon:
         """Retry side effects that failed with an I/O error earlier (files left written/failing)."""
         recovery = self.ledger.stuck()
         if recovery.pending or recovery.written or recovery.failing:
-            self.dispatcher.finish_interrupted(recovery)
+            self.finisher.finish_interrupted(recovery)
             self.intake.finish_pending(list(recovery.pending))
         self.completion.report_unreported()  # a manifest that could not be written before
-
-    def _hook_settings(self, watch: str) -> tuple[Path, HooksConfig] | None:
-        """A watch's outbox and hooks as configured *now* (a reload applies to jobs ending
-        after it); None for a watch a reload removed."""
-        try:
-            config = self.config.watch(watch)
-        except KeyError:
-            return None
-        return config.outbox, config.hooks
 
     def _prune(self) -> None:
         """Retention: forget finished jobs older than keep_days, a bounded slice at a time."""
@@ -425,7 +462,6 @@ class Daemon:
 
     def _serve_requests(self) -> None:
         while True:
-            self.dispatcher.paused = self.paused  # pause/resume take effect in this same pass
             try:
                 request, future = self._requests.get_nowait()
             except queue.Empty:
@@ -467,7 +503,7 @@ class Daemon:
             self.ledger.counts(),
             self.ledger.totals(),
             self._activity,
-            self.dispatcher.last_error,
+            self.finisher.last_error,
             now_wall=time.time(),
             now_mono=time.monotonic(),
             hooks={"manifest": self.completion.counters(), **self.hooks.counters.snapshot()},

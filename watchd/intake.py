@@ -32,6 +32,7 @@ import stat
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -56,7 +57,11 @@ from watchd.files import (
 )
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob, name_key
 from watchd.options import IntakeMode, job_options
+from watchd.spool import spool_path
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
+
+if TYPE_CHECKING:
+    from watchd.finisher import Finisher
 
 log = structlog.get_logger()
 
@@ -72,11 +77,6 @@ MULTI_PAGE_SUFFIXES = frozenset({".tif", ".tiff"})
 
 def _may_have_pages(rel: str) -> bool:
     return Path(rel).suffix.lower() in MULTI_PAGE_SUFFIXES
-
-
-def spool_path(spool_dir: Path, file_id: int) -> Path:
-    """Where an accepted input waits while it is processed (named by id: no user text)."""
-    return spool_dir / str(file_id)
 
 
 #: A job's manifest is named after its output folder (or first output) with this suffix.
@@ -135,12 +135,13 @@ class Intake:
         self,
         ledger: Ledger,
         spool_dir: Path,
-        fail: Callable[[FileRecord, str], None],
+        finisher: Finisher,
         check_model: Callable[[str], None] | None = None,
     ):
+        """``finisher`` fails what cannot be taken (an invalid sidecar, a vanished input)."""
         self._ledger = ledger
         self._spool = spool_dir
-        self._fail = fail
+        self._finisher = finisher
         #: Raises (ModelError, with a fix) if the pool cannot load a model a sidecar names.
         self._check_model = check_model
         self._recorded: int | None = None  # the job the batch being taken became, once recorded
@@ -467,7 +468,7 @@ class Intake:
                 log.warning("intake.sync_failed", folder=str(folder), error=str(exc))
         self._ledger.mark_queued(queued)
         for record in rejected:
-            self._fail(record, record.error or "rejected")
+            self._finisher.fail(record, record.error or "rejected")
 
     def _to_spool(self, record: FileRecord, touched: set[Path]) -> bool:
         """Take one recorded input into the spool; False if it is not there now."""
@@ -493,7 +494,7 @@ class Intake:
             # Nothing was read or moved: the entry stays in the inbox, where the watcher
             # reports it (intake.skipped) and never takes it while it is a link.
             log.warning("intake.skipped", file=record.id, path=str(record.source), reason=str(exc))
-            self._fail(record, str(exc))
+            self._finisher.fail(record, str(exc))
             return False
         except OSError as exc:
             log.error(
@@ -504,7 +505,9 @@ class Intake:
 
     def _disappeared(self, record: FileRecord) -> None:
         log.warning("intake.disappeared", file=record.id, path=str(record.source))
-        self._fail(record, "the file was removed from the inbox before watchd could take it")
+        self._finisher.fail(
+            record, "the file was removed from the inbox before watchd could take it"
+        )
 
 
 # --- sidecars ---------------------------------------------------------------------------------
