@@ -93,8 +93,9 @@ def warm_up(sessions: Sessions, model: str, threads: int = 0) -> None:
     """One small image through the whole default path, once, when the worker starts.
 
     The first inference of a session grows onnxruntime's arena and the first PNG loads
-    libpng: without this, a fresh worker's first photo costs 0.81 CPU-s at 2 MP against
-    0.67 for the next ones (docs/performance.md). It costs about 0.6 s per worker start.
+    libpng: without this, a fresh worker's first photo costs noticeably more than the next
+    ones; the warm-up costs a fraction of a second per worker start (measured in
+    docs/performance.md, "Numbers behind choices in the code").
     """
     session = sessions.get(model, threads)
     page = Page(Image.new("RGB", (64, 64), (128, 128, 128)))

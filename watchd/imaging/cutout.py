@@ -14,8 +14,9 @@ from PIL import Image
 from watchd.config import OutputConfig
 from watchd.imaging.u2net import U2netSession, naive_cutout
 
-#: Alpha matting (pymatting's closed-form matting) costs about 4 s and 500 MiB per
-#: megapixel (docs/outputs.md); larger images are matted on a copy scaled down to this.
+#: Alpha matting (pymatting's closed-form matting) costs seconds and hundreds of MiB per
+#: megapixel (docs/performance.md, docs/outputs.md); larger images are matted on a copy
+#: scaled down to this.
 ALPHA_MATTING_MAX_PIXELS = 2_000_000
 
 
@@ -59,8 +60,8 @@ def cut_out(image: Image.Image, session: Any, output: OutputConfig) -> Image.Ima
 def _matted(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
     """rembg's alpha matting, at most on :data:`ALPHA_MATTING_MAX_PIXELS`.
 
-    pymatting's cost grows with the pixel count (about 4 s and 500 MiB per megapixel),
-    so a 12 MP photo would take close to a minute and several GiB. Above the limit the
+    pymatting's cost grows with the pixel count (docs/performance.md), so a 12 MP photo
+    would take close to a minute and several GiB. Above the limit the
     matting runs on a scaled copy (the erode size scaled with it); its alpha is scaled
     back up and applied to the full-resolution pixels, as rembg's plain cutout does.
     """

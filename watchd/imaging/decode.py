@@ -225,8 +225,8 @@ _METADATA_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 def _upright(image: Image.Image, *, copy: bool) -> tuple[Image.Image, bool]:
     """Apply the EXIF orientation and drop the EXIF/XMP metadata (the cutout carries none).
 
-    Returns the image (``image`` itself when it needs no turning and no ``copy``; 12 MP
-    copied costs 13 ms) and whether width and height were swapped. Like
+    Returns the image (``image`` itself when it needs no turning and no ``copy``: a copy
+    of a big photo is not free) and whether width and height were swapped. Like
     ``ImageOps.exif_transpose``, but that one rewrites the EXIF block, which raises
     (struct.error) on some corrupt EXIF data; rembg's ``remove`` runs exif_transpose again
     on what it is given, so the metadata must go, or it would rotate twice or raise there.

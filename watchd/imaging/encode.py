@@ -15,8 +15,9 @@ from watchd.config import OutputConfig
 from watchd.imaging.decode import Page
 from watchd.imaging.png import encode_png
 
-#: Lossless WebP effort: method 0 / quality 25 encodes a 2.4 MP cutout in about 0.12 s,
-#: faster than PNG level 1 and smaller; Pillow's default (4 / 80) takes 2.4 s for 30 % less.
+#: Lossless WebP effort: method 0 / quality 25 is faster than PNG level 1 and smaller;
+#: Pillow's default (4 / 80) is many times slower for a modestly smaller file
+#: (docs/performance.md, "Numbers behind choices in the code").
 WEBP_METHOD = 0
 WEBP_EFFORT = 25
 

@@ -99,7 +99,7 @@ class Sessions:
 def _share_arena() -> None:
     """Register one onnxruntime CPU arena for every session of this process, once.
 
-    Sessions then take their working memory (about 280 MiB for u2netp) from this one
+    Sessions then take their working memory (docs/performance.md) from this one
     arena instead of each keeping its own: a worker holding several models, or a model's
     second session for lone files, costs their weights, not another arena. Sessions of one
     worker process run one at a time (a Dask worker's threads share it safely).
@@ -118,10 +118,10 @@ def new_session(model: str, threads: int, settings: SessionSettings) -> Any:
     U²-Net models (rembg's ``u2net``, ``u2netp``, ``u2net_human_seg``, ``silueta``, and
     any imported model, which rembg would run as ``u2net_custom``) run in
     :class:`~watchd.imaging.u2net.U2netSession`, so a worker that serves only them never
-    imports rembg (2.4 s and ~175 MiB). ``watchd models import file.onnx --name NAME`` puts
-    the file where :class:`~watchd.models.ModelStore` finds it; the worker's environment
-    carries the same ``U2NET_HOME``, so ``ModelStore(None)`` resolves the very file
-    checked there.
+    imports rembg (seconds and a lot of memory: docs/performance.md).
+    ``watchd models import file.onnx --name NAME`` puts the file where
+    :class:`~watchd.models.ModelStore` finds it; the worker's environment carries the same
+    ``U2NET_HOME``, so ``ModelStore(None)`` resolves the very file checked there.
     """
     import onnxruntime as ort
 
@@ -137,9 +137,9 @@ def new_session(model: str, threads: int, settings: SessionSettings) -> Any:
     # Without the memory-pattern planner the arena is not sized for the largest run seen:
     # lower peak RSS on 12 MP photos at the same speed (docs/outputs.md).
     options.enable_mem_pattern = False
-    # ``[pool] memory_arena``: with the arena a session keeps its activations (~280 MiB for
-    # u2netp) between runs, which makes inference cheaper; without it a worker holding
-    # several models needs less (docs/performance.md, docs/outputs.md).
+    # ``[pool] memory_arena``: with the arena a session keeps its activations between
+    # runs, which makes inference cheaper; without it a worker holding several models
+    # needs less (docs/performance.md, docs/outputs.md).
     options.enable_cpu_mem_arena = settings.memory_arena
     if settings.memory_arena:
         _share_arena()
