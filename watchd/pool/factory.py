@@ -18,6 +18,12 @@ def models_of(config: Config) -> tuple[str, ...]:
     return tuple(sorted({watch.model for watch in config.watches}))
 
 
+def models_on_this_machine(config: Config) -> bool:
+    """Whether the pool's workers load models from this machine's model folder (so it is
+    checked here), or hold their own on other hosts (a cluster: each worker checks its own)."""
+    return config.pool.backend != "dask"
+
+
 def new_pool(config: Config, store: ModelStore, wake: Callable[[], None] | None = None) -> Pool:
     """A pool for ``config``'s ``[pool]`` section; ``wake`` is called when a pool that had
     no capacity can take work again (a cluster came up), so dispatch need not wait a tick."""
