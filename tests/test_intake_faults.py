@@ -29,8 +29,8 @@ import pytest
 from PIL import Image
 
 from tests.support import DaemonProcess, is_output, wait_for
-from watchd.control import ControlClient, DaemonUnreachable
-from watchd.errors import UnsafePath
+from watchd.control import ControlClient
+from watchd.errors import DaemonUnreachable, UnsafePath
 from watchd.files import (
     NAME_MAX,
     error_note_path,

@@ -15,18 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from watchd.errors import LedgerError
+from watchd.errors import Conflict, LedgerError, NotFound
 from watchd.ledger import (
     MIGRATIONS,
     SCHEMA_VERSION,
-    Conflict,
     FileRecord,
-    JobState,
     Ledger,
     NewFile,
     NewJob,
-    NotFound,
 )
+from watchd.states import JobState
 
 OPTIONS = {"model": "u2netp", "after": "archive", "png_compress_level": 6, "max_file_bytes": 1000}
 

@@ -86,8 +86,20 @@ def read_input(path: Path, max_bytes: int) -> bytes:
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """Make a rename or a new entry in ``path`` durable: the entry lives in the folder's inode.
+
+    The one folder fsync of watchd (outputs, moves, the ledger's creation, models, stats).
+    """
+    _fsync(path, os.O_DIRECTORY)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush the contents of the file at ``path`` (never through a symlink) to disk."""
+    _fsync(path, os.O_NOFOLLOW)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
@@ -164,7 +176,11 @@ def write_via_temp(
     mode: int = 0o666,
     owner: tuple[int, int] | None = None,
 ) -> None:
-    """:func:`atomic_write` with a temp name of the caller's (hidden, beside ``path``)."""
+    """:func:`atomic_write` with a temp name of the caller's (hidden, beside ``path``).
+
+    The one write-temp-fsync-rename of watchd: outputs, error notes, manifests, stuck
+    notes and the stats and metrics files all come through here.
+    """
     ensure_dir(path.parent)
     temp = path.parent / temp_name
     # A leftover (or planted) entry at the temp name is removed, never written through.

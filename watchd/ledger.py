@@ -53,43 +53,17 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from watchd.errors import LedgerError
+from watchd.errors import Conflict, LedgerError
 
+# Re-exported for watchd/completion.py, which imports it from here until the issue-13 merge
+# switches it to watchd.errors (then this line goes and NotFound joins the import above).
+from watchd.errors import NotFound as NotFound  # noqa: PLC0414
+from watchd.files import fsync_dir, fsync_file
+from watchd.states import JOB_STATES, UNFINISHED, FileState, JobState
 
-class NotFound(LedgerError):
-    """No job (or file) with that id: a mistyped id from an operator, not a broken ledger."""
-
-
-class Conflict(LedgerError):
-    """The request does not fit the current state (cancel a finished job, retry nothing)."""
-
-
-class FileState(str, Enum):
-    PENDING = "pending"
-    QUEUED = "queued"
-    RUNNING = "running"
-    WRITTEN = "written"
-    FAILING = "failing"
-    DONE = "done"
-    FAILED = "failed"
-
-
-TERMINAL = (FileState.DONE.value, FileState.FAILED.value)
-
-
-class JobState(str, Enum):
-    ACTIVE = "active"
-    DONE = "done"
-    FAILED = "failed"  # finished, with at least one failed file
-    CANCELLED = "cancelled"  # finished after an operator cancelled it
-
-
-UNFINISHED = tuple(s.value for s in FileState if s.value not in TERMINAL)
-JOB_STATES = tuple(s.value for s in JobState)
 CANCELLED_REASON = "cancelled"
 
 
@@ -1412,17 +1386,9 @@ def _create(path: Path) -> None:
             ledger._migrate()
         finally:
             connection.close()
-        fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(temp)
         os.rename(temp, path)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path.parent)
     except (OSError, sqlite3.Error) as exc:
         raise LedgerError(f"cannot create the ledger {path}: {exc}") from None
 

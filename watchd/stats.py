@@ -17,10 +17,8 @@ The schema of the snapshot is documented key by key in ``docs/stats.md``.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import math
-import os
 import platform
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +35,9 @@ from prometheus_client.core import (
     Metric,
 )
 
+from watchd.files import write_via_temp
+from watchd.states import FILE_STATES, JOB_STATES
+
 SCHEMA_VERSION = 1
 
 #: Drop-to-output latency buckets, in seconds (the ``le`` bounds of the histogram).
@@ -51,16 +52,6 @@ RUN_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 12
 #: Why a file's attempt is retried (``watchd_file_retries_total``'s ``reason`` label).
 RETRY_REASONS: tuple[str, ...] = ("timeout", "worker_lost", "error", "write_error", "pool_broke")
 
-FILE_STATES: tuple[str, ...] = (
-    "pending",
-    "queued",
-    "running",
-    "written",
-    "failing",
-    "done",
-    "failed",
-)
-JOB_STATES: tuple[str, ...] = ("active", "done", "failed", "cancelled")
 TOTAL_KEYS: tuple[str, ...] = ("files_done", "files_failed", "bytes_in", "bytes_out")
 
 #: The longest window :meth:`Activity.rate` and :meth:`Activity.latency` answer for.
@@ -425,35 +416,13 @@ def _last_error(error: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``: temp beside it, fsync, rename, fsync the folder.
+    """Write ``data`` to ``path`` atomically (:func:`watchd.files.write_via_temp`).
 
     The temp name is fixed (``.<name>.tmp``: hidden, and not ``*.prom`` so the
     node_exporter textfile collector never reads it) because only the daemon's
     main thread writes these files; a temp left by a crash is replaced next time.
     """
-    temp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temp.unlink()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temp, flags, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_via_temp(path, data, f".{path.name}.tmp", mode=0o644)
 
 
 def write_stats_file(path: Path, snapshot: Mapping[str, Any]) -> None:
