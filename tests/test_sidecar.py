@@ -9,6 +9,7 @@ intake never touches. The last test runs the real daemon with the real model.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import random
 import shutil
@@ -26,7 +27,7 @@ from watchd.control import ControlClient
 from watchd.dispatcher import Dispatcher
 from watchd.files import error_note_path
 from watchd.intake import LOOSE_SIDECAR, NESTED_SIDECAR, SIDECAR_MAX_BYTES, Intake
-from watchd.ledger import DEFAULT_PRIORITY_AGING, JobDetail, Ledger
+from watchd.ledger import JobDetail, Ledger
 from watchd.stats import Activity
 from watchd.watcher import Batch, StabilityTracker
 
@@ -328,7 +329,8 @@ def test_routing_doc_lists_every_sidecar_key_and_the_limits() -> None:
         assert f"| `{key}` |" in text, key
     assert f"**{SIDECAR_MAX_BYTES // 1024} KiB**" in text
     [aging] = [f.default for f in dataclasses.fields(DaemonConfig) if f.name == "priority_aging"]
-    assert aging == DEFAULT_PRIORITY_AGING  # the ledger's default is the config's
+    ledger_default = inspect.signature(Ledger.open).parameters["priority_aging"].default
+    assert aging == ledger_default  # the ledger's default is the config's
     assert f"default **{aging:g}** seconds" in text
 
 

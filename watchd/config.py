@@ -185,6 +185,8 @@ class Config:
 
 
 # --- key tables: name -> (parser, default) ------------------------------------------------------
+# A key whose dataclass field declares a default takes it from there (``PoolConfig.model_cache``),
+# so each default is written once.
 # A parser takes the value and returns the typed value or raises BadValue with a message.
 # The kinds of value every door checks alike (numbers, choices, ...) are watchd/validate.py's.
 
@@ -343,7 +345,7 @@ _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "stats_interval": (_number(1, 86400), 10.0),
     "metrics_file": (_path, None),
     "keep_days": (_number(0), 90.0),
-    "priority_aging": (_number(1, 86400 * 365), 60.0),
+    "priority_aging": (_number(1, 86400 * 365), DaemonConfig.priority_aging),
 }
 
 _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -353,15 +355,15 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "file_timeout": (_number(1), 300.0),
     "providers": (_providers, ("CPUExecutionProvider",)),
     "require_accelerator": (_boolean, False),
-    "backend": (_choice("local", "dask"), "local"),
+    "backend": (_choice("local", "dask"), PoolConfig.backend),
     "scheduler": (_scheduler_address, None),
     "dispatch_window": (_integer(1, 1_000_000), None),
     "tls_ca_file": (_path, None),
     "tls_client_cert": (_path, None),
     "tls_client_key": (_path, None),
-    "model_cache": (_integer(1, 64), 2),
-    "memory_arena": (_boolean, True),
-    "lone_file_uses_all_cores": (_boolean, True),
+    "model_cache": (_integer(1, 64), PoolConfig.model_cache),
+    "memory_arena": (_boolean, PoolConfig.memory_arena),
+    "lone_file_uses_all_cores": (_boolean, PoolConfig.lone_file_uses_all_cores),
     "max_files_per_worker": (_integer(1, 1_000_000_000), None),
 }
 
@@ -369,17 +371,23 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 #: the defaults of a watch. Everything else (folders, hooks) belongs to the operator.
 OUTPUT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "model": (_model_name, "u2netp"),
-    "format": (_choice("png", "webp", "jpeg", "mask"), "png"),
-    "png_compress_level": (_integer(0, 9), 1),
-    "jpeg_quality": (_integer(1, 100), 90),
+    "format": (_choice("png", "webp", "jpeg", "mask"), OutputConfig.format),
+    "png_compress_level": (_integer(0, 9), OutputConfig.png_compress_level),
+    "jpeg_quality": (_integer(1, 100), OutputConfig.jpeg_quality),
     "background": (_color, None),
-    "alpha_matting": (_boolean, False),
-    "alpha_matting_foreground_threshold": (_integer(0, 255), 240),
-    "alpha_matting_background_threshold": (_integer(0, 255), 10),
-    "alpha_matting_erode_size": (_integer(0, 255), 10),
-    "post_process_mask": (_boolean, False),
-    "only_mask": (_boolean, False),
-    "priority": (_integer(validate.MIN_PRIORITY, validate.MAX_PRIORITY), 0),
+    "alpha_matting": (_boolean, OutputConfig.alpha_matting),
+    "alpha_matting_foreground_threshold": (
+        _integer(0, 255),
+        OutputConfig.alpha_matting_foreground_threshold,
+    ),
+    "alpha_matting_background_threshold": (
+        _integer(0, 255),
+        OutputConfig.alpha_matting_background_threshold,
+    ),
+    "alpha_matting_erode_size": (_integer(0, 255), OutputConfig.alpha_matting_erode_size),
+    "post_process_mask": (_boolean, OutputConfig.post_process_mask),
+    "only_mask": (_boolean, OutputConfig.only_mask),
+    "priority": (_integer(validate.MIN_PRIORITY, validate.MAX_PRIORITY), WatchConfig.priority),
 }
 
 _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -394,15 +402,15 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "method": (_choice("auto", "inotify", "poll"), "auto"),
     "poll_interval": (_number(0.1, 3600), 5.0),
     "max_file_bytes": (_integer(1), 200 * 1024 * 1024),
-    "manifest": (_boolean, True),
+    "manifest": (_boolean, HooksConfig.manifest),
     "on_complete": (_argv, None),
-    "on_complete_timeout": (_number(1, 86400), 60.0),
+    "on_complete_timeout": (_number(1, 86400), HooksConfig.on_complete_timeout),
     "webhook_url": (_url, None),
     "webhook_secret": (_string, None),
-    "ignore": (_ignore_patterns, ()),
-    "case_sensitive_names": (_boolean, False),
-    "stuck_after": (_number(1, 86400 * 365), 600.0),
-    "stuck_note_after": (_number(0, 86400 * 365), 3600.0),
+    "ignore": (_ignore_patterns, WatchConfig.ignore),
+    "case_sensitive_names": (_boolean, WatchConfig.case_sensitive_names),
+    "stuck_after": (_number(1, 86400 * 365), WatchConfig.stuck_after),
+    "stuck_note_after": (_number(0, 86400 * 365), WatchConfig.stuck_note_after),
 }
 
 

@@ -56,6 +56,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from watchd.config import DaemonConfig
 from watchd.errors import Conflict, LedgerError
 
 # Re-exported for watchd/completion.py, which imports it from here until the issue-13 merge
@@ -488,8 +489,6 @@ def _job_summary(row: sqlite3.Row, by_state: Mapping[str, int]) -> JobSummary:
     )
 
 
-#: Default seconds of waiting worth one priority step (``[daemon] priority_aging``).
-DEFAULT_PRIORITY_AGING = 60.0
 #: Above every priority a job can have (they are -100..100; the ledger does not insist).
 _ABOVE_ANY_PRIORITY = 2**62
 
@@ -529,7 +528,7 @@ class Ledger:
         connection: sqlite3.Connection,
         clock: Callable[[], float],
         *,
-        priority_aging: float = DEFAULT_PRIORITY_AGING,
+        priority_aging: float = DaemonConfig.priority_aging,
     ) -> None:
         self._db = connection
         self._clock = clock
@@ -543,7 +542,7 @@ class Ledger:
         path: Path,
         clock: Callable[[], float] = time.time,
         *,
-        priority_aging: float = DEFAULT_PRIORITY_AGING,
+        priority_aging: float = DaemonConfig.priority_aging,
     ) -> Ledger:
         """Open the ledger at ``path``, creating it only when no file is there.
 
