@@ -200,6 +200,21 @@ class Recovery:
 
 # --- schema ---------------------------------------------------------------------------------------
 # Append-only: a released migration is never edited; a new one is added at the end.
+#: What a file reaching ``done`` or ``failed`` adds to its watch's totals (two triggers of
+#: migration 2 run it: a file recorded in that state, a file moving into it).
+_ADD_TO_TOTALS = """\
+        INSERT INTO totals (watch, files_done, files_failed, bytes_in, bytes_out)
+        VALUES ((SELECT watch FROM jobs WHERE id = NEW.job_id),
+                NEW.state = 'done', NEW.state = 'failed',
+                NEW.size * (NEW.state = 'done'),
+                COALESCE(NEW.output_bytes, 0) * (NEW.state = 'done'))
+        ON CONFLICT (watch) DO UPDATE SET
+            files_done = files_done + excluded.files_done,
+            files_failed = files_failed + excluded.files_failed,
+            bytes_in = bytes_in + excluded.bytes_in,
+            bytes_out = bytes_out + excluded.bytes_out;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE jobs (
@@ -242,7 +257,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: the operators' view. Counters kept by triggers (status never scans files),
     # cancelled jobs, settings, and indexes for listing and pruning jobs.
-    """
+    f"""
     ALTER TABLE jobs ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobs_state_watch ON jobs(state, watch, id);
     CREATE INDEX jobs_watch ON jobs(watch, id);
@@ -304,30 +319,10 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     CREATE TRIGGER files_totals_insert AFTER INSERT ON files
     WHEN NEW.state IN ('done', 'failed') BEGIN
-        INSERT INTO totals (watch, files_done, files_failed, bytes_in, bytes_out)
-        VALUES ((SELECT watch FROM jobs WHERE id = NEW.job_id),
-                NEW.state = 'done', NEW.state = 'failed',
-                NEW.size * (NEW.state = 'done'),
-                COALESCE(NEW.output_bytes, 0) * (NEW.state = 'done'))
-        ON CONFLICT (watch) DO UPDATE SET
-            files_done = files_done + excluded.files_done,
-            files_failed = files_failed + excluded.files_failed,
-            bytes_in = bytes_in + excluded.bytes_in,
-            bytes_out = bytes_out + excluded.bytes_out;
-    END;
+{_ADD_TO_TOTALS}    END;
     CREATE TRIGGER files_totals_update AFTER UPDATE OF state ON files
     WHEN NEW.state IN ('done', 'failed') AND OLD.state IS NOT NEW.state BEGIN
-        INSERT INTO totals (watch, files_done, files_failed, bytes_in, bytes_out)
-        VALUES ((SELECT watch FROM jobs WHERE id = NEW.job_id),
-                NEW.state = 'done', NEW.state = 'failed',
-                NEW.size * (NEW.state = 'done'),
-                COALESCE(NEW.output_bytes, 0) * (NEW.state = 'done'))
-        ON CONFLICT (watch) DO UPDATE SET
-            files_done = files_done + excluded.files_done,
-            files_failed = files_failed + excluded.files_failed,
-            bytes_in = bytes_in + excluded.bytes_in,
-            bytes_out = bytes_out + excluded.bytes_out;
-    END;
+{_ADD_TO_TOTALS}    END;
     CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
         INSERT INTO job_counts (watch, state, n) VALUES (NEW.watch, NEW.state, 1)
         ON CONFLICT (watch, state) DO UPDATE SET n = n + 1;
@@ -988,21 +983,13 @@ class Ledger:
         return [_file_record(row) for row in rows]
 
     def file(self, file_id: int) -> FileRecord:
-        rows = self._files_where_params("f.id = ?", (file_id,))
+        rows = self._files_where(self._db, "f.id = ?", (file_id,))
         if not rows:
             raise NotFound(f"no file {file_id}")
         return rows[0]
 
     def job_files(self, job_id: int) -> list[FileRecord]:
-        return self._files_where_params("f.job_id = ?", (job_id,))
-
-    def _files_where_params(self, condition: str, params: tuple[Any, ...]) -> list[FileRecord]:
-        rows = self._db.execute(
-            f"SELECT {_FILE_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id "
-            f"WHERE {condition} ORDER BY f.id",
-            params,
-        ).fetchall()
-        return [_file_record(row) for row in rows]
+        return self._files_where(self._db, "f.job_id = ?", (job_id,))
 
     def job(self, job_id: int) -> JobRecord:
         row = self._db.execute(
@@ -1251,7 +1238,7 @@ class Ledger:
         """
         if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
             raise NotFound(f"no job {job_id}")
-        records = self._files_where_params("f.job_id = ? AND f.state = 'failed'", (job_id,))
+        records = self._files_where(self._db, "f.job_id = ? AND f.state = 'failed'", (job_id,))
         if not records:
             raise Conflict(f"job {job_id} has no failed files to retry")
         return records

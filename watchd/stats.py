@@ -425,6 +425,26 @@ def _atomic_write(path: Path, data: bytes) -> None:
     write_via_temp(path, data, f".{path.name}.tmp", mode=0o644)
 
 
+def _histogram_family(
+    family: str,
+    help_text: str,
+    bounds: Sequence[float],
+    histograms: Mapping[str, tuple[list[int], float, int]],
+    watches: Mapping[str, Mapping[str, Any]],
+) -> Metric:
+    """One histogram per watch (every configured watch, recorded or not) from
+    :class:`Activity`'s cumulative counts."""
+    histogram = HistogramMetricFamily(METRIC_PREFIX + family, help_text, labels=["watch"])
+    empty = ([0] * (len(bounds) + 1), 0.0, 0)
+    les = [repr(float(b)) for b in bounds] + ["+Inf"]
+    for name in sorted(set(watches) | set(histograms)):
+        cumulative, total, _count = histograms.get(name, empty)
+        histogram.add_metric(
+            [name], buckets=list(zip(les, cumulative, strict=True)), sum_value=total
+        )
+    return histogram
+
+
 def write_stats_file(path: Path, snapshot: Mapping[str, Any]) -> None:
     """Write the snapshot as JSON atomically: readers see the old file or the new one."""
     text = json.dumps(snapshot, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
@@ -473,20 +493,13 @@ class _SnapshotCollector:
         throughput.add_metric(["15m"], snap["throughput"]["files_per_second_15m"])
         yield throughput
 
-        histogram = HistogramMetricFamily(
-            METRIC_PREFIX + "drop_to_output_seconds",
+        yield _histogram_family(
+            "drop_to_output_seconds",
             "Seconds from a file's drop to its output, per watch, since the daemon started.",
-            labels=["watch"],
+            LATENCY_BUCKETS,
+            self._activity.histogram(),
+            watches,
         )
-        recorded = self._activity.histogram()
-        empty = ([0] * (len(LATENCY_BUCKETS) + 1), 0.0, 0)
-        bounds = [repr(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
-        for name in sorted(set(watches) | set(recorded)):
-            cumulative, total, _count = recorded.get(name, empty)
-            histogram.add_metric(
-                [name], buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total
-            )
-        yield histogram
 
         yield from self._queue_families(watches)
 
@@ -546,15 +559,7 @@ class _SnapshotCollector:
                 self._activity.run_histogram(),
             ),
         ):
-            histogram = HistogramMetricFamily(METRIC_PREFIX + family, help_text, labels=["watch"])
-            empty = ([0] * (len(bounds) + 1), 0.0, 0)
-            les = [repr(float(b)) for b in bounds] + ["+Inf"]
-            for name in sorted(set(watches) | set(histograms)):
-                cumulative, total, _count = histograms.get(name, empty)
-                histogram.add_metric(
-                    [name], buckets=list(zip(les, cumulative, strict=True)), sum_value=total
-                )
-            yield histogram
+            yield _histogram_family(family, help_text, bounds, histograms, watches)
 
     @staticmethod
     def _per_watch(watches: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
