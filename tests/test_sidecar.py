@@ -396,7 +396,7 @@ def test_an_unexpected_error_while_taking_a_batch_quarantines_that_batch(
         note = error_note_path(failed / name).read_text()
         assert "RuntimeError: a bug" in note and "intake.batch_failed" in note
     assert not (rig.inbox / "album").exists()  # the folder went, as a taken folder does
-    assert rig.ledger.jobs() == []  # nothing recorded: nothing for recovery to redo
+    assert rig.ledger.list_jobs() == []  # nothing recorded: nothing for recovery to redo
 
 
 def test_an_io_error_while_taking_a_batch_leaves_it_for_the_next_scan(

@@ -139,10 +139,6 @@ class WatchConfig:
     #: seconds of changing after which a note appears beside it; 0: never
     stuck_note_after: float = 3600.0
 
-    @property
-    def png_compress_level(self) -> int:
-        return self.output.png_compress_level
-
 
 @dataclass(frozen=True)
 class HttpConfig:

@@ -1001,24 +1001,6 @@ class Ledger:
             raise NotFound(f"no job {job_id}")
         return JobRecord(*row)
 
-    def jobs(self, limit: int = 100) -> list[JobRecord]:
-        rows = self._db.execute(
-            "SELECT id, watch, name, kind, state, total, created_at, finished_at, priority "
-            "FROM jobs ORDER BY id DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [JobRecord(*row) for row in rows]
-
-    def file_counts(self) -> dict[str, int]:
-        """Files by state, all watches together (states with no files are absent).
-
-        Read from the trigger-kept counters: constant cost however long the history.
-        """
-        rows = self._db.execute(
-            "SELECT state, SUM(n) FROM file_counts GROUP BY state HAVING SUM(n) != 0"
-        ).fetchall()
-        return {state: int(count) for state, count in rows}
-
     def unfinished(self) -> int:
         """Files not yet in a terminal state (from the counters, constant cost)."""
         row = self._db.execute(
@@ -1064,32 +1046,6 @@ class Ledger:
             }
             for row in rows
         }
-
-    def oldest_unfinished_created_at(self) -> float | None:
-        """When the oldest file not yet terminal was recorded (None: nothing is waiting).
-
-        One index probe per unfinished state (files are recorded in id order), not a scan
-        of the backlog, which may be 100,000 files right after a big drop.
-        """
-        probes = " UNION ALL ".join(
-            f"SELECT (SELECT created_at FROM files WHERE state = '{state}' "
-            "ORDER BY id LIMIT 1) AS c"
-            for state in UNFINISHED
-        )
-        row = self._db.execute(f"SELECT MIN(c) FROM ({probes})").fetchone()
-        return None if row[0] is None else float(row[0])
-
-    def finished_since(self, since: float) -> int:
-        """How many files became done or failed at or after ``since``: the recent rate.
-
-        With ``unfinished()`` this gives an ETA that is right just after a restart too.
-        An index range over ``finished_at``: the cost is the number of files counted
-        (the chosen window times the throughput), not the history.
-        """
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM files WHERE finished_at >= ?", (since,)
-        ).fetchone()
-        return int(row[0])
 
     def list_jobs(
         self,
@@ -1338,9 +1294,6 @@ class Ledger:
                 root = root.parent
             roots.append((str(watch), root))
         return roots
-
-    def integrity_check(self) -> str:
-        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
 
 #: The first 16 bytes of every SQLite database file.
