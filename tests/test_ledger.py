@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import Clock
 from watchd.errors import Conflict, LedgerError, NotFound
 from watchd.ledger import (
     MIGRATIONS,
@@ -29,19 +30,9 @@ from watchd.states import JobState
 OPTIONS = {"model": "u2netp", "after": "archive", "png_compress_level": 6, "max_file_bytes": 1000}
 
 
-class Clock:
-    """A settable clock for ``Ledger.open(..., clock=...)``."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1000.0)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import DaemonProcess, wait_for
+from tests.support import Clock, DaemonProcess, wait_for
 from watchd.commands import submitted_batch
 from watchd.config import OUTPUT_KEYS, DaemonConfig, WatchConfig, load_config
 from watchd.control import ControlClient
@@ -33,14 +33,6 @@ from watchd.watcher import Batch, StabilityTracker
 
 SETTLE = 1.0
 VALID = b'model = "u2net_human_seg"\nformat = "webp"\npriority = 7\npost_process_mask = true\n'
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class UnusedPool:
