@@ -15,6 +15,7 @@ import pytest
 
 from tests.support import Clock
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob
+from watchd.options import JobOptions
 
 AGING = 60.0
 
@@ -50,7 +51,7 @@ def queue_job(ledger: Ledger, name: str, priority: int, files: int = 1) -> list[
             watch="photos",
             name=name,
             kind="folder",
-            options={"model": "u2netp"},
+            options=JobOptions(model="u2netp", after="archive", max_file_bytes=1 << 20),
             files=[new_file(f"{name}/{i}.jpg") for i in range(files)],
             priority=priority,
         )
