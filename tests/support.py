@@ -56,13 +56,16 @@ def drop(content: Path | bytes, inbox: Path, name: str | None = None) -> Path:
 
 class Clock:
     """A settable fake clock: pass it where code takes ``clock`` (``Ledger.open``, intake,
-    completion); a test moves time by setting ``now``."""
+    completion); a test moves time by setting ``now`` or calling :meth:`advance`."""
 
     def __init__(self, now: float = 1_000_000.0) -> None:
         self.now = now
 
     def __call__(self) -> float:
         return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def jobs_ended(root: Path) -> bool:

