@@ -23,10 +23,10 @@ its memory can no longer be trusted; a refused request is answered with a code
     ├── ControlSocketError       the daemon cannot listen on its socket
     ├── UploadError              an HTTP upload is refused (with a status)
     ├── OutputMissing            a job's output is not where the ledger put it
-    └── InputRejected            one input file cannot be processed
-        └── UnsafePath
-
-The pool's errors (a failed attempt, a broken pool) follow at the end.
+    ├── InputRejected            one input file cannot be processed
+    │   └── UnsafePath
+    └── AttemptFailed            an attempt was lost: the file may be retried
+        └── PoolBroken           the pool failed it without running it: not the file's fault
 """
 
 
