@@ -29,6 +29,7 @@ from watchd.control import ControlClient
 from watchd.errors import ProtocolError
 from watchd.files import error_note_path
 from watchd.ledger import Ledger, NewFile, NewJob
+from watchd.options import JobOptions
 
 pytestmark = pytest.mark.e2e
 
@@ -329,7 +330,9 @@ def test_a_ledger_with_garbage_in_the_middle_stops_start_up_cleanly(
             )
             for i in range(10)
         ]
-        ledger.create_job(NewJob("photos", f"job{job}", "folder", {"model": "u2netp"}, files))
+        ledger.create_job(
+            NewJob("photos", f"job{job}", "folder", JobOptions("u2netp", "archive", 1 << 30), files)
+        )
     ledger.close()
     size = path.stat().st_size
     assert size > 64 * 1024
@@ -452,14 +455,7 @@ def test_recovery_removes_a_folder_emptied_by_a_crash(
     (folder / "sub").mkdir(parents=True)
     (folder / "sub" / "a.jpg").write_bytes(small_photo())
     ledger = Ledger.open(root / "state" / "ledger.sqlite3")
-    options = {
-        "model": "u2netp",
-        "after": "archive",
-        "output": {},
-        "max_file_bytes": 1 << 30,
-        "intake": "inbox",
-        "in_place": False,
-    }
+    options = JobOptions(model="u2netp", after="archive", max_file_bytes=1 << 30)
     new = NewFile(
         rel="sub/a.jpg",
         source=folder / "sub" / "a.jpg",
