@@ -53,6 +53,13 @@ def add_operator_commands(
     job.add_argument("--follow", action="store_true", help="show progress until the job ends")
     for name, text in (("cancel", "cancel a job's queued files"), ("retry", "retry failed files")):
         command(name, text).add_argument("id", type=_positive_int, metavar="ID")
+    approve = command("approve", "send outputs held in the review folder on to the outbox")
+    approve.add_argument("id", type=_positive_int, metavar="JOB")
+    approve.add_argument("file", type=_positive_int, nargs="?", metavar="FILE", help="one file id")
+    reject = command("reject", "fail outputs held for review (originals to the failed folder)")
+    reject.add_argument("id", type=_positive_int, metavar="JOB")
+    reject.add_argument("file", type=_positive_int, nargs="?", metavar="FILE", help="one file id")
+    reject.add_argument("--reason", help="what the failed note says (default: rejected)")
     command("pause", "stop dispatching (intake goes on)")
     command("resume", "start dispatching again")
     command("reload", "re-read the configuration (like SIGHUP)")
@@ -284,7 +291,9 @@ def _print_job(job: Mapping[str, Any], out: TextIO) -> None:
     print(file=out)
     table = [("FILE", "STATE", "TRIES", "INPUT", "OUTPUT / ERROR")]
     for f in job["files"]:
-        detail = f.get("error") if f["state"] in ("failed", "failing") else f.get("output")
+        detail = (
+            f.get("error") if f["state"] in ("failed", "failing", "review") else f.get("output")
+        )
         table.append((str(f["id"]), f["state"], str(f["attempts"]), f["rel"], str(detail or "")))
     _print_table(table, out)
 
@@ -341,6 +350,25 @@ def follow(
 def _simple(command: str) -> Callable[[Any, argparse.Namespace, TextIO], int]:
     def run(client: Any, args: argparse.Namespace, out: TextIO) -> int:
         params = {"id": args.id} if hasattr(args, "id") else {}
+        answer = client.call(command, **params)
+        if args.json:
+            _print_json(answer, out)
+        else:
+            print(f"{command}: " + ", ".join(f"{k} {v}" for k, v in answer.items()), file=out)
+        return EXIT_OK
+
+    return run
+
+
+def _review(command: str) -> Callable[[Any, argparse.Namespace, TextIO], int]:
+    """``approve JOB [FILE]`` / ``reject JOB [FILE] [--reason TEXT]``."""
+
+    def run(client: Any, args: argparse.Namespace, out: TextIO) -> int:
+        params: dict[str, Any] = {"id": args.id}
+        if args.file is not None:
+            params["file"] = args.file
+        if getattr(args, "reason", None):
+            params["reason"] = args.reason
         answer = client.call(command, **params)
         if args.json:
             _print_json(answer, out)
@@ -427,6 +455,8 @@ _OPERATIONS: dict[str, Callable[[Any, argparse.Namespace, TextIO], int]] = {
     "job": _job,
     "cancel": _simple("cancel"),
     "retry": _simple("retry"),
+    "approve": _review("approve"),
+    "reject": _review("reject"),
     "pause": _simple("pause"),
     "resume": _simple("resume"),
     "reload": _simple("reload"),

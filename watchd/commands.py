@@ -23,7 +23,7 @@ from watchd.config import WatchConfig
 from watchd.control import ProtocolError, Request
 from watchd.files import error_note_path, remove_file
 from watchd.intake import Intake
-from watchd.ledger import Conflict, Ledger, NotFound
+from watchd.ledger import Conflict, FileRecord, Ledger, NotFound
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
 log = structlog.get_logger()
@@ -47,6 +47,14 @@ class DaemonControls(Protocol):
     def metrics_text(self) -> str: ...
 
 
+class Reviewer(Protocol):
+    """What approve/reject do to a file held in the review folder (the dispatcher)."""
+
+    def approve(self, record: FileRecord) -> None: ...
+
+    def reject(self, record: FileRecord, reason: str) -> None: ...
+
+
 class Commands:
     """Executes validated control requests against the ledger and the daemon."""
 
@@ -59,8 +67,10 @@ class Commands:
         spool_dir: Path,
         *,
         clock: Callable[[], float] = time.time,
+        reviewer: Reviewer | None = None,
     ) -> None:
         self._daemon = daemon
+        self._reviewer = reviewer
         self._ledger = ledger
         self._intake = intake
         self._dispose_failed = dispose_failed
@@ -159,6 +169,33 @@ class Commands:
             requeued += 1
         self._intake.finish_pending(self._ledger.job_files(job_id))
         return {"id": job_id, "requeued_files": requeued, "missing_originals": missing}
+
+    def _held(self, args: Mapping[str, Any]) -> tuple[int, list[FileRecord], Reviewer]:
+        """The files of job ``id`` (or just ``file``) that wait in the review folder."""
+        job_id = int(args["id"])
+        if self._reviewer is None:
+            raise ProtocolError("unavailable", "this daemon has no review folder")
+        records = self._ledger.in_review(job_id)
+        if args.get("file") is not None:
+            records = [r for r in records if r.id == int(args["file"])]
+            if not records:
+                raise Conflict(f"file {args['file']} of job {job_id} is not waiting in review")
+        if not records:
+            raise Conflict(f"job {job_id} has no file waiting in review")
+        return job_id, records, self._reviewer
+
+    def _cmd_approve(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        job_id, records, reviewer = self._held(args)
+        for record in records:
+            reviewer.approve(record)
+        return {"id": job_id, "approved_files": len(records)}
+
+    def _cmd_reject(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        job_id, records, reviewer = self._held(args)
+        reason = args.get("reason") or "an operator rejected it"
+        for record in records:
+            reviewer.reject(record, reason)
+        return {"id": job_id, "rejected_files": len(records)}
 
     def _cmd_prune(self, args: Mapping[str, Any]) -> dict[str, Any]:
         cutoff = self._clock() - float(args["older_than_days"]) * DAY

@@ -98,6 +98,13 @@ class OutputConfig:
     alpha_matting_erode_size: int = 10
     post_process_mask: bool = False
     only_mask: bool = False
+    # --- product shots (issue 18; docs/outputs.md, "Product shots"; watchd/product.py) ---
+    crop: str = "none"  # "none" | "subject": crop to the subject's box plus margin
+    margin: int | str = 0  # pixels, or "N%" of the subject box's longer side
+    canvas: str | None = None  # "WxH": the subject scaled and placed on a canvas this size
+    fill: float = 0.85  # the share of the canvas the subject takes (its longer side)
+    align: str = "center"  # "center" | "bottom"
+    background_image: str | None = None  # absolute path; the daemon reads it, workers get bytes
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,11 @@ class WatchConfig:
     stuck_after: float = 600.0
     #: seconds of changing after which a note appears beside it; 0: never
     stuck_note_after: float = 3600.0
+    # --- the quality gate (issue 18; docs/outputs.md, "Quality figures"; watchd/quality.py) ---
+    #: where outputs that trip a review_if condition wait for ``watchd approve``
+    review: Path | None = None
+    #: the conditions (watchd.quality), normalised text; empty: no review
+    review_if: tuple[str, ...] = ()
 
     @property
     def png_compress_level(self) -> int:
@@ -382,6 +394,69 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {_shown(value)}"
 
 
+# --- product shots and the quality gate (issue 18) --------------------------------------------
+
+
+def _canvas(value: Any) -> str:
+    """A canvas size "WxH" (pixels), e.g. "2000x2000"."""
+    from watchd.product import parse_canvas
+
+    if not isinstance(value, str):
+        raise _Bad(f'expected a size like "2000x2000", got {_describe(value)}')
+    try:
+        parse_canvas(value)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    return value
+
+
+def _margin(value: Any) -> int | str:
+    """Pixels (24) or a percentage of the subject's box ("5%")."""
+    from watchd.product import parse_margin
+
+    if not isinstance(value, int | str) or isinstance(value, bool):
+        raise _Bad(f'expected pixels (24) or a percentage ("5%"), got {_describe(value)}')
+    try:
+        parse_margin(value)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    return value
+
+
+def _review_if(value: Any) -> tuple[str, ...]:
+    """ "default" (the calibrated set) or a list of conditions such as ["coverage < 0.02"]."""
+    from watchd.quality import DEFAULT_REVIEW_IF, parse_conditions
+
+    if value == "default":
+        return DEFAULT_REVIEW_IF
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(
+            '"default" or a list of conditions such as ["coverage < 0.02", "uncertain > 0.08", '
+            f'"clipped left right"], got {_describe(value)}'
+        )
+    try:
+        return tuple(condition.text for condition in parse_conditions(value))
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+
+
+#: Product-shot keys a sidecar may set too (they join OUTPUT_KEYS).
+PRODUCT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "crop": (_choice("none", "subject"), "none"),
+    "margin": (_margin, 0),
+    "canvas": (_canvas, None),
+    "fill": (_number(0.05, 1.0), 0.85),
+    "align": (_choice("center", "bottom"), "center"),
+}
+
+#: Keys only the operator sets (a sidecar may not: a file outside the watch's folders, the gate).
+QUALITY_WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "background_image": (_path, None),
+    "review": (_path, None),
+    "review_if": (_review_if, ()),
+}
+
+
 _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "state_dir": (_path, ".watchd"),
     "models_dir": (_path, None),
@@ -433,6 +508,7 @@ OUTPUT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "post_process_mask": (_boolean, False),
     "only_mask": (_boolean, False),
     "priority": (_integer(-100, 100), 0),
+    **PRODUCT_KEYS,
 }
 
 _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -456,6 +532,7 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "case_sensitive_names": (_boolean, False),
     "stuck_after": (_number(1, 86400 * 365), 600.0),
     "stuck_note_after": (_number(0, 86400 * 365), 3600.0),
+    **QUALITY_WATCH_KEYS,
 }
 
 
@@ -750,6 +827,7 @@ def _build_watch(
     sibling = inbox.parent
     archive = resolve(values["archive"]) if values["archive"] else sibling / "archive"
     failed = resolve(values["failed"]) if values["failed"] else sibling / "failed"
+    background_image = values["background_image"]
     return WatchConfig(
         name=values["name"],
         inbox=inbox,
@@ -762,7 +840,9 @@ def _build_watch(
         method=values["method"],
         poll_interval=values["poll_interval"],
         max_file_bytes=values["max_file_bytes"],
-        output=_output(reader, prefix, values),
+        output=_output(
+            reader, prefix, values, str(resolve(background_image)) if background_image else None
+        ),
         hooks=HooksConfig(
             manifest=values["manifest"],
             on_complete=values["on_complete"],
@@ -775,15 +855,30 @@ def _build_watch(
         case_sensitive_names=values["case_sensitive_names"],
         stuck_after=values["stuck_after"],
         stuck_note_after=values["stuck_note_after"],
+        review=resolve(values["review"]) if values["review"] else sibling / "review",
+        review_if=values["review_if"],
     )
 
 
-def _output(reader: _Reader, prefix: str, values: Mapping[str, Any]) -> OutputConfig:
+def _output(
+    reader: _Reader, prefix: str, values: Mapping[str, Any], background_image: str | None = None
+) -> OutputConfig:
     """The output options of a watch or a sidecar; JPEG needs a background colour."""
     output = OutputConfig(
-        **{key: values[key] for key in OUTPUT_KEYS if key not in ("model", "priority")}
+        **{key: values[key] for key in OUTPUT_KEYS if key not in ("model", "priority")},
+        background_image=background_image,
     )
-    if output.format == "jpeg" and output.background is None and not output.only_mask:
+    if output.background is not None and output.background_image is not None:
+        raise reader.error(
+            f"{prefix}.background_image" if prefix else "background",
+            "set background (a colour) or background_image (a picture), not both",
+        )
+    if (
+        output.format == "jpeg"
+        and output.background is None
+        and output.background_image is None
+        and not output.only_mask
+    ):
         raise reader.error(
             f"{prefix}.background" if prefix else "background",
             'format = "jpeg" has no transparency: set background = "#rrggbb" '
@@ -834,7 +929,7 @@ def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOve
     values = {**base, **reader.table("", raw, OUTPUT_KEYS, defaults=base)}
     return JobOverrides(
         model=values["model"],
-        output=_output(reader, "", values),
+        output=_output(reader, "", values, watch.output.background_image),
         priority=values["priority"],
     )
 
@@ -868,7 +963,8 @@ def _check_watches(reader: _Reader, watches: tuple[WatchConfig, ...], daemon: Da
     all_targets = [
         (f"watch[{i}].{key}", getattr(w, key))
         for i, w in enumerate(watches)
-        for key in ("outbox", "archive", "failed")
+        for key in ("outbox", "archive", "failed", "review")
+        if getattr(w, key) is not None
     ]
     all_targets.append(("daemon.state_dir", daemon.state_dir))
     for index, watch in enumerate(watches):

@@ -73,7 +73,7 @@ ERROR_CODES: Final = (
 
 #: Commands that change something; each one is logged (``control.command``) with the peer's uid/pid.
 MUTATING_COMMANDS: Final = frozenset(
-    {"cancel", "retry", "pause", "resume", "submit", "reload", "prune"}
+    {"cancel", "retry", "pause", "resume", "submit", "reload", "prune", "approve", "reject"}
 )
 
 JOB_STATES: Final = ("active", "done", "failed", "cancelled")
@@ -304,6 +304,8 @@ COMMANDS: Final[Mapping[str, Mapping[str, ArgSpec]]] = MappingProxyType(
         "job": {"id": _JOB_ID},
         "cancel": {"id": _JOB_ID},
         "retry": {"id": _JOB_ID},
+        "approve": {"id": _JOB_ID, "file": _integer(1)},
+        "reject": {"id": _JOB_ID, "file": _integer(1), "reason": _text()},
         "pause": {},
         "resume": {},
         "submit": {

@@ -136,7 +136,12 @@ class Daemon:
         self.completion = Completion(self.ledger, self.hooks, self._hook_settings, self._wake)
         self.dispatcher.on_job_finished = self._job_finished
         self.commands = Commands(
-            self, self.ledger, self.intake, self.dispatcher.dispose_failed, self._spool_dir
+            self,
+            self.ledger,
+            self.intake,
+            self.dispatcher.dispose_failed,
+            self._spool_dir,
+            reviewer=self.dispatcher,
         )
         try:
             self._install_signal_handlers()

@@ -37,6 +37,8 @@ from watchd.files import (
 from watchd.intake import output_config, spool_path
 from watchd.ledger import CANCELLED_REASON, FileRecord, FinishedJob, Ledger, Recovery
 from watchd.pipeline import AttemptFailed, Pool, Result, Task, outcome
+from watchd.product_input import BackgroundImages
+from watchd.review import ReviewDesk
 from watchd.stats import Activity
 
 log = structlog.get_logger()
@@ -81,6 +83,9 @@ class Dispatcher:
         self._pool_breaks = 0
         #: Called in the main thread when a job's last file ends (manifest, hooks).
         self.on_job_finished: Callable[[FinishedJob], None] = lambda _job: None
+        self._backgrounds = BackgroundImages()
+        #: the quality gate's review folder (watchd/review.py)
+        self.review = ReviewDesk(ledger)
 
     def use_pool(self, pool: Pool, max_attempts: int) -> None:
         """Send new work to ``pool`` (after a reload); running files finish where they are."""
@@ -118,12 +123,19 @@ class Dispatcher:
             self.fail(record, str(exc))
             return
         output = output_config(record.options)
+        try:
+            background = self._backgrounds.read(output.background_image)
+        except InputRejected as exc:
+            self.fail(record, str(exc))
+            return
         task = Task(
             file_id=record.id,
             data=data,
             model=str(record.options["model"]),
             output=output,
             threads=threads,
+            background_image=background,
+            review_if=tuple(record.options.get("review_if", ())),
         )
         future = self._pool.submit(task)
         self.in_flight[future] = record
@@ -231,7 +243,11 @@ class Dispatcher:
                 )
                 return
             self._ledger.set_pages(record.id, pages)
+        review = record.options.get("review")
         try:
+            if result.review and review:
+                self._hold_for_review(record, result, Path(str(review)))
+                return
             self._write_outputs(record, result, *self._output_access(record))
         except OSError as exc:
             if is_permanent(exc):
@@ -256,7 +272,8 @@ class Dispatcher:
                 self.dispose_failed(record, "cancelled")
             return
         self._write_failures = 0
-        self._ledger.mark_written(record.id, result.output_bytes, pages=pages)
+        quality = [figures.as_dict() for figures in result.quality]
+        self._ledger.mark_written(record.id, result.output_bytes, pages=pages, quality=quality)
         latency = self._clock() - record.created_at
         self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())
         log.info(
@@ -276,6 +293,41 @@ class Dispatcher:
             latency_s=round(latency, 3),
         )
         self.dispose_done(record)
+
+    def _hold_for_review(self, record: FileRecord, result: Result, folder: Path) -> None:
+        """The output tripped ``review_if``: into the review folder, not the outbox."""
+        mode, owner = self._output_access(record)
+        where = self.review.hold(
+            record,
+            folder,
+            result.pages,
+            sheet=result.sheet,
+            reasons=result.review,
+            quality=result.quality,
+            mode=mode,
+            owner=owner,
+        )
+        self._write_failures = 0
+        log.warning(
+            "file.review",
+            file=record.id,
+            job=record.job_id,
+            watch=record.watch,
+            review=str(where),
+            why="; ".join(result.review),
+            quality=[figures.as_dict() for figures in result.quality],
+        )
+
+    def approve(self, record: FileRecord) -> None:
+        """An operator approved a held output: to the outbox, then finished as usual."""
+        mode, owner = self._output_access(record)
+        self.review.approve(record, mode=mode, owner=owner)
+        log.info("file.approved", file=record.id, job=record.job_id, output=str(record.output))
+        self.dispose_done(record)
+
+    def reject(self, record: FileRecord, reason: str) -> None:
+        """An operator rejected a held output: the file fails, its original to failed/."""
+        self.fail(record, f"rejected in review: {reason}")
 
     def _output_access(self, record: FileRecord) -> tuple[int, tuple[int, int] | None]:
         """An output's permission bits and owner: its input's, so a private photo (0600)
@@ -318,6 +370,7 @@ class Dispatcher:
                 remove_file(original)  # (a submitted copy: the original was never touched)
             elif os.path.lexists(original):
                 move_file(original, record.archive, record.id)
+            self.review.cleanup(record)
         except OSError as exc:
             log.error("file.archive_failed", file=record.id, path=str(original), error=str(exc))
             return  # stays 'written'; the periodic finishing pass tries again
@@ -358,6 +411,7 @@ class Dispatcher:
             write_error_note(record.failed, reason, record.rel, record.id, left_in_inbox=keep)
             if os.path.lexists(original) and not keep:
                 move_file(original, record.failed, record.id)
+            self.review.cleanup(record)
         except OSError as exc:
             log.error("file.quarantine_failed", file=record.id, error=str(exc))
             return  # stays 'failing'; the periodic finishing pass tries again

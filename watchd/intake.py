@@ -140,6 +140,12 @@ def job_options(
         "max_file_bytes": watch.max_file_bytes,
         "intake": intake,
         "in_place": intake == "inbox" and watch.after == "keep",
+        # the quality gate (watchd/review.py), frozen with the job like every option
+        **(
+            {"review": str(watch.review), "review_if": list(watch.review_if)}
+            if watch.review_if
+            else {}
+        ),
     }
 
 

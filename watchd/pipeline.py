@@ -35,6 +35,9 @@ from PIL import ExifTags, Image, UnidentifiedImageError, _imaging
 from watchd.config import OutputConfig
 from watchd.errors import InputRejected, ModelError, WatchdError
 from watchd.png import encode_png
+from watchd.product import finish, reshapes
+from watchd.quality import Figures, measure, parse_conditions, tripped
+from watchd.review_sheet import make_sheet
 from watchd.u2net import FAMILY, PILLOW_BLOCK_SIZE, U2netSession, naive_cutout
 
 #: Formats Pillow may decode. Anything else (EPS/PS/PDF through Ghostscript, exotic
@@ -95,6 +98,11 @@ class Task:
     #: onnxruntime threads for this file: 0 is the worker's own count; more when the file is
     #: alone in the pool and may use all of it (the pool's ``alone_threads``).
     threads: int = 0
+    #: the bytes of ``output.background_image``, read by the daemon (workers never open
+    #: user paths: docs/design.md, invariant 5)
+    background_image: bytes | None = None
+    #: ``review_if`` conditions (watchd/quality.py): a page that trips one gets a sheet
+    review_if: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,12 @@ class Result:
     timings: Mapping[str, float] = field(default_factory=dict)
     threads: int = 1  # the onnxruntime threads its inference ran on
     worker_pid: int = 0  # the worker process that made it (0: not known), for the log
+    #: the quality figures of each page (watchd/quality.py), of the mask before any crop
+    quality: tuple[Figures, ...] = ()
+    #: what tripped ``review_if`` (empty: the output goes to the outbox) and the
+    #: side-by-side sheet of the first page that did (watchd/review_sheet.py)
+    review: tuple[str, ...] = ()
+    sheet: bytes | None = None
 
     @property
     def data(self) -> bytes:
@@ -532,7 +546,10 @@ def process(task: Task) -> Result:
     Pages are decoded, cut out and encoded one at a time; only the encoded bytes are kept.
     """
     session = _session(task.model, task.threads)
-    timings = {"decode": 0.0, "infer": 0.0, "encode": 0.0}
+    timings = {"decode": 0.0, "infer": 0.0, "encode": 0.0, "quality": 0.0, "product": 0.0}
+    figures: list[Figures] = []
+    conditions = parse_conditions(task.review_if)
+    sheet: bytes | None = None
     outputs: list[bytes] = []
     total = 0
     size = (0, 0)
@@ -544,15 +561,25 @@ def process(task: Task) -> Result:
         if page is None:
             break
         try:
-            made = cut_out(page.image, session, task.output)
+            made = cut_out_raw(page.image, session, task.output)
             inferred = time.perf_counter()
+            figures.append(measure(made if made.mode == "L" else made.getchannel("A")))
+            if sheet is None and tripped(figures[-1:], conditions):
+                sheet = make_sheet(page.image, made)
+            measured = time.perf_counter()
+            if reshapes(task.output):
+                made = finish(made, task.output, task.background_image)
+            made = flatten(made, task.output)
+            shaped = time.perf_counter()
             data = encode(made, task.output, page)
         except MemoryError:
             raise InputRejected(too_big_for_memory(page.image.size)) from None
         encoded = time.perf_counter()
         timings["decode"] += decoded - started
         timings["infer"] += inferred - decoded
-        timings["encode"] += encoded - inferred
+        timings["quality"] += measured - inferred
+        timings["product"] += shaped - measured
+        timings["encode"] += encoded - shaped
         if not outputs:
             size = page.image.size
         outputs.append(data)
@@ -572,6 +599,9 @@ def process(task: Task) -> Result:
         timings=timings,
         threads=task.threads or _threads,
         worker_pid=os.getpid(),
+        quality=tuple(figures),
+        review=tuple(tripped(figures, conditions)),
+        sheet=sheet,
     )
 
 
@@ -596,7 +626,19 @@ def wants_mask(output: OutputConfig) -> bool:
 
 
 def cut_out(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
-    """The RGBA cutout, the opaque composite on ``background``, or the "L" mask.
+    """The RGBA cutout, the opaque composite on ``background``, or the "L" mask."""
+    return flatten(cut_out_raw(image, session, output), output)
+
+
+def flatten(made: Image.Image, output: OutputConfig) -> Image.Image:
+    """An RGBA cutout on ``background`` (or white, for JPEG) as opaque RGB; else as it is."""
+    if made.mode == "RGBA" and (output.background is not None or output.format == "jpeg"):
+        return _on_background(made, output.background or "#ffffff")
+    return made
+
+
+def cut_out_raw(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
+    """The RGBA cutout or the "L" mask, before any background or product-shot step.
 
     A U²-Net session without alpha matting or post-processing takes watchd's own copy of
     rembg's steps (watchd/u2net.py), the same pixels without importing rembg.
@@ -622,8 +664,6 @@ def cut_out(image: Image.Image, session: Any, output: OutputConfig) -> Image.Ima
             cutout = remove(image, session=session, post_process_mask=output.post_process_mask)
         if wants_mask(output):
             return cutout.getchannel("A")  # the matted alpha: the mask of the cutout one would get
-    if output.background is not None or output.format == "jpeg":
-        return _on_background(cutout, output.background or "#ffffff")
     return cutout
 
 

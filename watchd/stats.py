@@ -56,6 +56,7 @@ FILE_STATES: tuple[str, ...] = (
     "queued",
     "running",
     "written",
+    "review",
     "failing",
     "done",
     "failed",
