@@ -115,6 +115,8 @@ def file_entry(file: FileDetail, outbox: Path) -> dict[str, Any]:
         entry["bytes_out"] = file.output_bytes
     else:
         entry["error"] = _clean(file.error) or file.state
+    if file.quality is not None:  # the figures of each output (docs/outputs.md)
+        entry["quality"] = [dict(page) for page in file.quality]
     return entry
 
 

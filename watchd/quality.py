@@ -100,8 +100,8 @@ _CLIPPED_RE = re.compile(r"\s*clipped((?:\s+[a-z]+)*)\s*")
 DEFAULT_REVIEW_IF: tuple[str, ...] = (
     "coverage < 0.02",
     "coverage > 0.9",
-    "uncertain > 0.25",
-    "clipped left right top",
+    "uncertain > 0.4",
+    "clipped top left right",
 )
 
 
