@@ -328,3 +328,39 @@ def test_process_makes_a_finished_shot_and_the_figures(photos: dict[str, Path]) 
     assert plain.review == () and plain.sheet is None
     assert plain.quality == result.quality  # measured before the product steps
     assert pipeline.decode(plain.data).size == (512, 512)
+
+
+# --- preflight: the files and folders the new keys name ------------------------------------------
+
+
+def _problems(tmp_path: Path, **changes: Any) -> dict[str, str]:
+    from watchd.config import build_config
+    from watchd.preflight import check
+
+    config = build_config(with_watch(**changes), source=tmp_path / "w.toml", base=tmp_path)
+    return {p.key: p.message for p in check(config, missing="ignore")}
+
+
+def test_preflight_refuses_a_background_image_that_is_missing_or_no_picture(
+    tmp_path: Path,
+) -> None:
+    problems = _problems(tmp_path, background_image="nowhere.png")
+    assert "is not a regular file" in problems["watch[0].background_image"]
+    (tmp_path / "notes.png").write_text("not a picture")
+    problems = _problems(tmp_path, background_image="notes.png")
+    assert "is not a picture watchd can read" in problems["watch[0].background_image"]
+    Image.new("RGB", (8, 8)).save(tmp_path / "white.png")
+    assert "watch[0].background_image" not in _problems(tmp_path, background_image="white.png")
+
+
+def test_preflight_wants_the_review_folder_only_with_review_if(tmp_path: Path) -> None:
+    from watchd.config import build_config
+    from watchd.preflight import check
+
+    def problems(**changes: Any) -> dict[str, str]:
+        raw = with_watch(review="held", **changes)
+        config = build_config(raw, source=tmp_path / "w.toml", base=tmp_path)
+        return {p.key: p.message for p in check(config)}  # a missing folder is an error
+
+    assert "does not exist" in problems(review_if=["coverage < 0.02"])["watch[0].review"]
+    assert "watch[0].review" not in problems()  # no review_if: nothing is ever held
