@@ -364,3 +364,24 @@ def test_preflight_wants_the_review_folder_only_with_review_if(tmp_path: Path) -
 
     assert "does not exist" in problems(review_if=["coverage < 0.02"])["watch[0].review"]
     assert "watch[0].review" not in problems()  # no review_if: nothing is ever held
+
+
+def test_stats_count_each_watchs_figures_and_held_files() -> None:
+    from watchd.stats import Activity
+
+    activity = Activity()
+    assert activity.quality("photos") == {
+        "outputs": 0,
+        "held_for_review": 0,
+        "coverage_mean": None,
+        "uncertain_mean": None,
+        "clipped": {"top": 0, "bottom": 0, "left": 0, "right": 0},
+    }
+    page = {"coverage": 0.5, "uncertain": 0.1, "clipped": ["bottom"]}
+    activity.record_quality("photos", [page, {**page, "coverage": 0.3}], held=False)
+    activity.record_quality("photos", [{**page, "clipped": ["left", "right"]}], held=True)
+    figures = activity.quality("photos")
+    assert (figures["outputs"], figures["held_for_review"]) == (3, 1)
+    assert figures["coverage_mean"] == pytest.approx(0.4333, abs=1e-4)
+    assert figures["clipped"] == {"top": 0, "bottom": 2, "left": 1, "right": 1}
+    assert activity.quality("scans")["outputs"] == 0

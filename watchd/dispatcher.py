@@ -274,6 +274,7 @@ class Dispatcher:
         self._write_failures = 0
         quality = [figures.as_dict() for figures in result.quality]
         self._ledger.mark_written(record.id, result.output_bytes, pages=pages, quality=quality)
+        self._activity.record_quality(record.watch, quality, held=False)
         latency = self._clock() - record.created_at
         self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())
         log.info(
@@ -308,6 +309,8 @@ class Dispatcher:
             owner=owner,
         )
         self._write_failures = 0
+        quality = [figures.as_dict() for figures in result.quality]
+        self._activity.record_quality(record.watch, quality, held=True)
         log.warning(
             "file.review",
             file=record.id,
@@ -315,7 +318,7 @@ class Dispatcher:
             watch=record.watch,
             review=str(where),
             why="; ".join(result.review),
-            quality=[figures.as_dict() for figures in result.quality],
+            quality=quality,
         )
 
     def approve(self, record: FileRecord) -> None:
