@@ -289,13 +289,24 @@ def _print_job(job: Mapping[str, Any], out: TextIO) -> None:
         out,
     )
     print(file=out)
-    table = [("FILE", "STATE", "TRIES", "INPUT", "OUTPUT / ERROR")]
+    table = [("FILE", "STATE", "TRIES", "INPUT", "QUALITY", "OUTPUT / ERROR")]
     for f in job["files"]:
         detail = (
             f.get("error") if f["state"] in ("failed", "failing", "review") else f.get("output")
         )
-        table.append((str(f["id"]), f["state"], str(f["attempts"]), f["rel"], str(detail or "")))
+        row = (str(f["id"]), f["state"], str(f["attempts"]), f["rel"], _quality(f.get("quality")))
+        table.append((*row, str(detail or "")))
     _print_table(table, out)
+
+
+def _quality(pages: Sequence[Mapping[str, Any]] | None) -> str:
+    """The first output's figures, short: ``cov 0.48 unc 0.03 edges bottom`` (- for none)."""
+    if not pages:
+        return "-"
+    first = pages[0]
+    edges = ",".join(first.get("clipped", ())) or "none"
+    more = f" (+{len(pages) - 1} pages)" if len(pages) > 1 else ""
+    return f"cov {first['coverage']:.2f} unc {first['uncertain']:.2f} edges {edges}{more}"
 
 
 def _job_exit(job: Mapping[str, Any]) -> int:
