@@ -154,7 +154,13 @@ class ReviewDesk:
                     f"reject it, or retry the job after rejecting"
                 ) from None
             page = None if record.pages == 1 else number
-            atomic_write(target, data, record.id, page=page, mode=mode, owner=owner)
+            try:
+                atomic_write(target, data, record.id, page=page, mode=mode, owner=owner)
+            except OSError as exc:  # a full or unwritable outbox: still held, approve again
+                raise Conflict(
+                    f"file {record.id}: cannot write {target} ({exc.strerror or exc}); it stays "
+                    "in review: fix the outbox and approve it again"
+                ) from None
         self._ledger.approve(record.id)
 
     @staticmethod
