@@ -31,7 +31,7 @@ def checkerboard(size: tuple[int, int]) -> Image.Image:
 
 def _panel(image: Image.Image) -> Image.Image:
     width = max(1, round(image.width * PANEL_HEIGHT / max(1, image.height)))
-    return image.resize((width, PANEL_HEIGHT), Image.Resampling.BILINEAR)
+    return image.resize((width, PANEL_HEIGHT), Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
 def make_sheet(original: Image.Image, cutout: Image.Image) -> bytes:

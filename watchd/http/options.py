@@ -49,6 +49,14 @@ class SubmitOptions(BaseModel):
         description="the job's name: its outputs go to a folder of this name in the outbox",
     )
     watch: str | None = Field(None, description="the watch the job belongs to")
+    # product shots (docs/outputs.md, "Product shots"), checked like a sidecar's keys
+    crop: Literal["none", "subject"] | None = Field(None, description="crop to the subject")
+    margin: str | None = Field(
+        None, pattern=r"^[0-9]{1,6}(\.[0-9]+)?%?$", description='pixels ("24") or "5%"'
+    )
+    canvas: str | None = Field(None, description='place the subject on a canvas "WxH"')
+    fill: float | None = Field(None, description="the share of the canvas the subject takes")
+    align: Literal["center", "bottom"] | None = None
 
     _model = field_validator("model")(_known_model)
 
@@ -100,8 +108,17 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 def submit_sidecar(options: SubmitOptions) -> dict[str, Any]:
-    keys = ("model", "format", "background")
-    return {k: getattr(options, k) for k in keys if getattr(options, k) is not None}
+    keys = ("model", "format", "background", "crop", "margin", "canvas", "fill", "align")
+    values = {k: getattr(options, k) for k in keys if getattr(options, k) is not None}
+    margin = values.get("margin")
+    if isinstance(margin, str) and not margin.endswith("%"):
+        try:
+            values["margin"] = int(margin)  # pixels; the sidecar check says what is wrong
+        except ValueError:
+            raise HTTPException(
+                422, f"margin: expected whole pixels or a percentage, got {margin!r}"
+            ) from None
+    return values
 
 
 def remove_sidecar(options: RemoveOptions) -> dict[str, Any]:
