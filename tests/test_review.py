@@ -42,12 +42,17 @@ def hold(desk: ReviewDesk, record: FileRecord, folder: Path) -> Path:
     return desk.hold(record, folder, [b"cutout"], sheet=b"sheet", reasons=WHY, quality=FIGURES)
 
 
+def held_one(ledger: Ledger, tmp_path: Path) -> tuple[ReviewDesk, FileRecord, Path]:
+    """A desk, a file held by it in tmp_path/review, and where its output waits."""
+    desk = ReviewDesk(ledger)
+    record = running(ledger, tmp_path)
+    return desk, record, hold(desk, record, tmp_path / "review")
+
+
 def test_hold_writes_output_sheet_and_note_and_the_file_waits(
     ledger: Ledger, tmp_path: Path
 ) -> None:
-    desk = ReviewDesk(ledger)
-    record = running(ledger, tmp_path)
-    where = hold(desk, record, tmp_path / "review")
+    _desk, record, where = held_one(ledger, tmp_path)
     assert where == tmp_path / "review" / "a.png"
     assert where.read_bytes() == b"cutout"
     assert sheet_path(where).read_bytes() == b"sheet"
@@ -102,9 +107,7 @@ def test_approve_copies_into_the_outbox_then_cleanup_empties_the_review_folder(
 def test_approve_refuses_a_held_output_that_is_gone_or_replaced_by_a_link(
     ledger: Ledger, tmp_path: Path
 ) -> None:
-    desk = ReviewDesk(ledger)
-    record = running(ledger, tmp_path)
-    where = hold(desk, record, tmp_path / "review")
+    desk, record, where = held_one(ledger, tmp_path)
     [held] = ledger.in_review(record.job_id)
     where.unlink()
     (tmp_path / "secret").write_bytes(b"not yours")

@@ -359,27 +359,11 @@ def follow(
 
 
 def _simple(command: str) -> Callable[[Any, argparse.Namespace, TextIO], int]:
-    def run(client: Any, args: argparse.Namespace, out: TextIO) -> int:
-        params = {"id": args.id} if hasattr(args, "id") else {}
-        answer = client.call(command, **params)
-        if args.json:
-            _print_json(answer, out)
-        else:
-            print(f"{command}: " + ", ".join(f"{k} {v}" for k, v in answer.items()), file=out)
-        return EXIT_OK
-
-    return run
-
-
-def _review(command: str) -> Callable[[Any, argparse.Namespace, TextIO], int]:
-    """``approve JOB [FILE]`` / ``reject JOB [FILE] [--reason TEXT]``."""
+    """A command whose arguments are those given of ``id``, ``file`` and ``reason``."""
 
     def run(client: Any, args: argparse.Namespace, out: TextIO) -> int:
-        params: dict[str, Any] = {"id": args.id}
-        if args.file is not None:
-            params["file"] = args.file
-        if getattr(args, "reason", None):
-            params["reason"] = args.reason
+        given = {name: getattr(args, name, None) for name in ("id", "file", "reason")}
+        params = {name: value for name, value in given.items() if value is not None}
         answer = client.call(command, **params)
         if args.json:
             _print_json(answer, out)
@@ -466,8 +450,8 @@ _OPERATIONS: dict[str, Callable[[Any, argparse.Namespace, TextIO], int]] = {
     "job": _job,
     "cancel": _simple("cancel"),
     "retry": _simple("retry"),
-    "approve": _review("approve"),
-    "reject": _review("reject"),
+    "approve": _simple("approve"),
+    "reject": _simple("reject"),
     "pause": _simple("pause"),
     "resume": _simple("resume"),
     "reload": _simple("reload"),

@@ -397,29 +397,60 @@ def _describe(value: Any) -> str:
 # --- product shots and the quality gate (issue 18) --------------------------------------------
 
 
-def _canvas(value: Any) -> str:
-    """A canvas size "WxH" (pixels), e.g. "2000x2000"."""
-    from watchd.product import parse_canvas
+_CANVAS_RE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 
-    if not isinstance(value, str):
-        raise _Bad(f'expected a size like "2000x2000", got {_describe(value)}')
+#: The largest canvas side (pixels): 20,000 x 20,000 RGBA is 1.6 GB, the most a worker takes.
+MAX_CANVAS_SIDE = 20_000
+
+
+def parse_canvas(text: str) -> tuple[int, int]:
+    """``"2000x2000"`` -> (2000, 2000); ValueError with what was expected otherwise."""
+    match = _CANVAS_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f'expected a size like "2000x2000" (width x height), got {text!r}')
+    size = int(match[1]), int(match[2])
+    if max(size) > MAX_CANVAS_SIDE:
+        raise ValueError(f"each side must be at most {MAX_CANVAS_SIDE} pixels, got {text!r}")
+    return size
+
+
+def parse_margin(value: int | str) -> tuple[float, bool]:
+    """``24`` (pixels) or ``"5%"`` (of the subject's box) -> (amount, is_percent)."""
+    if isinstance(value, str):
+        if not value.endswith("%"):
+            raise ValueError(f'expected pixels (24) or a percentage ("5%"), got {value!r}')
+        try:
+            share = float(value[:-1])
+        except ValueError:
+            raise ValueError(f'expected a percentage such as "5%", got {value!r}') from None
+        if not 0 <= share <= 1000:
+            raise ValueError(f"a percentage from 0% to 1000%, got {value!r}")
+        return share, True
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000:
+        raise ValueError(f"expected pixels from 0 to 100000, got {value!r}")
+    return float(value), False
+
+
+def _checked_by(check: Callable[[Any], object], value: Any) -> None:
     try:
-        parse_canvas(value)
+        check(value)
     except ValueError as exc:
         raise _Bad(str(exc)) from None
+
+
+def _canvas(value: Any) -> str:
+    """A canvas size "WxH" (pixels), e.g. "2000x2000" (watchd/product.py)."""
+    if not isinstance(value, str):
+        raise _Bad(f'expected a size like "2000x2000", got {_describe(value)}')
+    _checked_by(parse_canvas, value)
     return value
 
 
 def _margin(value: Any) -> int | str:
-    """Pixels (24) or a percentage of the subject's box ("5%")."""
-    from watchd.product import parse_margin
-
+    """Pixels (24) or a percentage of the subject's box ("5%") (watchd/product.py)."""
     if not isinstance(value, int | str) or isinstance(value, bool):
         raise _Bad(f'expected pixels (24) or a percentage ("5%"), got {_describe(value)}')
-    try:
-        parse_margin(value)
-    except ValueError as exc:
-        raise _Bad(str(exc)) from None
+    _checked_by(parse_margin, value)
     return value
 
 
@@ -434,10 +465,8 @@ def _review_if(value: Any) -> tuple[str, ...]:
             '"default" or a list of conditions such as ["coverage < 0.02", "uncertain > 0.08", '
             f'"clipped left right"], got {_describe(value)}'
         )
-    try:
-        return tuple(condition.text for condition in parse_conditions(value))
-    except ValueError as exc:
-        raise _Bad(str(exc)) from None
+    _checked_by(parse_conditions, value)
+    return tuple(condition.text for condition in parse_conditions(value))
 
 
 #: Product-shot keys a sidecar may set too (they join OUTPUT_KEYS).

@@ -11,12 +11,12 @@ a background picture arrives as bytes the daemon read from the path the config n
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from watchd.config import parse_canvas, parse_margin
 from watchd.errors import InputRejected
 
 if TYPE_CHECKING:
@@ -30,11 +30,6 @@ SUBJECT_ALPHA = 26
 #: subject in a big photo is scaled up at most 2x and sits smaller on the canvas, rather
 #: than turning into a blur that fills it.
 MAX_UPSCALE = 2.0
-
-_CANVAS_RE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
-
-#: The largest canvas side (pixels): 20,000 x 20,000 RGBA is 1.6 GB, the most a worker takes.
-MAX_CANVAS_SIDE = 20_000
 
 EMPTY_MASK = (
     "nothing was found in this image (the mask is empty): there is no subject to {what}; "
@@ -52,34 +47,6 @@ class Placement:
     height: int
     left: int
     top: int
-
-
-def parse_canvas(text: str) -> tuple[int, int]:
-    """``"2000x2000"`` -> (2000, 2000); ValueError with what was expected otherwise."""
-    match = _CANVAS_RE.fullmatch(text)
-    if match is None:
-        raise ValueError(f'expected a size like "2000x2000" (width x height), got {text!r}')
-    size = int(match[1]), int(match[2])
-    if max(size) > MAX_CANVAS_SIDE:
-        raise ValueError(f"each side must be at most {MAX_CANVAS_SIDE} pixels, got {text!r}")
-    return size
-
-
-def parse_margin(value: int | str) -> tuple[float, bool]:
-    """``24`` (pixels) or ``"5%"`` (of the subject's box) -> (amount, is_percent)."""
-    if isinstance(value, str):
-        if not value.endswith("%"):
-            raise ValueError(f'expected pixels (24) or a percentage ("5%"), got {value!r}')
-        try:
-            share = float(value[:-1])
-        except ValueError:
-            raise ValueError(f'expected a percentage such as "5%", got {value!r}') from None
-        if not 0 <= share <= 1000:
-            raise ValueError(f"a percentage from 0% to 1000%, got {value!r}")
-        return share, True
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000:
-        raise ValueError(f"expected pixels from 0 to 100000, got {value!r}")
-    return float(value), False
 
 
 def subject_box(alpha: Image.Image) -> Box | None:
