@@ -146,4 +146,7 @@ def test_a_held_output_waits_in_review_across_a_restart_until_approved_or_reject
     assert (root / "failed" / "again.jpg").exists()
     assert list((root / "review").iterdir()) == []
     assert not any(p.name.startswith("again") for p in (root / "outbox").iterdir() if is_output(p))
-    wait_for(lambda: cli_json(daemon, "job", "2")["state"] == "failed", what="job 2 failed")
+    wait_for(lambda: jobs_ended(root), what="job 2 reported")
+    ended = cli(daemon, "job", "2", "--json")
+    assert ended.returncode == 1  # the job failed: exit code 1, as for any failed job
+    assert json.loads(ended.stdout)["state"] == "failed"
