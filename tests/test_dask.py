@@ -218,7 +218,13 @@ def test_outputs_match_local_processing(
         assert result.file_id == file_id
         expected = reference[photo_of(file_id, photos)]
         assert result.data == expected  # byte for byte what the local pool makes
-        assert result.width > 0 and set(result.timings) == {"decode", "infer", "encode"}
+        assert result.width > 0 and set(result.timings) == {
+            "decode",
+            "infer",
+            "quality",
+            "product",
+            "encode",
+        }
     described = pool.describe()
     assert (described["in_cluster"], described["waiting"], described["busy"]) == (0, 0, 0)
 

@@ -326,7 +326,7 @@ def test_malformed_multipart_bodies(
         ({}, {"canvas": "big"}, 'canvas: expected a size like "2000x2000"'),
         ({}, {"fill": "2"}, "fill: must be at least 0.05 and at most 1"),
         ({}, {"margin": "-3"}, "margin"),
-        ({}, {"margin": "3.5"}, "margin: expected whole pixels or a percentage"),
+        ({}, {"margin": "3.5"}, "expected whole pixels or a percentage"),
         ({"crop": "all"}, {}, "crop"),
         ({}, {"align": "top"}, "align"),
     ],
