@@ -30,10 +30,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from watchd import pipeline, product, quality
+from watchd import quality
 from watchd.config import OutputConfig
-from watchd.pipeline import Page, cut_out_raw, encode
-from watchd.review_sheet import make_sheet
+from watchd.imaging import product
+from watchd.imaging.cutout import cut_out_raw
+from watchd.imaging.decode import Page
+from watchd.imaging.encode import encode
+from watchd.imaging.review_sheet import make_sheet
+from watchd.models import ModelStore
+from watchd.pool.worker import init_worker, sessions
 
 
 def _photos() -> dict[str, tuple[Image.Image, str]]:
@@ -101,8 +106,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
-    pipeline.init_worker({}, 1, ("u2netp",))
-    session = pipeline._session("u2netp")
+    init_worker(ModelStore(None).worker_env(), 1, ("u2netp",))
+    session = sessions().get("u2netp", 0)
     conditions = quality.parse_conditions(quality.DEFAULT_REVIEW_IF)
     picture = io.BytesIO()
     Image.new("RGB", (1600, 1200), (240, 236, 228)).save(picture, "JPEG", quality=90)

@@ -1,4 +1,4 @@
-"""Product shots (watchd/product.py) and quality figures (watchd/quality.py) on real pixels.
+"""Product shots (watchd/imaging/product.py) and quality figures (watchd/quality.py) on real pixels.
 
 The geometry is checked on masks drawn here (a known box), the figures on the real photos
 the other tests use, and the worker's whole path (``pipeline.process``) with the real model.
@@ -15,11 +15,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.test_config import config_error, with_watch
-from watchd import pipeline, product, quality
+from watchd import quality
 from watchd.config import OutputConfig, sidecar_overrides
 from watchd.errors import ConfigError, InputRejected
-from watchd.pipeline import Task, process
-from watchd.review_sheet import make_sheet
+from watchd.imaging import product
+from watchd.imaging.review_sheet import make_sheet
+from watchd.models import ModelStore
+from watchd.pool.task import Task
 
 
 def mask_with_box(
@@ -207,7 +209,7 @@ def test_the_sheet_shows_three_panels_side_by_side() -> None:
     sheet = Image.open(
         io.BytesIO(make_sheet(original, cutout_with_box((400, 200), (100, 50, 300, 150))))
     )
-    from watchd.review_sheet import GAP, PANEL_HEIGHT
+    from watchd.imaging.review_sheet import GAP, PANEL_HEIGHT
 
     assert sheet.size == (3 * 720 + 2 * GAP, PANEL_HEIGHT)
     assert sheet.getpixel((10, 10)) == (10, 200, 10)  # the original
@@ -308,8 +310,14 @@ def test_a_sidecar_sets_product_options_and_keeps_the_watchs_picture(tmp_path: P
 # --- the worker's whole path, with the real model -------------------------------------------------
 
 
-@pytest.mark.usefixtures("model_store", "fresh_worker")
-def test_process_makes_a_finished_shot_and_the_figures(photos: dict[str, Path]) -> None:
+@pytest.mark.usefixtures("fresh_worker")
+def test_process_makes_a_finished_shot_and_the_figures(
+    photos: dict[str, Path], model_store: ModelStore
+) -> None:
+    from watchd.pool.worker import init_worker
+    from watchd.pool.worker import run as process
+
+    init_worker(model_store.worker_env(), 1, ("u2netp",))
     data = photos["astronaut.jpg"].read_bytes()
     output = OutputConfig(canvas="500x500", fill=0.8)
     review_if = ("coverage < 0.9",)
@@ -327,7 +335,7 @@ def test_process_makes_a_finished_shot_and_the_figures(photos: dict[str, Path]) 
     plain = process(Task(file_id=2, data=data, model="u2netp"))
     assert plain.review == () and plain.sheet is None
     assert plain.quality == result.quality  # measured before the product steps
-    assert pipeline.decode(plain.data).size == (512, 512)
+    assert Image.open(io.BytesIO(plain.data)).size == (512, 512)
 
 
 # --- preflight: the files and folders the new keys name ------------------------------------------

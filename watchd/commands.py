@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -26,6 +26,10 @@ from watchd.intake import Intake
 from watchd.ledger import Conflict, FileRecord, Ledger, NotFound
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
+if TYPE_CHECKING:
+    from watchd.dispatcher import Pause
+    from watchd.finisher import Finisher
+
 log = structlog.get_logger()
 
 DAY = 86400.0
@@ -33,8 +37,6 @@ DAY = 86400.0
 
 class DaemonControls(Protocol):
     """The parts of the daemon a command may read or steer."""
-
-    paused: bool
 
     def snapshot(self) -> dict[str, Any]: ...
 
@@ -47,14 +49,6 @@ class DaemonControls(Protocol):
     def metrics_text(self) -> str: ...
 
 
-class Reviewer(Protocol):
-    """What approve/reject do to a file held in the review folder (the dispatcher)."""
-
-    def approve(self, record: FileRecord) -> None: ...
-
-    def reject(self, record: FileRecord, reason: str) -> None: ...
-
-
 class Commands:
     """Executes validated control requests against the ledger and the daemon."""
 
@@ -63,17 +57,17 @@ class Commands:
         daemon: DaemonControls,
         ledger: Ledger,
         intake: Intake,
-        dispose_failed: Callable[[Any, str], None],
         spool_dir: Path,
         *,
+        finisher: Finisher,
+        pause: Pause,
         clock: Callable[[], float] = time.time,
-        reviewer: Reviewer | None = None,
     ) -> None:
         self._daemon = daemon
-        self._reviewer = reviewer
         self._ledger = ledger
         self._intake = intake
-        self._dispose_failed = dispose_failed
+        self._finisher = finisher
+        self._pause = pause
         self._spool = spool_dir
         self._clock = clock
 
@@ -135,13 +129,11 @@ class Commands:
     # --- steering ---
 
     def _cmd_pause(self, _args: Mapping[str, Any]) -> dict[str, Any]:
-        self._daemon.paused = True
-        self._ledger.set_setting("paused", "1")
+        self._pause.set(True)
         return {"paused": True}
 
     def _cmd_resume(self, _args: Mapping[str, Any]) -> dict[str, Any]:
-        self._daemon.paused = False
-        self._ledger.set_setting("paused", "0")
+        self._pause.set(False)
         return {"paused": False}
 
     def _cmd_reload(self, _args: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,7 +142,7 @@ class Commands:
     def _cmd_cancel(self, args: Mapping[str, Any]) -> dict[str, Any]:
         records = self._ledger.cancel_job(int(args["id"]))
         for record in records:
-            self._dispose_failed(record, "cancelled")
+            self._finisher.dispose_failed(record, "cancelled")
         return {"id": int(args["id"]), "cancelled_files": len(records)}
 
     def _cmd_retry(self, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,11 +162,9 @@ class Commands:
         self._intake.finish_pending(self._ledger.job_files(job_id))
         return {"id": job_id, "requeued_files": requeued, "missing_originals": missing}
 
-    def _held(self, args: Mapping[str, Any]) -> tuple[int, list[FileRecord], Reviewer]:
+    def _held(self, args: Mapping[str, Any]) -> tuple[int, list[FileRecord]]:
         """The files of job ``id`` (or just ``file``) that wait in the review folder."""
         job_id = int(args["id"])
-        if self._reviewer is None:
-            raise ProtocolError("unavailable", "this daemon has no review folder")
         records = self._ledger.in_review(job_id)
         if args.get("file") is not None:
             records = [r for r in records if r.id == int(args["file"])]
@@ -182,19 +172,19 @@ class Commands:
                 raise Conflict(f"file {args['file']} of job {job_id} is not waiting in review")
         if not records:
             raise Conflict(f"job {job_id} has no file waiting in review")
-        return job_id, records, self._reviewer
+        return job_id, records
 
     def _cmd_approve(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        job_id, records, reviewer = self._held(args)
+        job_id, records = self._held(args)
         for record in records:
-            reviewer.approve(record)
+            self._finisher.approve(record)
         return {"id": job_id, "approved_files": len(records)}
 
     def _cmd_reject(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        job_id, records, reviewer = self._held(args)
+        job_id, records = self._held(args)
         reason = args.get("reason") or "an operator rejected it"
         for record in records:
-            reviewer.reject(record, reason)
+            self._finisher.reject(record, reason)
         return {"id": job_id, "rejected_files": len(records)}
 
     def _cmd_prune(self, args: Mapping[str, Any]) -> dict[str, Any]:

@@ -98,7 +98,7 @@ class OutputConfig:
     alpha_matting_erode_size: int = 10
     post_process_mask: bool = False
     only_mask: bool = False
-    # --- product shots (issue 18; docs/outputs.md, "Product shots"; watchd/product.py) ---
+    # --- product shots (issue 18; docs/outputs.md, "Product shots"; watchd/imaging/product.py) ---
     crop: str = "none"  # "none" | "subject": crop to the subject's box plus margin
     margin: int | str = 0  # pixels, or "N%" of the subject box's longer side
     canvas: str | None = None  # "WxH": the subject scaled and placed on a canvas this size
@@ -439,7 +439,7 @@ def _checked_by(check: Callable[[Any], object], value: Any) -> None:
 
 
 def _canvas(value: Any) -> str:
-    """A canvas size "WxH" (pixels), e.g. "2000x2000" (watchd/product.py)."""
+    """A canvas size "WxH" (pixels), e.g. "2000x2000" (watchd/imaging/product.py)."""
     if not isinstance(value, str):
         raise _Bad(f'expected a size like "2000x2000", got {_describe(value)}')
     _checked_by(parse_canvas, value)
@@ -447,7 +447,7 @@ def _canvas(value: Any) -> str:
 
 
 def _margin(value: Any) -> int | str:
-    """Pixels (24) or a percentage of the subject's box ("5%") (watchd/product.py)."""
+    """Pixels (24) or a percentage of the subject's box ("5%") (watchd/imaging/product.py)."""
     if not isinstance(value, int | str) or isinstance(value, bool):
         raise _Bad(f'expected pixels (24) or a percentage ("5%"), got {_describe(value)}')
     _checked_by(parse_margin, value)

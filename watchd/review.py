@@ -2,7 +2,7 @@
 
 An output held back is written, complete, into the watch's ``review`` folder instead of the
 outbox, with a side-by-side sheet (``NAME.sheet.png``, made in the worker:
-watchd/review_sheet.py) and a note (``NAME.review.txt``) saying which figure tripped. The
+watchd/imaging/review_sheet.py) and a note (``NAME.review.txt``) saying which figure tripped. The
 file stays unfinished (state ``review``), so its job is not reported, its outbox name stays
 reserved and its original stays in the spool. ``watchd approve`` moves the output on to the
 outbox and finishes the file as usual; ``watchd reject`` fails it, which sends the original to

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
-from watchd.png import encode_png
+from watchd.imaging.png import encode_png
 
 PANEL_HEIGHT = 360
 GAP = 8
