@@ -152,7 +152,7 @@ def test_a_held_output_waits_in_review_across_a_restart_until_approved_or_reject
     assert json.loads(ended.stdout)["state"] == "failed"
 
 
-def test_a_background_picture_from_the_config_and_an_empty_mask(
+def test_a_background_picture_from_the_config(
     daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path]
 ) -> None:
     daemon = daemon_factory(
@@ -162,14 +162,10 @@ def test_a_background_picture_from_the_config_and_an_empty_mask(
     Image.new("RGB", (64, 48), (0, 0, 255)).save(root / "backdrop.png")
     daemon.start()
     drop(photos["coffee.png"], root / "inbox", "cup.png")
-    # a flat grey card: the model finds nothing, so there is no subject to put on the picture
-    Image.new("RGB", (320, 240), (128, 128, 128)).save(root / "card.tmp.png")
-    os.rename(root / "card.tmp.png", root / "inbox" / "card.png")
     wait_for((root / "outbox" / "cup.jpg").exists, what="the cup on the backdrop")
     with Image.open(root / "outbox" / "cup.jpg") as shot:
         assert shot.size == (600, 400) and shot.mode == "RGB"
         red, green, blue = shot.getpixel((3, 3))  # a corner: the picture, not the cup
         assert blue > 200 and red < 60 and green < 60
-    note = root / "failed" / "card.png.error.txt"
-    wait_for(note.exists, what="the empty card failed")
-    assert "nothing was found in this image (the mask is empty)" in note.read_text()
+    # (An empty mask is tested on a drawn mask in tests/test_product.py: u2netp finds
+    # something in every photo tried, black, white, grey, noise and the deep field alike.)
