@@ -323,6 +323,12 @@ def test_malformed_multipart_bodies(
         ({}, {"watch": "elsewhere"}, "no watch named 'elsewhere'"),
         ({}, {"name": "../up"}, "name"),
         ({"format": "png"}, {"format": "png"}, "both in the query and the form"),
+        ({}, {"canvas": "big"}, 'canvas: expected a size like "2000x2000"'),
+        ({}, {"fill": "2"}, "fill: must be at least 0.05 and at most 1"),
+        ({}, {"margin": "-3"}, "margin"),
+        ({}, {"margin": "3.5"}, "expected whole pixels or a percentage"),
+        ({"crop": "all"}, {}, "crop"),
+        ({}, {"align": "top"}, "align"),
     ],
 )
 def test_unknown_fields_and_bad_values_are_422_naming_them(

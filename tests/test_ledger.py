@@ -910,10 +910,12 @@ def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: 
     before = raw(db_path, "SELECT * FROM files ORDER BY id")
     ledger = Ledger.open(db_path, clock=clock)
     try:
-        assert ledger.schema_version() == SCHEMA_VERSION == 5
+        assert ledger.schema_version() == SCHEMA_VERSION == 6
         # rows untouched; migration 3 added two columns (pages, 1 for every old file, and
-        # the job's priority, 0 like every old job's)
-        assert raw(db_path, "SELECT * FROM files ORDER BY id") == [(*r, 1, 0) for r in before]
+        # the job's priority, 0 like every old job's); "quality" two more (the figures and the
+        # review path: none for an old file)
+        after = raw(db_path, "SELECT * FROM files ORDER BY id")
+        assert after == [(*r, 1, 0, None, None) for r in before]
         assert raw(db_path, "PRAGMA integrity_check") == [("ok",)]
         assert ledger.counts() == grouped_counts(db_path)
         assert ledger.counts()["files"] == {

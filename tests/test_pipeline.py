@@ -321,7 +321,7 @@ def test_process_returns_a_png_cutout(name: str, worker: None, photos: dict[str,
     assert cutout.size == size_of(photos[name]) == (result.width, result.height)
     low, high = cast("tuple[int, int]", cutout.getchannel("A").getextrema())
     assert low < 50 and high > 200  # a real mask: some background gone, some subject kept
-    assert set(result.timings) == {"decode", "infer", "encode"}
+    assert set(result.timings) == {"decode", "infer", "quality", "product", "encode"}
     assert all(seconds >= 0 for seconds in result.timings.values())
 
 

@@ -326,6 +326,7 @@ def test_snapshot_zero_fills_states_and_sums_watches() -> None:
         "queued": 41,
         "running": 3,
         "written": 0,
+        "review": 0,
         "failing": 0,
         "done": 5122,  # the retired watch is counted daemon-wide
         "failed": 7,
@@ -357,6 +358,7 @@ def test_snapshot_per_watch_figures() -> None:
         "totals",
         "files_per_second_15m",
         "stuck",
+        "quality",
     ]
     assert (photos["inbox"], photos["outbox"], photos["model"]) == ("/srv/in", "/srv/out", "u2netp")
     assert photos["files"]["queued"] == 41

@@ -54,6 +54,13 @@ def add_operator_commands(
     job.add_argument("--follow", action="store_true", help="show progress until the job ends")
     for name, text in (("cancel", "cancel a job's queued files"), ("retry", "retry failed files")):
         command(name, text).add_argument("id", type=_positive_int, metavar="ID")
+    approve = command("approve", "send outputs held in the review folder on to the outbox")
+    approve.add_argument("id", type=_positive_int, metavar="JOB")
+    approve.add_argument("file", type=_positive_int, nargs="?", metavar="FILE", help="one file id")
+    reject = command("reject", "fail outputs held for review (originals to the failed folder)")
+    reject.add_argument("id", type=_positive_int, metavar="JOB")
+    reject.add_argument("file", type=_positive_int, nargs="?", metavar="FILE", help="one file id")
+    reject.add_argument("--reason", help="what the failed note says (default: rejected)")
     command("pause", "stop dispatching (intake goes on)")
     command("resume", "start dispatching again")
     command("reload", "re-read the configuration (like SIGHUP)")
@@ -282,11 +289,24 @@ def _print_job(job: Mapping[str, Any], out: TextIO) -> None:
         out,
     )
     print(file=out)
-    table = [("FILE", "STATE", "TRIES", "INPUT", "OUTPUT / ERROR")]
+    table = [("FILE", "STATE", "TRIES", "INPUT", "QUALITY", "OUTPUT / ERROR")]
     for f in job["files"]:
-        detail = f.get("error") if f["state"] in ("failed", "failing") else f.get("output")
-        table.append((str(f["id"]), f["state"], str(f["attempts"]), f["rel"], str(detail or "")))
+        detail = (
+            f.get("error") if f["state"] in ("failed", "failing", "review") else f.get("output")
+        )
+        row = (str(f["id"]), f["state"], str(f["attempts"]), f["rel"], _quality(f.get("quality")))
+        table.append((*row, str(detail or "")))
     _print_table(table, out)
+
+
+def _quality(pages: Sequence[Mapping[str, Any]] | None) -> str:
+    """The first output's figures, short: ``cov 0.48 unc 0.03 edges bottom`` (- for none)."""
+    if not pages:
+        return "-"
+    first = pages[0]
+    edges = ",".join(first.get("clipped", ())) or "none"
+    more = f" (+{len(pages) - 1} pages)" if len(pages) > 1 else ""
+    return f"cov {first['coverage']:.2f} unc {first['uncertain']:.2f} edges {edges}{more}"
 
 
 def _job_exit(job: Mapping[str, Any]) -> int:
@@ -339,8 +359,11 @@ def follow(
 
 
 def _simple(command: str) -> Callable[[Any, argparse.Namespace, TextIO], int]:
+    """A command whose arguments are those given of ``id``, ``file`` and ``reason``."""
+
     def run(client: Any, args: argparse.Namespace, out: TextIO) -> int:
-        params = {"id": args.id} if hasattr(args, "id") else {}
+        given = {name: getattr(args, name, None) for name in ("id", "file", "reason")}
+        params = {name: value for name, value in given.items() if value is not None}
         answer = client.call(command, **params)
         if args.json:
             _print_json(answer, out)
@@ -427,6 +450,8 @@ _OPERATIONS: dict[str, Callable[[Any, argparse.Namespace, TextIO], int]] = {
     "job": _job,
     "cancel": _simple("cancel"),
     "retry": _simple("retry"),
+    "approve": _simple("approve"),
+    "reject": _simple("reject"),
     "pause": _simple("pause"),
     "resume": _simple("resume"),
     "reload": _simple("reload"),

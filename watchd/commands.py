@@ -24,7 +24,7 @@ from watchd.control import Request
 from watchd.errors import AccessDenied, Conflict, NotFound, ProtocolError
 from watchd.files import error_note_path, remove_file
 from watchd.intake import Intake
-from watchd.ledger import Ledger
+from watchd.ledger import FileRecord, Ledger
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
 if TYPE_CHECKING:
@@ -162,6 +162,31 @@ class Commands:
             requeued += 1
         self._intake.finish_pending(self._ledger.job_files(job_id))
         return {"id": job_id, "requeued_files": requeued, "missing_originals": missing}
+
+    def _held(self, args: Mapping[str, Any]) -> tuple[int, list[FileRecord]]:
+        """The files of job ``id`` (or just ``file``) that wait in the review folder."""
+        job_id = int(args["id"])
+        records = self._ledger.in_review(job_id)
+        if args.get("file") is not None:
+            records = [r for r in records if r.id == int(args["file"])]
+            if not records:
+                raise Conflict(f"file {args['file']} of job {job_id} is not waiting in review")
+        if not records:
+            raise Conflict(f"job {job_id} has no file waiting in review")
+        return job_id, records
+
+    def _cmd_approve(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        job_id, records = self._held(args)
+        for record in records:
+            self._finisher.approve(record)
+        return {"id": job_id, "approved_files": len(records)}
+
+    def _cmd_reject(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        job_id, records = self._held(args)
+        reason = args.get("reason") or "an operator rejected it"
+        for record in records:
+            self._finisher.reject(record, reason)
+        return {"id": job_id, "rejected_files": len(records)}
 
     def _cmd_prune(self, args: Mapping[str, Any]) -> dict[str, Any]:
         cutoff = self._clock() - float(args["older_than_days"]) * DAY

@@ -44,8 +44,9 @@ from typing import Any, Protocol
 import structlog
 
 from watchd.config import HooksConfig
+from watchd.errors import NotFound
 from watchd.files import ensure_dir, fsync_dir, page_paths, write_via_temp
-from watchd.ledger import FileDetail, JobDetail, Ledger, NotFound
+from watchd.ledger import FileDetail, JobDetail, Ledger
 from watchd.stats import iso_utc
 
 log = structlog.get_logger()
@@ -115,6 +116,8 @@ def file_entry(file: FileDetail, outbox: Path) -> dict[str, Any]:
         entry["bytes_out"] = file.output_bytes
     else:
         entry["error"] = _clean(file.error) or file.state
+    if file.quality is not None:  # the figures of each output (docs/outputs.md)
+        entry["quality"] = [dict(page) for page in file.quality]
     return entry
 
 

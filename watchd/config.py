@@ -99,6 +99,13 @@ class OutputConfig:
     alpha_matting_erode_size: int = 10
     post_process_mask: bool = False
     only_mask: bool = False
+    # --- product shots (issue 18; docs/outputs.md, "Product shots"; watchd/imaging/product.py) ---
+    crop: str = "none"  # "none" | "subject": crop to the subject's box plus margin
+    margin: int | str = 0  # pixels, or "N%" of the subject box's longer side
+    canvas: str | None = None  # "WxH": the subject scaled and placed on a canvas this size
+    fill: float = 0.85  # the share of the canvas the subject takes (its longer side)
+    align: str = "center"  # "center" | "bottom"
+    background_image: str | None = None  # absolute path; the daemon reads it, workers get bytes
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,11 @@ class WatchConfig:
     stuck_after: float = 600.0
     #: seconds of changing after which a note appears beside it; 0: never
     stuck_note_after: float = 3600.0
+    # --- the quality gate (issue 18; docs/outputs.md, "Quality figures"; watchd/quality.py) ---
+    #: where outputs that trip a review_if condition wait for ``watchd approve``
+    review: Path | None = None
+    #: the conditions (watchd.quality), normalised text; empty: no review
+    review_if: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -327,6 +339,98 @@ def _scheduler_address(value: Any) -> str:
     return address
 
 
+# --- product shots and the quality gate (issue 18) --------------------------------------------
+
+
+_CANVAS_RE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
+
+#: The largest canvas side (pixels): 20,000 x 20,000 RGBA is 1.6 GB, the most a worker takes.
+MAX_CANVAS_SIDE = 20_000
+
+
+def parse_canvas(text: str) -> tuple[int, int]:
+    """``"2000x2000"`` -> (2000, 2000); ValueError with what was expected otherwise."""
+    match = _CANVAS_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f'expected a size like "2000x2000" (width x height), got {text!r}')
+    size = int(match[1]), int(match[2])
+    if max(size) > MAX_CANVAS_SIDE:
+        raise ValueError(f"each side must be at most {MAX_CANVAS_SIDE} pixels, got {text!r}")
+    return size
+
+
+def parse_margin(value: int | str) -> tuple[float, bool]:
+    """``24`` (pixels) or ``"5%"`` (of the subject's box) -> (amount, is_percent)."""
+    if isinstance(value, str):
+        if not value.endswith("%"):
+            raise ValueError(f'expected pixels (24) or a percentage ("5%"), got {value!r}')
+        try:
+            share = float(value[:-1])
+        except ValueError:
+            raise ValueError(f'expected a percentage such as "5%", got {value!r}') from None
+        if not 0 <= share <= 1000:
+            raise ValueError(f"a percentage from 0% to 1000%, got {value!r}")
+        return share, True
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000:
+        raise ValueError(f"expected pixels from 0 to 100000, got {value!r}")
+    return float(value), False
+
+
+def _checked_by(check: Callable[[Any], object], value: Any) -> None:
+    try:
+        check(value)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
+
+
+def _canvas(value: Any) -> str:
+    """A canvas size "WxH" (pixels), e.g. "2000x2000" (watchd/imaging/product.py)."""
+    if not isinstance(value, str):
+        raise BadValue(f'expected a size like "2000x2000", got {_describe(value)}')
+    _checked_by(parse_canvas, value)
+    return value
+
+
+def _margin(value: Any) -> int | str:
+    """Pixels (24) or a percentage of the subject's box ("5%") (watchd/imaging/product.py)."""
+    if not isinstance(value, int | str) or isinstance(value, bool):
+        raise BadValue(f'expected pixels (24) or a percentage ("5%"), got {_describe(value)}')
+    _checked_by(parse_margin, value)
+    return value
+
+
+def _review_if(value: Any) -> tuple[str, ...]:
+    """ "default" (the calibrated set) or a list of conditions such as ["coverage < 0.02"]."""
+    from watchd.quality import DEFAULT_REVIEW_IF, parse_conditions
+
+    if value == "default":
+        return DEFAULT_REVIEW_IF
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadValue(
+            '"default" or a list of conditions such as ["coverage < 0.02", "uncertain > 0.08", '
+            f'"clipped left right"], got {_describe(value)}'
+        )
+    _checked_by(parse_conditions, value)
+    return tuple(condition.text for condition in parse_conditions(value))
+
+
+#: Product-shot keys a sidecar may set too (they join OUTPUT_KEYS).
+PRODUCT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "crop": (_choice("none", "subject"), "none"),
+    "margin": (_margin, 0),
+    "canvas": (_canvas, None),
+    "fill": (_number(0.05, 1.0), 0.85),
+    "align": (_choice("center", "bottom"), "center"),
+}
+
+#: Keys only the operator sets (a sidecar may not: a file outside the watch's folders, the gate).
+QUALITY_WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "background_image": (_path, None),
+    "review": (_path, None),
+    "review_if": (_review_if, ()),
+}
+
+
 _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "state_dir": (_path, ".watchd"),
     "models_dir": (_path, None),
@@ -384,6 +488,7 @@ OUTPUT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "post_process_mask": (_boolean, OutputConfig.post_process_mask),
     "only_mask": (_boolean, OutputConfig.only_mask),
     "priority": (_integer(validate.MIN_PRIORITY, validate.MAX_PRIORITY), WatchConfig.priority),
+    **PRODUCT_KEYS,
 }
 
 _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -407,6 +512,7 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "case_sensitive_names": (_boolean, WatchConfig.case_sensitive_names),
     "stuck_after": (_number(1, 86400 * 365), WatchConfig.stuck_after),
     "stuck_note_after": (_number(0, 86400 * 365), WatchConfig.stuck_note_after),
+    **QUALITY_WATCH_KEYS,
 }
 
 
@@ -701,6 +807,7 @@ def _build_watch(
     sibling = inbox.parent
     archive = resolve(values["archive"]) if values["archive"] else sibling / "archive"
     failed = resolve(values["failed"]) if values["failed"] else sibling / "failed"
+    background_image = values["background_image"]
     return WatchConfig(
         name=values["name"],
         inbox=inbox,
@@ -713,7 +820,9 @@ def _build_watch(
         method=values["method"],
         poll_interval=values["poll_interval"],
         max_file_bytes=values["max_file_bytes"],
-        output=_output(reader, prefix, values),
+        output=_output(
+            reader, prefix, values, str(resolve(background_image)) if background_image else None
+        ),
         hooks=HooksConfig(
             manifest=values["manifest"],
             on_complete=values["on_complete"],
@@ -726,15 +835,30 @@ def _build_watch(
         case_sensitive_names=values["case_sensitive_names"],
         stuck_after=values["stuck_after"],
         stuck_note_after=values["stuck_note_after"],
+        review=resolve(values["review"]) if values["review"] else sibling / "review",
+        review_if=values["review_if"],
     )
 
 
-def _output(reader: _Reader, prefix: str, values: Mapping[str, Any]) -> OutputConfig:
+def _output(
+    reader: _Reader, prefix: str, values: Mapping[str, Any], background_image: str | None = None
+) -> OutputConfig:
     """The output options of a watch or a sidecar; JPEG needs a background colour."""
     output = OutputConfig(
-        **{key: values[key] for key in OUTPUT_KEYS if key not in ("model", "priority")}
+        **{key: values[key] for key in OUTPUT_KEYS if key not in ("model", "priority")},
+        background_image=background_image,
     )
-    if output.format == "jpeg" and output.background is None and not output.only_mask:
+    if output.background is not None and output.background_image is not None:
+        raise reader.error(
+            f"{prefix}.background_image" if prefix else "background",
+            "set background (a colour) or background_image (a picture), not both",
+        )
+    if (
+        output.format == "jpeg"
+        and output.background is None
+        and output.background_image is None
+        and not output.only_mask
+    ):
         raise reader.error(
             f"{prefix}.background" if prefix else "background",
             'format = "jpeg" has no transparency: set background = "#rrggbb" '
@@ -785,7 +909,7 @@ def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOve
     values = {**base, **reader.table("", raw, OUTPUT_KEYS, defaults=base)}
     return JobOverrides(
         model=values["model"],
-        output=_output(reader, "", values),
+        output=_output(reader, "", values, watch.output.background_image),
         priority=values["priority"],
     )
 
@@ -819,7 +943,8 @@ def _check_watches(reader: _Reader, watches: tuple[WatchConfig, ...], daemon: Da
     all_targets = [
         (f"watch[{i}].{key}", getattr(w, key))
         for i, w in enumerate(watches)
-        for key in ("outbox", "archive", "failed")
+        for key in ("outbox", "archive", "failed", "review")
+        if getattr(w, key) is not None
     ]
     all_targets.append(("daemon.state_dir", daemon.state_dir))
     for index, watch in enumerate(watches):

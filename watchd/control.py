@@ -32,11 +32,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from watchd import validate
-from watchd.errors import BadValue, ControlSocketError, DaemonUnreachable
-
-# Re-exported for watchd/daemon.py, which imports it from here until the issue-13 merge
-# switches it to watchd.errors (then this line goes and ProtocolError joins the import above).
-from watchd.errors import ProtocolError as ProtocolError  # noqa: PLC0414
+from watchd.errors import BadValue, ControlSocketError, DaemonUnreachable, ProtocolError
 from watchd.states import JOB_STATES
 
 if TYPE_CHECKING:
@@ -79,7 +75,7 @@ ERROR_CODES: Final = (
 
 #: Commands that change something; each one is logged (``control.command``) with the peer's uid/pid.
 MUTATING_COMMANDS: Final = frozenset(
-    {"cancel", "retry", "pause", "resume", "submit", "reload", "prune"}
+    {"cancel", "retry", "pause", "resume", "submit", "reload", "prune", "approve", "reject"}
 )
 
 #: Largest integer accepted anywhere (SQLite's INTEGER is a signed 64-bit number).
@@ -264,6 +260,8 @@ COMMANDS: Final[Mapping[str, Mapping[str, ArgSpec]]] = MappingProxyType(
         "job": {"id": _JOB_ID},
         "cancel": {"id": _JOB_ID},
         "retry": {"id": _JOB_ID},
+        "approve": {"id": _JOB_ID, "file": _integer(1)},
+        "reject": {"id": _JOB_ID, "file": _integer(1), "reason": _text()},
         "pause": {},
         "resume": {},
         "submit": {

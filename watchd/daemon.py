@@ -29,9 +29,9 @@ from watchd import __version__, preflight
 from watchd.commands import Commands
 from watchd.completion import Completion
 from watchd.config import Config, HooksConfig, WatchConfig, load_config
-from watchd.control import ControlServer, ProtocolError, Request
+from watchd.control import ControlServer, Request
 from watchd.dispatcher import Dispatcher, Pause
-from watchd.errors import ConfigError, LedgerError, ModelError, WatchdError
+from watchd.errors import ConfigError, LedgerError, ModelError, ProtocolError, WatchdError
 from watchd.files import ensure_dir, prune_taken_folder
 from watchd.finisher import Finisher
 from watchd.fsinfo import filesystem_type, is_network

@@ -24,6 +24,7 @@ from watchd.finisher import Finisher
 from watchd.ledger import FileRecord, Ledger
 from watchd.pool.protocol import Pool, outcome, pool_broke
 from watchd.pool.task import Result, Task
+from watchd.product_input import BackgroundImages
 from watchd.stats import Activity
 
 log = structlog.get_logger()
@@ -81,6 +82,8 @@ class Dispatcher:
         self._handed: dict[Future[Result], tuple[float, float]] = {}
         self._write_failures = 0
         self._pool_breaks = 0
+        #: background pictures (``background_image``) read once while unchanged
+        self._backgrounds = BackgroundImages()
 
     def use_pool(self, pool: Pool, max_attempts: int) -> None:
         """Send new work to ``pool`` (after a reload); running files finish where they are."""
@@ -115,6 +118,7 @@ class Dispatcher:
         options = record.options
         try:
             data = read_input(self._finisher.original(record), options.max_file_bytes)
+            background = self._backgrounds.read(options.output.background_image)
         except InputRejected as exc:
             self._finisher.fail(record, str(exc))
             return
@@ -124,6 +128,8 @@ class Dispatcher:
             model=options.model,
             output=options.output,
             threads=threads,
+            background_image=background,
+            review_if=options.review_if,
         )
         future = self._pool.submit(task)
         self.in_flight[future] = record

@@ -7,6 +7,9 @@ recovery after a crash) all end it the same way:
 * :meth:`Finisher.complete`: the outputs written atomically (one per page, page names
   checked the first time they are known), the file ``written``, then its original
   archived, deleted or kept (:meth:`Finisher.dispose_done`);
+* an output that tripped ``review_if``: held in the review folder (watchd/review.py)
+  until :meth:`Finisher.approve` (then as :meth:`Finisher.complete`) or
+  :meth:`Finisher.reject` (then as :meth:`Finisher.fail`);
 * :meth:`Finisher.fail`: the reason recorded, the original and a readable note in the
   failed folder (:meth:`Finisher.dispose_failed`);
 * when a file's end ends its job, the job is handed on (``job_ended``: the manifest and
@@ -39,6 +42,7 @@ from watchd.files import (
 )
 from watchd.ledger import CANCELLED_REASON, FileRecord, FinishedJob, Ledger, Recovery
 from watchd.pool.task import Result
+from watchd.review import ReviewDesk
 from watchd.spool import original_path
 from watchd.stats import Activity
 
@@ -68,6 +72,8 @@ class Finisher:
         self.jobs_finished = 0
         #: What ``status`` shows as the last error (see :meth:`note_error`).
         self.last_error: dict[str, Any] | None = None
+        #: the quality gate's review folder (watchd/review.py)
+        self.review = ReviewDesk(ledger)
 
     def original(self, record: FileRecord) -> Path:
         """Where the input is while it waits: the spool, or the inbox with ``after = "keep"``."""
@@ -96,14 +102,19 @@ class Finisher:
                 )
                 return False
             self._ledger.set_pages(record.id, pages)
+        quality = [figures.as_dict() for figures in result.quality]
         try:
+            if result.review and record.options.review is not None:
+                self._hold_for_review(record, result, Path(record.options.review), quality)
+                return True
             write_outputs(record, result, *self._output_access(record))
         except OSError as exc:
             if not is_permanent(exc):
                 raise
             self.fail(record, f"cannot write the output {record.output}: {exc.strerror or exc}")
             return False
-        self._ledger.mark_written(record.id, result.output_bytes, pages=pages)
+        self._ledger.mark_written(record.id, result.output_bytes, pages=pages, quality=quality)
+        self._activity.record_quality(record.watch, quality, held=False)
         latency = self._clock() - record.created_at
         self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())
         log.info(
@@ -124,6 +135,45 @@ class Finisher:
         )
         self.dispose_done(record)
         return True
+
+    # --- the review folder (watchd/review.py) -----------------------------------------------------
+
+    def _hold_for_review(
+        self, record: FileRecord, result: Result, folder: Path, quality: list[dict[str, Any]]
+    ) -> None:
+        """The output tripped ``review_if``: into the review folder, not the outbox."""
+        mode, owner = self._output_access(record)
+        where = self.review.hold(
+            record,
+            folder,
+            result.pages,
+            sheet=result.sheet,
+            reasons=result.review,
+            quality=result.quality,
+            mode=mode,
+            owner=owner,
+        )
+        self._activity.record_quality(record.watch, quality, held=True)
+        log.warning(
+            "file.review",
+            file=record.id,
+            job=record.job_id,
+            watch=record.watch,
+            review=str(where),
+            why="; ".join(result.review),
+            quality=quality,
+        )
+
+    def approve(self, record: FileRecord) -> None:
+        """An operator approved a held output: to the outbox, then finished as usual."""
+        mode, owner = self._output_access(record)
+        self.review.approve(record, mode=mode, owner=owner)
+        log.info("file.approved", file=record.id, job=record.job_id, output=str(record.output))
+        self.dispose_done(record)
+
+    def reject(self, record: FileRecord, reason: str) -> None:
+        """An operator rejected a held output: the file fails, its original to failed/."""
+        self.fail(record, f"rejected in review: {reason}")
 
     def _output_access(self, record: FileRecord) -> tuple[int, tuple[int, int] | None]:
         """An output's permission bits and owner: its input's, so a private photo (0600)
@@ -146,6 +196,7 @@ class Finisher:
                 remove_file(original)  # (a submitted copy: the original was never touched)
             elif os.path.lexists(original):
                 move_file(original, record.archive, record.id)
+            self.review.cleanup(record)
         except OSError as exc:
             log.error("file.archive_failed", file=record.id, path=str(original), error=str(exc))
             return  # stays 'written'; the periodic finishing pass tries again
@@ -188,6 +239,7 @@ class Finisher:
             write_error_note(record.failed, reason, record.rel, record.id, left_in_inbox=keep)
             if os.path.lexists(original) and not keep:
                 move_file(original, record.failed, record.id)
+            self.review.cleanup(record)
         except OSError as exc:
             log.error("file.quarantine_failed", file=record.id, error=str(exc))
             return  # stays 'failing'; the periodic finishing pass tries again

@@ -57,11 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from watchd.config import DaemonConfig
-from watchd.errors import Conflict, LedgerError
-
-# Re-exported for watchd/completion.py, which imports it from here until the issue-13 merge
-# switches it to watchd.errors (then this line goes and NotFound joins the import above).
-from watchd.errors import NotFound as NotFound  # noqa: PLC0414
+from watchd.errors import Conflict, LedgerError, NotFound
 from watchd.files import fsync_dir, fsync_file
 from watchd.options import JobOptions
 from watchd.states import JOB_STATES, UNFINISHED, FileState, JobState
@@ -113,6 +109,8 @@ class FileRecord:
     options: JobOptions
     created_at: float
     pages: int = 1  # outputs it makes, once known (set_pages, mark_written)
+    #: where its output waits for approval, once a result tripped review_if (set_review_path)
+    review: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +174,8 @@ class FileDetail:
     finished_at: float | None
     retry_at: float | None
     pages: int = 1  # outputs written: one per page of a multi-page input
+    #: the quality figures of each page (watchd/quality.py), once made
+    quality: tuple[Mapping[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -398,13 +398,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, hook)
     );
     """,
+    # quality: the quality figures of each output (JSON, one object per page:
+    # watchd/quality.py) and, for an output that tripped review_if, where it waits in the
+    # review folder. The path is recorded before the output is written there, so a rerun
+    # after a crash overwrites the same files (docs/design.md, invariant 2).
+    """
+    ALTER TABLE files ADD COLUMN quality TEXT;
+    ALTER TABLE files ADD COLUMN review_path BLOB;
+    CREATE INDEX files_review ON files(review_path) WHERE review_path IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FILE_COLUMNS = (
     "f.id, f.job_id, j.watch, f.rel_path, f.source_path, f.output_path, f.archive_path, "
-    "f.failed_path, f.state, f.attempts, f.error, j.options, f.created_at, f.pages"
+    "f.failed_path, f.state, f.attempts, f.error, j.options, f.created_at, f.pages, "
+    "f.review_path"
 )
 
 
@@ -439,7 +449,7 @@ def _text(value: str) -> str:
 _JOB_COLUMNS = "id, watch, name, kind, state, total, created_at, finished_at, cancelled, priority"
 _FILE_DETAIL_COLUMNS = (
     "id, rel_path, state, attempts, error, output_path, size, output_bytes, created_at, "
-    "started_at, finished_at, retry_at, pages"
+    "started_at, finished_at, retry_at, pages, quality"
 )
 _IN_CHUNK = 500  # ids bound per IN (...) list, far below SQLite's limit on variables
 _UNFINISHED_SQL = ", ".join(f"'{state}'" for state in UNFINISHED)
@@ -465,6 +475,7 @@ def _file_record(row: sqlite3.Row) -> FileRecord:
         options=JobOptions.from_json(json.loads(row[11])),
         created_at=row[12],
         pages=row[13],
+        review=None if row[14] is None else _path(row[14]),
     )
 
 
@@ -810,14 +821,75 @@ class Ledger:
             (pages, file_id),
         )
 
-    def mark_written(self, file_id: int, output_bytes: int, pages: int = 1) -> None:
-        """running -> written: the output (``pages`` outputs for a multi-page input) is complete."""
+    def mark_written(
+        self,
+        file_id: int,
+        output_bytes: int,
+        pages: int = 1,
+        quality: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """running -> written: the output (``pages`` outputs for a multi-page input) is complete.
+
+        ``quality``: its figures, one per page (watchd/quality.py).
+        """
         self._transition(
             file_id,
             "running",
-            "UPDATE files SET state = 'written', output_bytes = ?, pages = ?, error = NULL "
-            "WHERE id = ? AND state = 'running'",
-            (output_bytes, pages, file_id),
+            "UPDATE files SET state = 'written', output_bytes = ?, pages = ?, error = NULL, "
+            "quality = ? WHERE id = ? AND state = 'running'",
+            (output_bytes, pages, _quality(quality), file_id),
+        )
+
+    # --- the review folder (issue 18: the quality gate) -------------------------------------------
+
+    def set_review_path(self, file_id: int, path: Path) -> None:
+        """Record where a running file's output will wait for approval, before writing it."""
+        self._transition(
+            file_id,
+            "running",
+            "UPDATE files SET review_path = ? WHERE id = ? AND state = 'running'",
+            (_blob(path), file_id),
+        )
+
+    def review_path_in_use(self, path: Path) -> bool:
+        """Whether an unfinished file waits (or will wait) at ``path`` in a review folder."""
+        row = self._db.execute(
+            "SELECT 1 FROM files WHERE review_path = ? AND state NOT IN ('done', 'failed') LIMIT 1",
+            (_blob(path),),
+        ).fetchone()
+        return row is not None
+
+    def mark_review(
+        self,
+        file_id: int,
+        output_bytes: int,
+        pages: int,
+        quality: Sequence[Mapping[str, Any]],
+        reason: str,
+    ) -> None:
+        """running -> review: the output is complete in the review folder; ``reason`` says
+        which figure tripped (shown by ``watchd job`` as the file's note)."""
+        self._transition(
+            file_id,
+            "running",
+            "UPDATE files SET state = 'review', output_bytes = ?, pages = ?, error = ?, "
+            "quality = ? WHERE id = ? AND state = 'running' AND review_path IS NOT NULL",
+            (output_bytes, pages, _text(reason), _quality(quality), file_id),
+        )
+
+    def in_review(self, job_id: int) -> list[FileRecord]:
+        """The job's files waiting in the review folder (NotFound: no such job)."""
+        if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+            raise NotFound(f"no job {job_id}")
+        return self._files_where(self._db, "f.job_id = ? AND f.state = 'review'", (job_id,))
+
+    def approve(self, file_id: int) -> None:
+        """review -> written: an operator approved it and its output is now in the outbox."""
+        self._transition(
+            file_id,
+            "review",
+            "UPDATE files SET state = 'written', error = NULL WHERE id = ? AND state = 'review'",
+            (file_id,),
         )
 
     def mark_failing(self, file_id: int, error: str) -> None:
@@ -825,7 +897,7 @@ class Ledger:
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE files SET state = 'failing', error = ? WHERE id = ? "
-                "AND state IN ('pending', 'queued', 'running')",
+                "AND state IN ('pending', 'queued', 'running', 'review')",
                 (_text(error), file_id),
             )
             if cursor.rowcount != 1:
@@ -1157,10 +1229,11 @@ class Ledger:
         """Cancel an active job: its files not yet started fail with the reason "cancelled".
 
         One transaction marks the job cancelled and moves its ``pending``/``queued`` files
-        to ``failing``; the daemon then moves those originals to the failed folder and
-        calls ``mark_failed`` as for any failure. Running files are let finish (a worker
-        cannot be interrupted cleanly); should one come back for a retry, ``requeue`` fails
-        it instead. The job ends ``cancelled`` when its last file is terminal.
+        (and those waiting in the review folder) to ``failing``; the daemon then moves those
+        originals to the failed folder and calls ``mark_failed`` as for any failure. Running
+        files are let finish (a worker cannot be interrupted cleanly); should one come back
+        for a retry, ``requeue`` fails it instead. The job ends ``cancelled`` when its last
+        file is terminal.
 
         Returns the files moved to ``failing`` (none when the job was already cancelled and
         only running files remain). Unknown job: NotFound; finished job: Conflict.
@@ -1174,12 +1247,12 @@ class Ledger:
                 raise Conflict(
                     f"job {job_id} is already {row[0]}: only an active job can be cancelled"
                 )
-            waiting = "f.job_id = ? AND f.state IN ('pending', 'queued')"
+            waiting = "f.job_id = ? AND f.state IN ('pending', 'queued', 'review')"
             records = self._files_where(db, waiting, (job_id,))
             db.execute("UPDATE jobs SET cancelled = 1 WHERE id = ?", (job_id,))
             db.execute(
                 "UPDATE files SET state = 'failing', error = ?, retry_at = NULL "
-                "WHERE job_id = ? AND state IN ('pending', 'queued')",
+                "WHERE job_id = ? AND state IN ('pending', 'queued', 'review')",
                 (CANCELLED_REASON, job_id),
             )
             self._close_job_if_finished(db, job_id, now)  # only a job without files closes here
@@ -1217,6 +1290,7 @@ class Ledger:
             cursor = db.execute(
                 "UPDATE files SET state = 'pending', attempts = 0, error = NULL, "
                 "retry_at = NULL, started_at = NULL, finished_at = NULL, output_bytes = NULL, "
+                "quality = NULL, review_path = NULL, "
                 "source_path = ?, output_path = ?, archive_path = ?, failed_path = ? "
                 "WHERE id = ? AND state = 'failed'",
                 (_blob(source), _blob(output), _blob(archive), _blob(failed), file_id),
@@ -1386,7 +1460,12 @@ def _file_detail(row: Sequence[Any]) -> FileDetail:
         finished_at=row[10],
         retry_at=row[11],
         pages=row[12],
+        quality=None if row[13] is None else tuple(json.loads(row[13])),
     )
+
+
+def _quality(figures: Sequence[Mapping[str, Any]] | None) -> str | None:
+    return None if figures is None else json.dumps([dict(page) for page in figures])
 
 
 def _sql_name_key(value: bytes | str | None) -> bytes | None:

@@ -35,6 +35,10 @@ class JobOptions:
     in_place: bool = False
     #: the sidecar that set them (``<folder>/watchd.toml``), for notes and logs
     sidecar: str | None = None
+    #: the quality gate (watchd/review.py): the ``review_if`` conditions (watchd/quality.py),
+    #: and the folder where an output that trips one waits; empty: nothing is held
+    review_if: tuple[str, ...] = ()
+    review: str | None = None
 
     @property
     def suffix(self) -> str:
@@ -58,6 +62,9 @@ class JobOptions:
         }
         if self.sidecar is not None:
             data["sidecar"] = self.sidecar
+        if self.review_if:
+            data["review_if"] = list(self.review_if)
+            data["review"] = self.review
         return data
 
     @classmethod
@@ -74,6 +81,7 @@ class JobOptions:
             else:
                 output = OutputConfig()
             sidecar = data.get("sidecar")
+            review = data.get("review")
             return cls(
                 model=str(data["model"]),
                 after=cast(AfterAction, data["after"]),
@@ -82,6 +90,8 @@ class JobOptions:
                 intake=cast(IntakeMode, data.get("intake", "inbox")),
                 in_place=bool(data.get("in_place", False)),
                 sidecar=None if sidecar is None else str(sidecar),
+                review_if=tuple(str(c) for c in data.get("review_if", ())),
+                review=None if review is None else str(review),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"a job's stored options cannot be read ({exc!r}): {data!r}") from None
@@ -107,4 +117,6 @@ def job_options(
         intake=intake,
         in_place=intake == "inbox" and watch.after == "keep",
         sidecar=sidecar,
+        review_if=watch.review_if,
+        review=str(watch.review) if watch.review_if and watch.review is not None else None,
     )

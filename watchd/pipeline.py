@@ -14,11 +14,14 @@ from PIL import Image
 
 from watchd.config import OutputConfig
 from watchd.errors import InputRejected
-from watchd.imaging.cutout import cut_out
+from watchd.imaging.cutout import cut_out, cut_out_raw, flatten
 from watchd.imaging.decode import Page, decode_pages
 from watchd.imaging.encode import encode
+from watchd.imaging.product import finish, reshapes
+from watchd.imaging.review_sheet import make_sheet
 from watchd.imaging.sessions import Sessions
 from watchd.pool.task import Result, Task
+from watchd.quality import Figures, measure, parse_conditions, tripped
 
 #: The encoded outputs of one input together: a file's result travels to the daemon as one
 #: message, so a document whose pages would exceed this is refused (split it).
@@ -31,7 +34,10 @@ def process(task: Task, sessions: Sessions) -> Result:
     Pages are decoded, cut out and encoded one at a time; only the encoded bytes are kept.
     """
     session = sessions.get(task.model, task.threads)
-    timings = {"decode": 0.0, "infer": 0.0, "encode": 0.0}
+    timings = {"decode": 0.0, "infer": 0.0, "encode": 0.0, "quality": 0.0, "product": 0.0}
+    figures: list[Figures] = []
+    conditions = parse_conditions(task.review_if)
+    sheet: bytes | None = None
     outputs: list[bytes] = []
     total = 0
     size = (0, 0)
@@ -43,15 +49,26 @@ def process(task: Task, sessions: Sessions) -> Result:
         if page is None:
             break
         try:
-            made = cut_out(page.image, session, task.output)
+            made = cut_out_raw(page.image, session, task.output)
             inferred = time.perf_counter()
+            # the quality figures (watchd/quality.py) of the whole frame, before any crop
+            figures.append(measure(made if made.mode == "L" else made.getchannel("A")))
+            if sheet is None and tripped(figures[-1:], conditions):
+                sheet = make_sheet(page.image, made)
+            measured = time.perf_counter()
+            if reshapes(task.output):  # product shots (watchd/imaging/product.py)
+                made = finish(made, task.output, task.background_image)
+            made = flatten(made, task.output)
+            shaped = time.perf_counter()
             data = encode(made, task.output, page)
         except MemoryError:
             raise InputRejected(too_big_for_memory(page.image.size)) from None
         encoded = time.perf_counter()
         timings["decode"] += decoded - started
         timings["infer"] += inferred - decoded
-        timings["encode"] += encoded - inferred
+        timings["quality"] += measured - inferred
+        timings["product"] += shaped - measured
+        timings["encode"] += encoded - shaped
         if not outputs:
             size = page.image.size
         outputs.append(data)
@@ -71,6 +88,9 @@ def process(task: Task, sessions: Sessions) -> Result:
         timings=timings,
         threads=task.threads or sessions.threads,
         worker_pid=os.getpid(),
+        quality=tuple(figures),
+        review=tuple(tripped(figures, conditions)),
+        sheet=sheet,
     )
 
 

@@ -49,6 +49,10 @@ def check(config: Config, *, missing: Missing = "error") -> list[Problem]:
         problems += _folder(f"{prefix}.inbox", watch.inbox, missing, inbox=True)
         for key in ("outbox", "archive", "failed"):
             problems += _folder(f"{prefix}.{key}", getattr(watch, key), missing)
+        if watch.review_if and watch.review is not None:
+            problems += _folder(f"{prefix}.review", watch.review, missing)
+        if watch.output.background_image is not None:
+            problems += _picture(f"{prefix}.background_image", Path(watch.output.background_image))
     problems += _tls_files(config)
     if not models_on_this_machine(config):
         return problems  # the models live on the worker hosts; the daemon checks them there
@@ -63,6 +67,20 @@ def check(config: Config, *, missing: Missing = "error") -> list[Problem]:
         except ModelError as exc:
             problems.append(Problem(f"watch[{index}].model", str(exc)))
     return problems
+
+
+def _picture(key: str, path: Path) -> list[Problem]:
+    """A background picture: a regular file (no link) that Pillow recognises as an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if os.path.islink(path) or not path.is_file():
+        return [Problem(key, f"{path} is not a regular file (a picture to put behind cutouts)")]
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        return [Problem(key, f"{path} is not a picture watchd can read ({exc})")]
+    return []
 
 
 def _tls_files(config: Config) -> list[Problem]:

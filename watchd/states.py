@@ -17,6 +17,7 @@ class FileState(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
     WRITTEN = "written"
+    REVIEW = "review"  # output held in the review folder until approved or rejected
     FAILING = "failing"
     DONE = "done"
     FAILED = "failed"

@@ -68,6 +68,17 @@ LATENCY_SAMPLE = 256
 METRIC_PREFIX = "watchd_"
 
 
+def _empty_quality() -> dict[str, Any]:
+    edges = ("top", "bottom", "left", "right")
+    return {
+        "outputs": 0,
+        "held_for_review": 0,
+        "coverage_sum": 0.0,
+        "uncertain_sum": 0.0,
+        "clipped": dict.fromkeys(edges, 0),
+    }
+
+
 class Activity:
     """Recent per-file outcomes, bounded in memory whatever the traffic.
 
@@ -97,6 +108,32 @@ class Activity:
         self._queue_wait = _Histograms(QUEUE_WAIT_BUCKETS)
         self._run = _Histograms(RUN_BUCKETS)
         self._retries: dict[tuple[str, str], int] = {}
+        self._quality: dict[str, dict[str, Any]] = {}
+
+    def record_quality(self, watch: str, pages: Sequence[Mapping[str, Any]], *, held: bool) -> None:
+        """The quality figures of one file's outputs (one per page, watchd/quality.py) and
+        whether it was held for review: counted per watch since start (a fixed size)."""
+        tally = self._quality.setdefault(watch, _empty_quality())
+        tally["held_for_review"] += int(held)
+        for figures in pages:
+            tally["outputs"] += 1
+            tally["coverage_sum"] += float(figures["coverage"])
+            tally["uncertain_sum"] += float(figures["uncertain"])
+            for edge in figures["clipped"]:
+                if edge in tally["clipped"]:
+                    tally["clipped"][edge] += 1
+
+    def quality(self, watch: str) -> dict[str, Any]:
+        """``quality`` of a watch in the stats file (docs/stats.md)."""
+        tally = self._quality.get(watch, _empty_quality())
+        outputs = tally["outputs"]
+        return {
+            "outputs": outputs,
+            "held_for_review": tally["held_for_review"],
+            "coverage_mean": round(tally["coverage_sum"] / outputs, 4) if outputs else None,
+            "uncertain_mean": round(tally["uncertain_sum"] / outputs, 4) if outputs else None,
+            "clipped": dict(tally["clipped"]),
+        }
 
     def record_attempt(self, watch: str, *, waited: float, ran: float) -> None:
         """One attempt that came back from a worker (whatever its outcome): how long the
@@ -352,6 +389,7 @@ def build_snapshot(
             "totals": _zero_filled(TOTAL_KEYS, totals.get(name)),
             "files_per_second_15m": activity.rate(MAX_WINDOW, now_mono, name),
             "stuck": int((stuck_counts or {}).get(name, 0)),
+            "quality": activity.quality(name),
         }
     snapshot = {
         "version": SCHEMA_VERSION,

@@ -52,8 +52,25 @@ class SubmitOptions(BaseModel):
         description="the job's name: its outputs go to a folder of this name in the outbox",
     )
     watch: str | None = Field(None, description="the watch the job belongs to")
+    # product shots (docs/outputs.md, "Product shots"), checked like a sidecar's keys
+    crop: Literal["none", "subject"] | None = Field(None, description="crop to the subject")
+    margin: int | str | None = Field(None, description='pixels ("24") or "5%"')
+    canvas: str | None = Field(None, description='place the subject on a canvas "WxH"')
+    fill: float | None = Field(None, description="the share of the canvas the subject takes")
+    align: Literal["center", "bottom"] | None = None
 
     _model = field_validator("model")(_known_model)
+
+    @field_validator("margin", mode="before")
+    @classmethod
+    def _margin(cls, value: Any) -> Any:
+        """A form field is text: "24" is pixels, "5%" a percentage (checked as a sidecar's)."""
+        if not isinstance(value, str) or value.endswith("%"):
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"expected whole pixels or a percentage, got {value!r}") from None
 
 
 class RemoveOptions(BaseModel):
@@ -103,7 +120,7 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 def submit_sidecar(options: SubmitOptions) -> dict[str, Any]:
-    keys = ("model", "format", "background")
+    keys = ("model", "format", "background", "crop", "margin", "canvas", "fill", "align")
     return {k: getattr(options, k) for k in keys if getattr(options, k) is not None}
 
 

@@ -26,7 +26,20 @@ def wants_mask(output: OutputConfig) -> bool:
 
 
 def cut_out(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
-    """The RGBA cutout, the opaque composite on ``background``, or the "L" mask.
+    """The RGBA cutout, the opaque composite on ``background``, or the "L" mask."""
+    return flatten(cut_out_raw(image, session, output), output)
+
+
+def flatten(made: Image.Image, output: OutputConfig) -> Image.Image:
+    """An RGBA cutout on ``background`` (or white, for JPEG) as opaque RGB; else as it is."""
+    if made.mode == "RGBA" and (output.background is not None or output.format == "jpeg"):
+        return _on_background(made, output.background or "#ffffff")
+    return made
+
+
+def cut_out_raw(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
+    """The RGBA cutout or the "L" mask, before any background or product-shot step
+    (the quality figures are measured on it: watchd/quality.py).
 
     A U²-Net session without alpha matting or post-processing takes watchd's own copy of
     rembg's steps (:mod:`watchd.imaging.u2net`), the same pixels without importing rembg.
@@ -52,8 +65,6 @@ def cut_out(image: Image.Image, session: Any, output: OutputConfig) -> Image.Ima
             cutout = remove(image, session=session, post_process_mask=output.post_process_mask)
         if wants_mask(output):
             return cutout.getchannel("A")  # the matted alpha: the mask of the cutout one would get
-    if output.background is not None or output.format == "jpeg":
-        return _on_background(cutout, output.background or "#ffffff")
     return cutout
 
 

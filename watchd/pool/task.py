@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from watchd.config import OutputConfig
+from watchd.quality import Figures
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class Task:
     #: onnxruntime threads for this file: 0 is the worker's own count; more when the file is
     #: alone in the pool and may use all of it (the pool's ``alone_threads``).
     threads: int = 0
+    #: the bytes of ``output.background_image``, read by the daemon (workers never open
+    #: user paths: docs/design.md, invariant 5; watchd/product_input.py)
+    background_image: bytes | None = None
+    #: ``review_if`` conditions (watchd/quality.py): a page that trips one gets a sheet
+    review_if: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,12 @@ class Result:
     timings: Mapping[str, float] = field(default_factory=dict)
     threads: int = 1  # the onnxruntime threads its inference ran on
     worker_pid: int = 0  # the worker process that made it (0: not known), for the log
+    #: the quality figures of each page (watchd/quality.py), of the mask before any crop
+    quality: tuple[Figures, ...] = ()
+    #: what tripped ``review_if`` (empty: the output goes to the outbox), and the
+    #: side-by-side sheet of the first page that did (watchd/imaging/review_sheet.py)
+    review: tuple[str, ...] = ()
+    sheet: bytes | None = None
 
     @property
     def data(self) -> bytes:
