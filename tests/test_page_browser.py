@@ -110,7 +110,7 @@ def test_upload_two_photos_watch_progress_thumbnails_and_zip(
     page.locator("#upload-files").set_input_files([photos["astronaut.jpg"], photos["coffee.png"]])
     expect(page.get_by_text("2 file(s) chosen.")).to_be_visible()
     page.get_by_role("button", name="Upload").click()
-    page.wait_for_url("**/#/job/*")
+    page.wait_for_url(lambda url: "#/job/" in url)
     bar = page.get_by_role("progressbar", name="progress of the job")
     expect(bar).to_have_attribute("aria-valuenow", "100", timeout=JOB_MS)
     expect(page.locator(".percent")).to_have_text("100 %")
@@ -196,9 +196,9 @@ def test_a_bad_file_shows_its_reason_and_a_hostile_name_stays_text(
         ("images", (hostile, photos["astronaut.jpg"].read_bytes(), "image/jpeg")),
         ("images", ("notes.jpg", b"these are notes, not a photo", "image/jpeg")),
     ]
-    job_id = admin.post("/queue/submit", files=files, params={"name": "<b>bold</b> job"}).json()[
-        "job_id"
-    ]
+    job_id = admin.post(
+        "/queue/submit", files=files, params={"name": "<b onmouseover=alert(2)>bold job"}
+    ).json()["job_id"]
     finished = wait_job(admin, job_id, timeout=JOB_MS / 1000)
     reason = next(f["error"] for f in finished["files"] if f["name"] == "notes.jpg")
     assert reason
@@ -209,13 +209,13 @@ def test_a_bad_file_shows_its_reason_and_a_hostile_name_stays_text(
     assert reason in note.read_text(encoding="utf-8")
 
     page, dialogs = open_page(browser, f"{url}/#/job/{job_id}")
-    expect(page.get_by_role("heading", name="<b>bold</b> job")).to_be_visible()
+    expect(page.get_by_role("heading", name="<b onmouseover=alert(2)>bold job")).to_be_visible()
     expect(page.get_by_role("heading", name=hostile)).to_be_visible()
     bad = page.locator("li.file", has=page.get_by_role("heading", name="notes.jpg"))
     expect(bad.locator(".error")).to_have_text(reason)
     expect(page.locator(".thumb img")).to_have_count(3, timeout=JOB_MS)  # no cutout of notes
     page.get_by_role("link", name="Jobs").click()
-    expect(page.get_by_role("link", name="<b>bold</b> job")).to_be_visible()
+    expect(page.get_by_role("link", name="<b onmouseover=alert(2)>bold job")).to_be_visible()
     assert page.locator("b").count() == 0  # the name was not made into markup
     assert page.locator("img[src='x']").count() == 0
     assert dialogs == []
@@ -254,7 +254,7 @@ def test_upload_a_folder_with_the_folder_picker(
     expect(page.get_by_text("1 file(s) chosen.")).to_be_visible()
     page.get_by_label("Format").select_option("webp")
     page.get_by_role("button", name="Upload").click()
-    page.wait_for_url("**/#/job/*")
+    page.wait_for_url(lambda url: "#/job/" in url)
     expect(page.get_by_role("heading", name="shoot", exact=True)).to_be_visible()
     expect(page.locator(".cards")).to_contain_text("completed", timeout=JOB_MS)
 
@@ -292,3 +292,28 @@ def test_an_upload_over_the_limit_and_a_stopped_daemon_say_so(
     expect(page.locator("#message")).to_contain_text(
         "The watchd daemon cannot be reached. Is it running?"
     )
+
+
+#: Makes the page believe it is hidden or visible again, and tells it so.
+SET_VISIBILITY = """state => {
+    Object.defineProperty(document, "visibilityState", {value: state, configurable: true});
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_a_hidden_page_sends_no_requests(browser: Any, served: tuple[DaemonProcess, str]) -> None:
+    page, _ = open_page(browser, served[1] + "/#/")
+    expect(page.locator(".cards")).to_contain_text("Workers busy")
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    for _ in range(2):  # it polls while visible
+        with page.expect_request(lambda request: request.url.endswith("/queue/stats")):
+            pass
+    # the tab goes to the background, as when the person switches tabs or locks the phone
+    page.evaluate(SET_VISIBILITY, "hidden")
+    requests.clear()
+    # an absence can only be watched for a while: three poll periods (2 s each)
+    page.wait_for_timeout(6_000)
+    assert requests == []
+    with page.expect_request(lambda request: request.url.endswith("/queue/stats")):
+        page.evaluate(SET_VISIBILITY, "visible")

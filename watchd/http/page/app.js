@@ -75,7 +75,9 @@ async function api(path, options = {}) {
   if (response.ok) return response;
   const detail = await detailOf(response);
   if (response.status === 401) {
-    askToken(sessionStorage.getItem(TOKEN_KEY) ? "The token was not accepted (" + detail + "). Enter another one." : "This daemon needs a token.");
+    const had = Boolean(sessionStorage.getItem(TOKEN_KEY));
+    askToken(had ? "The token was not accepted (" + detail + "). Enter another one." : "This daemon needs a token.");
+    throw new ApiError(401, had ? explain(401, detail) : "This daemon needs a token: enter it below.");
   }
   throw new ApiError(response.status, explain(response.status, detail, response.headers));
 }
