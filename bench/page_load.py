@@ -43,10 +43,10 @@ import compare  # noqa: E402
 import httpx  # noqa: E402
 from http_compare import start_watchd  # noqa: E402
 
+from tests.browser_support import CHROMIUM, launch  # noqa: E402
 from tests.support import wait_for  # noqa: E402
 from watchd.models import ModelStore  # noqa: E402
 
-CHROMIUM = os.environ.get("WATCHD_CHROMIUM", "/usr/bin/chromium")
 VIEWS = ("#/", "#/jobs", "#/", "#/jobs", "#/")
 
 
@@ -59,16 +59,7 @@ def open_pages(url: str, count: int, profile: Path) -> Iterator[None]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-            ],
-        )
+        browser = launch(driver, profile)
         try:
             for view in VIEWS[:count]:
                 page = browser.new_page()

@@ -20,11 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.browser_support import CHROMIUM, launch
 from tests.http_support import base_url, http_daemon, wait_job
 from tests.support import DaemonProcess, wait_for
 from watchd.models import ModelStore
 
-CHROMIUM = os.environ.get("WATCHD_CHROMIUM", "/usr/bin/chromium")
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.e2e,
@@ -47,16 +47,7 @@ PAGE_MS = 30_000
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     profile = tmp_path_factory.mktemp("chromium-profile")
     with playwright_api.sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-            ],
-        )
+        browser = launch(driver, profile)
         yield browser
         browser.close()
 
