@@ -129,7 +129,13 @@ class Commands:
             raise NotFound(f"job {args['id']} has no file {args['file_id']}")
         places = ("source", "output", "archive", "failed")
         out = {key: os.fsdecode(getattr(record, key)) for key in places}
-        return {"job_id": record.job_id, "watch": record.watch, "state": record.state, **out}
+        return {
+            "job_id": record.job_id,
+            "watch": record.watch,
+            "state": record.state,
+            "rel": record.rel,
+            **out,
+        }
 
     # --- steering ---
 

@@ -127,7 +127,7 @@ def _open_side(door: Door, place: dict[str, Any], side: str) -> int:
         raise HTTPException(404, f"watch {place['watch']!r} is no longer configured")
     if side == "after":
         if place["state"] != "done":
-            raise HTTPException(404, f"file {place.get('rel', '')} has no cutout yet")
+            raise HTTPException(404, f"{place['rel']} has no cutout ({place['state']})")
         candidates = [(place["output"], watch.outbox, "the outbox")]
     else:
         candidates = [
