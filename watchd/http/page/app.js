@@ -21,6 +21,7 @@ const app = {
   whoami: null,
   blobs: new Map(), // "job/file/side" -> object URL of a thumbnail already fetched
   lastRender: "",
+  pollFailed: false, // the last refresh failed: its message goes once one works again
 };
 
 // --- talking to the daemon -----------------------------------------------------------------
@@ -197,8 +198,11 @@ function poll(refresh) {
     let again = true;
     try {
       again = (await refresh()) !== false;
+      if (app.pollFailed) say(""); // the daemon answers again
+      app.pollFailed = false;
     } catch (error) {
       fail(error);
+      app.pollFailed = true;
       if (error instanceof ApiError && error.status === 401) again = false;
     }
     if (again && generation === app.generation && document.visibilityState === "visible") {
