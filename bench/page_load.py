@@ -51,7 +51,7 @@ VIEWS = ("#/", "#/jobs", "#/", "#/jobs", "#/")
 
 
 @contextmanager
-def open_pages(url: str, count: int, profile: Path) -> Iterator[None]:
+def open_pages(url: str, count: int) -> Iterator[None]:
     """``count`` visible pages of the page in one headless Chromium, for the block's time."""
     if count == 0:
         yield
@@ -59,7 +59,7 @@ def open_pages(url: str, count: int, profile: Path) -> Iterator[None]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as driver:
-        browser = launch(driver, profile)
+        browser = launch(driver)
         try:
             for view in VIEWS[:count]:
                 page = browser.new_page()
@@ -77,7 +77,7 @@ def run_batch(  # noqa: PLR0917
     folder.mkdir()
     for photo in photos:
         shutil.copy(photo, folder / photo.name)
-    with open_pages(url, pages, daemon_root.parent / f"profile-{name}"):
+    with open_pages(url, pages):
         folder.rename(daemon_root / "inbox" / name)  # one rename: the whole drop at once
 
         def recorded() -> int | None:
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(5)  # start-up settles
             result["idle_cpu_s"] = {"no_page": idle_cpu(pid, args.idle)}
             compare.log(f"idle CPU over {args.idle:g} s, 5 pages open ...")
-            with open_pages(url, 5, args.work / "profile-idle"):
+            with open_pages(url, 5):
                 result["idle_cpu_s"]["five_pages"] = idle_cpu(pid, args.idle)
             for round_ in range(args.rounds):
                 for pages in (0, 5):

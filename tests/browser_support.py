@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 #: Debian's package (``apt-get install chromium``; .ci/run installs it).
 CHROMIUM = os.environ.get("WATCHD_CHROMIUM", "/usr/bin/chromium")
 
 
-def launch(driver: Any, profile: Path) -> Any:
-    """Headless Chromium with a fresh profile that talks to nobody but the pages it opens."""
+def launch(driver: Any) -> Any:
+    """Headless Chromium that talks to nobody but the pages it opens. Playwright gives each
+    launch a fresh profile of its own (a temp folder it removes), so none is passed."""
     return driver.chromium.launch(
         executable_path=CHROMIUM,
         args=[
@@ -19,6 +19,5 @@ def launch(driver: Any, profile: Path) -> Any:
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            f"--user-data-dir={profile}",
         ],
     )

@@ -44,10 +44,9 @@ PAGE_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    profile = tmp_path_factory.mktemp("chromium-profile")
+def browser() -> Iterator[Any]:
     with playwright_api.sync_playwright() as driver:
-        browser = launch(driver, profile)
+        browser = launch(driver)
         yield browser
         browser.close()
 
