@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -51,21 +52,32 @@ VIEWS = ("#/", "#/jobs", "#/", "#/jobs", "#/")
 
 
 @contextmanager
-def open_pages(url: str, count: int) -> Iterator[None]:
-    """``count`` visible pages of the page in one headless Chromium, for the block's time."""
+def open_pages(url: str, count: int) -> Iterator[dict[str, Any]]:
+    """``count`` visible pages of the page in one headless Chromium, for the block's time.
+    Yields a dict that, after the block, says how many API requests the pages made."""
+    seen: dict[str, Any] = {"pages": count, "requests": 0, "visible": True}
     if count == 0:
-        yield
+        yield seen
         return
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as driver:
         browser = launch(driver)
         try:
+            pages = []
             for view in VIEWS[:count]:
                 page = browser.new_page()
                 page.goto(f"{url}/{view}")
-                page.wait_for_selector("h2")
-            yield
+                page.wait_for_selector("main h2")
+                page.evaluate("performance.setResourceTimingBufferSize(1000000)")
+                pages.append(page)
+            yield seen
+            for page in pages:
+                seen["visible"] &= page.evaluate("document.visibilityState") == "visible"
+                seen["requests"] += page.evaluate(
+                    "performance.getEntriesByType('resource')"
+                    ".filter(e => e.initiatorType === 'fetch').length"
+                )
         finally:
             browser.close()
 
@@ -77,7 +89,7 @@ def run_batch(  # noqa: PLR0917
     folder.mkdir()
     for photo in photos:
         shutil.copy(photo, folder / photo.name)
-    with open_pages(url, pages):
+    with open_pages(url, pages) as seen:
         folder.rename(daemon_root / "inbox" / name)  # one rename: the whole drop at once
 
         def recorded() -> int | None:
@@ -100,6 +112,8 @@ def run_batch(  # noqa: PLR0917
         "failed": job["progress"]["failed"],
         "elapsed_s": round(elapsed, 2),
         "photos_per_s": round(done / elapsed, 3),
+        "page_requests": seen["requests"],
+        "pages_visible": seen["visible"],
     }
 
 
@@ -107,6 +121,11 @@ def idle_cpu(pid: int, seconds: float) -> float:
     before = compare.cpu_seconds(pid) or 0.0
     time.sleep(seconds)
     return round((compare.cpu_seconds(pid) or 0.0) - before, 3)
+
+
+def save(out: Path, result: dict[str, Any]) -> None:
+    """After every phase: a run stopped half-way keeps what it measured."""
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "set": compare.describe_set(photos),
         "batches": [],
     }
+    out = REPO / "bench" / "results" / f"page-{result['date'][:16].replace(':', '')}.json"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # the daemon is stopped too
     daemon, url = start_watchd(args.work / "daemon", store, args.workers)
     assert daemon.proc is not None
     pid = daemon.proc.pid
@@ -141,15 +162,19 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(5)  # start-up settles
             result["idle_cpu_s"] = {"no_page": idle_cpu(pid, args.idle)}
             compare.log(f"idle CPU over {args.idle:g} s, 5 pages open ...")
-            with open_pages(url, 5):
+            with open_pages(url, 5) as seen:
                 result["idle_cpu_s"]["five_pages"] = idle_cpu(pid, args.idle)
+            result["idle_cpu_s"]["five_pages_requests"] = seen["requests"]
+            save(out, result)
             for round_ in range(args.rounds):
                 for pages in (0, 5):
                     name = f"batch-{round_}-{pages}p"
                     compare.log(f"{name}: {args.photos} photos with {pages} page(s) open ...")
                     batch = run_batch(daemon.root, client, photos, name, pages, url)
+                    batch["load_average_1m"] = round(os.getloadavg()[0], 2)
                     compare.log(f"  {batch['photos_per_s']} photos/s")
                     result["batches"].append(batch)
+                    save(out, result)
     finally:
         daemon.stop()
     rate = {
@@ -158,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["photos_per_s"] = {"no_page": round(rate[0], 3), "five_pages": round(rate[5], 3)}
     result["drop_percent"] = round(100 * (rate[0] - rate[5]) / rate[0], 2)
-    out = REPO / "bench" / "results" / f"page-{result['date'][:16].replace(':', '')}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save(out, result)
     print(json.dumps({k: result[k] for k in ("idle_cpu_s", "photos_per_s", "drop_percent")}))
     compare.log(f"results in {out}")
     return 0
