@@ -83,12 +83,19 @@ def open_pages(url: str, count: int) -> Iterator[dict[str, Any]]:
 
 
 def run_batch(  # noqa: PLR0917
-    daemon_root: Path, client: httpx.Client, photos: list[Path], name: str, pages: int, url: str
+    daemon_root: Path,
+    client: httpx.Client,
+    photos: list[Path],
+    name: str,
+    pages: int,
+    url: str,
+    pid: int,
 ) -> dict[str, Any]:
     folder = daemon_root / f"{name}.tmp"
     folder.mkdir()
     for photo in photos:
         shutil.copy(photo, folder / photo.name)
+    cpu_before = compare.cpu_seconds(pid) or 0.0
     with open_pages(url, pages) as seen:
         folder.rename(daemon_root / "inbox" / name)  # one rename: the whole drop at once
 
@@ -103,6 +110,7 @@ def run_batch(  # noqa: PLR0917
             return job if job["finished_at"] else None
 
         job = wait_for(ended, compare.SET_TIMEOUT, what=f"job {name} to end")
+        daemon_cpu = (compare.cpu_seconds(pid) or 0.0) - cpu_before
     elapsed = float(job["elapsed_seconds"])
     done = job["progress"]["processed"]
     return {
@@ -112,6 +120,7 @@ def run_batch(  # noqa: PLR0917
         "failed": job["progress"]["failed"],
         "elapsed_s": round(elapsed, 2),
         "photos_per_s": round(done / elapsed, 3),
+        "daemon_main_cpu_s": round(daemon_cpu, 2),  # the main process, not its workers
         "page_requests": seen["requests"],
         "pages_visible": seen["visible"],
     }
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 for pages in (0, 5):
                     name = f"batch-{round_}-{pages}p"
                     compare.log(f"{name}: {args.photos} photos with {pages} page(s) open ...")
-                    batch = run_batch(daemon.root, client, photos, name, pages, url)
+                    batch = run_batch(daemon.root, client, photos, name, pages, url, pid)
                     batch["load_average_1m"] = round(os.getloadavg()[0], 2)
                     compare.log(f"  {batch['photos_per_s']} photos/s")
                     result["batches"].append(batch)
