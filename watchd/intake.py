@@ -30,14 +30,13 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import structlog
 
-from watchd.config import JobOverrides, OutputConfig, WatchConfig, sidecar_overrides
+from watchd.config import JobOverrides, WatchConfig, sidecar_overrides
 from watchd.errors import ConfigError, InputRejected, LedgerError, UnsafePath, WatchdError
 from watchd.files import (
     OS_LITTER,
@@ -57,10 +56,12 @@ from watchd.files import (
     write_error_note,
 )
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob, name_key
+from watchd.options import IntakeMode, job_options
+from watchd.spool import spool_path
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
-#: The file suffix of each output format (a mask is a greyscale PNG).
-OUTPUT_SUFFIXES = {"png": ".png", "mask": ".png", "webp": ".webp", "jpeg": ".jpg"}
+if TYPE_CHECKING:
+    from watchd.finisher import Finisher
 
 log = structlog.get_logger()
 
@@ -76,11 +77,6 @@ MULTI_PAGE_SUFFIXES = frozenset({".tif", ".tiff"})
 
 def _may_have_pages(rel: str) -> bool:
     return Path(rel).suffix.lower() in MULTI_PAGE_SUFFIXES
-
-
-def spool_path(spool_dir: Path, file_id: int) -> Path:
-    """Where an accepted input waits while it is processed (named by id: no user text)."""
-    return spool_dir / str(file_id)
 
 
 #: A job's manifest is named after its output folder (or first output) with this suffix.
@@ -102,8 +98,6 @@ LOOSE_SIDECAR = (
     "together with the images, and drop that folder"
 )
 
-IntakeMode = Literal["inbox", "copy", "move"]
-
 #: What the person who dropped an entry the watcher never takes reads in its note.
 SET_ASIDE_REASONS = {
     "symlink": (
@@ -120,39 +114,6 @@ SET_ASIDE_REASONS = {
 }
 _MOVED_ASIDE = "It was moved here as it was, without being opened or followed.\n"
 _LEFT_IN_INBOX = "It could not be moved out of the inbox and was left there.\n"
-
-
-def job_options(
-    watch: WatchConfig, intake: IntakeMode = "inbox", overrides: JobOverrides | None = None
-) -> dict[str, object]:
-    """The options a job is processed with, frozen when it is accepted.
-
-    A reload or an edited sidecar never changes a job already recorded. ``in_place``
-    marks inputs that are never moved (``after = "keep"`` on an inbox): they are read
-    where they were dropped. Every other input waits in the spool: moved there from
-    the inbox, or copied/moved there by ``submit``.
-    """
-    output = overrides.output if overrides else watch.output
-    return {
-        "model": overrides.model if overrides else watch.model,
-        "after": watch.after,
-        "output": asdict(output),
-        "max_file_bytes": watch.max_file_bytes,
-        "intake": intake,
-        "in_place": intake == "inbox" and watch.after == "keep",
-    }
-
-
-def output_config(options: dict[str, object] | object) -> OutputConfig:
-    """The output options recorded with a job (jobs from before they existed: PNG)."""
-    if isinstance(options, dict):
-        recorded = options.get("output")
-        if isinstance(recorded, dict):
-            return OutputConfig(**recorded)
-        level = options.get("png_compress_level")
-        if isinstance(level, int):
-            return OutputConfig(png_compress_level=level)
-    return OutputConfig()
 
 
 def _folded_names(listings: dict[Path, set[bytes]], folder: Path) -> set[bytes]:
@@ -174,12 +135,13 @@ class Intake:
         self,
         ledger: Ledger,
         spool_dir: Path,
-        fail: Callable[[FileRecord, str], None],
+        finisher: Finisher,
         check_model: Callable[[str], None] | None = None,
     ):
+        """``finisher`` fails what cannot be taken (an invalid sidecar, a vanished input)."""
         self._ledger = ledger
         self._spool = spool_dir
-        self._fail = fail
+        self._finisher = finisher
         #: Raises (ModelError, with a fix) if the pool cannot load a model a sidecar names.
         self._check_model = check_model
         self._recorded: int | None = None  # the job the batch being taken became, once recorded
@@ -320,14 +282,13 @@ class Intake:
         self, batch: Batch, watch: WatchConfig, intake: IntakeMode, priority: int | None
     ) -> int | None:
         overrides, problem = read_sidecar(batch, watch, self._check_model)
-        options = job_options(watch, intake, overrides)
-        if overrides is not None:
-            options["sidecar"] = sidecar_label(batch, batch.sidecars[0])
+        label = None if overrides is None else sidecar_label(batch, batch.sidecars[0])
+        options = job_options(watch, intake, overrides, label)
         if priority is None:
             priority = overrides.priority if overrides else watch.priority
-        suffix = OUTPUT_SUFFIXES[output_config(options).format]
+        suffix = options.suffix
         files = batch.files
-        if options["in_place"]:
+        if options.in_place:
             files = tuple(
                 c for c in files if not self._ledger.is_known_source(c.path, c.size, c.mtime_ns)
             )
@@ -397,14 +358,14 @@ class Intake:
             files=len(file_ids),
             bytes=sum(f.size for f in new_files),
             priority=priority,
-            **({"sidecar": options["sidecar"]} if "sidecar" in options else {}),
+            **({"sidecar": options.sidecar} if options.sidecar is not None else {}),
         )
         if problem is not None:
             log.warning("job.sidecar_invalid", job=job_id, watch=watch.name, error=problem)
-        if not options["in_place"] and intake != "copy":
+        if not options.in_place and intake != "copy":
             _dispose_sidecars(sidecar_targets, file_ids[0])
         self.finish_pending(self._ledger.job_files(job_id))
-        if batch.kind == "folder" and intake != "copy" and not options["in_place"]:
+        if batch.kind == "folder" and intake != "copy" and not options.in_place:
             prune_taken_folder(batch.root, is_litter)
         return job_id
 
@@ -484,7 +445,7 @@ class Intake:
         for record in records:
             if record.state != "pending":
                 continue
-            if record.options.get("in_place"):
+            if record.options.in_place:
                 taken = os.path.lexists(record.source)
                 if not taken:
                     self._disappeared(record)
@@ -507,7 +468,7 @@ class Intake:
                 log.warning("intake.sync_failed", folder=str(folder), error=str(exc))
         self._ledger.mark_queued(queued)
         for record in rejected:
-            self._fail(record, record.error or "rejected")
+            self._finisher.fail(record, record.error or "rejected")
 
     def _to_spool(self, record: FileRecord, touched: set[Path]) -> bool:
         """Take one recorded input into the spool; False if it is not there now."""
@@ -516,12 +477,12 @@ class Intake:
             return True
         try:
             expect = self._expected.get(record.source)
-            if record.options.get("intake") == "copy":
+            if record.options.copied:
                 copy_file(record.source, target, record.id, expect=expect)
             else:
                 # From an inbox on another file system (a share) this is a copy: it must
                 # not read through a link swapped in since the entry settled.
-                plain = record.options.get("intake", "inbox") == "inbox"
+                plain = record.options.intake == "inbox"
                 move_file(
                     record.source, target, record.id, plain_only=plain, sync=False, expect=expect
                 )
@@ -533,7 +494,7 @@ class Intake:
             # Nothing was read or moved: the entry stays in the inbox, where the watcher
             # reports it (intake.skipped) and never takes it while it is a link.
             log.warning("intake.skipped", file=record.id, path=str(record.source), reason=str(exc))
-            self._fail(record, str(exc))
+            self._finisher.fail(record, str(exc))
             return False
         except OSError as exc:
             log.error(
@@ -544,7 +505,9 @@ class Intake:
 
     def _disappeared(self, record: FileRecord) -> None:
         log.warning("intake.disappeared", file=record.id, path=str(record.source))
-        self._fail(record, "the file was removed from the inbox before watchd could take it")
+        self._finisher.fail(
+            record, "the file was removed from the inbox before watchd could take it"
+        )
 
 
 # --- sidecars ---------------------------------------------------------------------------------
