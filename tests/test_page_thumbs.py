@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from watchd.errors import ThumbnailError
 from watchd.http.page import ASSETS, CSP
-from watchd.http.thumbs import ThumbnailError, Thumbnails
+from watchd.http.thumbs import Thumbnails
 
 PAGE = Path(__file__).resolve().parent.parent / "watchd" / "http" / "page"
 

@@ -26,9 +26,10 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from watchd.errors import OutputMissing, ThumbnailError
 from watchd.http.app import _ERRORS, _NOT_FOUND, Door, JobIdPath, Reader
-from watchd.http.thumbs import ThumbnailError, Thumbnails
-from watchd.http.views import OutputMissing, open_inside
+from watchd.http.thumbs import Thumbnails
+from watchd.http.views import open_inside
 
 #: The page's files: the URL path, the file in ``watchd/http/page/`` and its media type.
 ASSETS: Final = {

@@ -32,6 +32,8 @@ from typing import Final
 
 from PIL import Image, ImageOps
 
+from watchd.errors import ThumbnailError
+
 #: The longer side of a thumbnail, in pixels.
 SIZE: Final = 320
 #: The cache holds at most this many thumbnails and bytes; beyond, the oldest used go.
@@ -39,10 +41,6 @@ MAX_ENTRIES: Final = 2000
 MAX_BYTES: Final = 64 * 1024 * 1024
 #: An original larger than this (pixels) is not decoded for a thumbnail.
 MAX_PIXELS: Final = 100_000_000
-
-
-class ThumbnailError(Exception):
-    """The source cannot be read as an image (the route answers 415 with the reason)."""
 
 
 class Thumbnails:
