@@ -25,6 +25,7 @@ model: $(STAMP)
 run: model
 	@echo "watchd: drop images (or folders of images) into $(CURDIR)/inbox"
 	@echo "watchd: cutouts appear in $(CURDIR)/outbox, originals move to $(CURDIR)/archive"
+	@echo "watchd: $(if $(CONFIG),the page is at / of the HTTP door,the page is at http://127.0.0.1:8765/ (open it in a browser to watch the queue and upload photos))"
 	@echo "watchd: $(if $(CONFIG),the HTTP API listens where [http] listen says (logged as http.listening),the HTTP API is at http://127.0.0.1:8765 (try curl -F images=@photo.jpg http://127.0.0.1:8765/queue/submit; docs at http://127.0.0.1:8765/docs))"
 	@echo "watchd: press Ctrl-C to stop"
 	$(BIN)/watchd run $(if $(CONFIG),--config $(CONFIG))
@@ -67,6 +68,13 @@ bench-quick: model
 .PHONY: bench-http
 bench-http: model
 	$(BIN)/python bench/http_compare.py
+
+## bench-page: the page's cost: the daemon's throughput on the same batch with 0 and 5 open
+## pages (headless Chromium), alternating, and its idle CPU (bench/page_load.py; PHOTOS=1000)
+.PHONY: bench-page
+PHOTOS ?= 1000
+bench-page: model
+	$(BIN)/python bench/page_load.py --photos $(PHOTOS)
 
 ## image: the container image (docs/container.md). Wheels of watchd and every dependency are
 ## built here, on the host, into ./wheelhouse with the u2netp model; `docker build` then runs

@@ -16,6 +16,7 @@ _._cmd_jobs
 _._cmd_job
 _._cmd_http_ready
 _._cmd_http_metrics
+_._cmd_http_file
 _._cmd_pause
 _._cmd_resume
 _._cmd_reload
@@ -38,6 +39,13 @@ _.files_count
 _.elapsed_seconds
 _.eta_seconds
 _.next_before
+_.whoami
+_.thumbnail
+_.tokens_required
+_.asset
+_.attempts
+_.seconds
+_.started_at
 
 # Called by libraries: watchdog's event handler, io's writable() (zipfile asks it),
 # uvicorn reads should_exit, onnxruntime reads its SessionOptions' attributes, Dask

@@ -40,6 +40,24 @@ WALL0 = 1_714_550_400.0  # 2024-05-01T08:00:00Z
 # --- Activity: rates -------------------------------------------------------------------
 
 
+def test_per_minute_counts_the_last_hour_oldest_first_and_forgets_older_minutes() -> None:
+    activity = Activity()
+    minute0 = 600 * 60.0  # a monotonic time on a minute boundary
+    for i in range(3):  # 3 files in the first minute, 70 minutes before the last one
+        activity.record("a", ok=True, latency=1.0, now=minute0 + i)
+    later = minute0 + 70 * 60
+    for i in range(5):  # 2 done + 3 failed in the last minute, two watches
+        activity.record("a" if i % 2 else "b", ok=i < 2, latency=1.0, now=later + i)
+    activity.record("a", ok=True, latency=1.0, now=later - 60)  # the minute before
+    counts = activity.per_minute(later + 30)
+    assert len(counts) == 60
+    assert counts[-1] == 5 and counts[-2] == 1
+    assert sum(counts) == 6  # the first minute is older than the hour: gone
+    # a record older than the hour counts nowhere in it
+    activity.record("a", ok=True, latency=1.0, now=later - 61 * 60)
+    assert sum(activity.per_minute(later + 30)) == 6
+
+
 def test_rate_counts_files_in_the_window_per_watch_and_overall() -> None:
     activity = Activity()
     for i in range(30):  # 30 files over the last 30 seconds in "a"
@@ -282,6 +300,7 @@ def test_snapshot_has_every_key_with_its_type() -> None:
         "files",
         "totals",
         "throughput",
+        "files_per_minute_1h",
         "latency_seconds",
         "watches",
         "last_error",

@@ -127,6 +127,21 @@ class Commands:
     def _cmd_http_metrics(self, _args: Mapping[str, Any]) -> dict[str, Any]:
         return {"text": self._daemon.metrics_text()}
 
+    def _cmd_http_file(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Where one file of one job is: the page's thumbnails read only these paths."""
+        record = self._ledger.file(int(args["file_id"]))
+        if record.job_id != int(args["id"]):
+            raise NotFound(f"job {args['id']} has no file {args['file_id']}")
+        places = ("source", "output", "archive", "failed")
+        out = {key: os.fsdecode(getattr(record, key)) for key in places}
+        return {
+            "job_id": record.job_id,
+            "watch": record.watch,
+            "state": record.state,
+            "rel": record.rel,
+            **out,
+        }
+
     # --- steering ---
 
     def _cmd_pause(self, _args: Mapping[str, Any]) -> dict[str, Any]:

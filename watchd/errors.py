@@ -23,6 +23,7 @@ its memory can no longer be trusted; a refused request is answered with a code
     ├── ControlSocketError       the daemon cannot listen on its socket
     ├── UploadError              an HTTP upload is refused (with a status)
     ├── OutputMissing            a job's output is not where the ledger put it
+    ├── ThumbnailError           a file cannot be pictured for the page (not an image)
     ├── InputRejected            one input file cannot be processed
     │   └── UnsafePath
     └── AttemptFailed            an attempt was lost: the file may be retried
@@ -115,6 +116,10 @@ class UploadError(WatchdError):
 
 class OutputMissing(WatchdError):
     """The cutout is not (or no longer) where the ledger put it, or it is not a plain file."""
+
+
+class ThumbnailError(WatchdError):
+    """A file cannot be read as an image for its thumbnail (the page's route answers 415)."""
 
 
 # --- the errors of one input file, then the pool's ---------------------------------------------

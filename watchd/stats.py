@@ -64,6 +64,8 @@ LATENCY_SLOT_SECONDS = 60
 LATENCY_SLOTS = 16
 #: Reservoir size per minute: at most ``LATENCY_SLOTS * LATENCY_SAMPLE`` latencies are kept.
 LATENCY_SAMPLE = 256
+#: Files finished per minute over the last hour (the page's chart): one count per minute.
+MINUTE_SLOTS = 60
 
 METRIC_PREFIX = "watchd_"
 
@@ -109,6 +111,8 @@ class Activity:
         self._run = _Histograms(RUN_BUCKETS)
         self._retries: dict[tuple[str, str], int] = {}
         self._quality: dict[str, dict[str, Any]] = {}
+        self._minute: list[int] = [-1] * MINUTE_SLOTS
+        self._minute_counts: list[int] = [0] * MINUTE_SLOTS
 
     def record_quality(self, watch: str, pages: Sequence[Mapping[str, Any]], *, held: bool) -> None:
         """The quality figures of one file's outputs (one per page, watchd/quality.py) and
@@ -169,6 +173,7 @@ class Activity:
             self._rate_counts[i] = {}
         counts = self._rate_counts[i]
         counts[watch] = counts.get(watch, 0) + 1
+        self._count_minute(now)
 
         if not ok or not math.isfinite(latency):
             return
@@ -180,6 +185,26 @@ class Activity:
             self._hist_sum[watch] = 0.0
         buckets[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
         self._hist_sum[watch] += latency
+
+    def _count_minute(self, now: float) -> None:
+        minute = math.floor(now / 60)
+        k = minute % MINUTE_SLOTS
+        if self._minute[k] != minute:
+            if self._minute[k] > minute:
+                return
+            self._minute[k] = minute
+            self._minute_counts[k] = 0
+        self._minute_counts[k] += 1
+
+    def per_minute(self, now: float) -> list[int]:
+        """Files finished (done or failed) in each of the last :data:`MINUTE_SLOTS` minutes,
+        oldest first; the last entry is the minute under way."""
+        newest = math.floor(now / 60)
+        out: list[int] = []
+        for minute in range(newest - MINUTE_SLOTS + 1, newest + 1):
+            k = minute % MINUTE_SLOTS
+            out.append(self._minute_counts[k] if self._minute[k] == minute else 0)
+        return out
 
     def _record_latency(self, latency: float, now: float) -> None:
         minute = math.floor(now / LATENCY_SLOT_SECONDS)
@@ -415,6 +440,7 @@ def build_snapshot(
             "files_per_second_1m": activity.rate(60.0, now_mono),
             "files_per_second_15m": activity.rate(MAX_WINDOW, now_mono),
         },
+        "files_per_minute_1h": activity.per_minute(now_mono),
         "latency_seconds": activity.latency(now_mono),
         "watches": watches,
         "last_error": _last_error(last_error),

@@ -248,6 +248,9 @@ def create_app(door: Door) -> FastAPI:
     _queue_routes(app, door)
     _result_routes(app, door)
     _remove_route(app, door)
+    from watchd.http.page import page_routes  # it builds on this module's dependencies
+
+    page_routes(app, door)
     return app
 
 

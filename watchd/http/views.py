@@ -45,6 +45,10 @@ class FileView(BaseModel):
     error: str | None
     size: int
     output: str | None  # the link to the cutout once it is written
+    attempts: int = 0  # tries so far
+    started_at: str | None = None  # the latest try's start
+    finished_at: str | None = None
+    seconds: float | None = None  # from the latest start to the end
 
 
 class JobView(BaseModel):
@@ -117,6 +121,7 @@ def job_view(job: Mapping[str, Any], *, with_files: bool = False) -> JobView:
 
 def file_view(job_id: int, file: Mapping[str, Any]) -> FileView:
     done = file.get("state") == "done"
+    started, finished = file.get("started_at"), file.get("finished_at")
     return FileView(
         id=int(file["id"]),
         name=str(file.get("rel", "")),
@@ -124,6 +129,10 @@ def file_view(job_id: int, file: Mapping[str, Any]) -> FileView:
         error=file.get("error"),
         size=int(file.get("size", 0)),
         output=f"/queue/job/{job_id}/files/{file['id']}" if done else None,
+        attempts=int(file.get("attempts") or 0),
+        started_at=iso(started),
+        finished_at=iso(finished),
+        seconds=round(finished - started, 3) if started and finished else None,
     )
 
 
@@ -131,16 +140,22 @@ def file_view(job_id: int, file: Mapping[str, Any]) -> FileView:
 
 
 def open_output(path: Path, outbox: Path) -> int:
-    """A read-only descriptor of a job's output, never anything outside the watch's outbox.
+    """A read-only descriptor of a job's output, never anything outside the watch's outbox."""
+    return open_inside(path, outbox, "the outbox")
 
-    The folders on the way must resolve inside the outbox (someone with access to a
+
+def open_inside(path: Path, root: Path, place: str) -> int:
+    """A read-only descriptor of ``path``, which must lie inside ``root`` (named ``place``
+    in the error).
+
+    The folders on the way must resolve inside the root (someone with access to a
     shared outbox could replace one by a link) and the file itself is opened without
     following a link and must be a regular file.
     """
     parent = os.path.realpath(path.parent)
-    root = os.path.realpath(outbox)
-    if parent != root and not parent.startswith(root + os.sep):
-        raise OutputMissing(f"{path.name}: not inside the outbox")
+    top = os.path.realpath(root)
+    if parent != top and not parent.startswith(top + os.sep):
+        raise OutputMissing(f"{path.name}: not inside {place}")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
