@@ -33,6 +33,7 @@ AfterAction = Literal["archive", "delete", "keep"]
 WatchMethod = Literal["auto", "inotify", "poll"]
 LogFormat = Literal["auto", "console", "json"]
 OutputFormat = Literal["png", "webp", "jpeg", "mask"]
+Duplicates = Literal["reprocess", "reuse", "skip"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -55,6 +56,8 @@ class DaemonConfig:
     metrics_file: Path | None
     keep_days: float
     priority_aging: float = 60.0  # seconds of waiting worth one priority step
+    #: the content cache's copies of outputs (docs/outputs.md, "Duplicates"), at most this
+    cache_max_bytes: int = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ class WatchConfig:
     stuck_after: float = 600.0
     #: seconds of changing after which a note appears beside it; 0: never
     stuck_note_after: float = 3600.0
+    #: an input seen before with the same options (watchd/content_cache.py)
+    duplicates: Duplicates = "reprocess"
 
     @property
     def png_compress_level(self) -> int:
@@ -397,6 +402,7 @@ _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "metrics_file": (_path, None),
     "keep_days": (_number(0), 90.0),
     "priority_aging": (_number(1, 86400 * 365), 60.0),
+    "cache_max_bytes": (_integer(0), 2 << 30),
 }
 
 _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -433,7 +439,13 @@ OUTPUT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "post_process_mask": (_boolean, False),
     "only_mask": (_boolean, False),
     "priority": (_integer(-100, 100), 0),
+    # issue 18, part B: what to do with an input seen before (watchd/content_cache.py)
+    "duplicates": (_choice("reprocess", "reuse", "skip"), "reprocess"),
 }
+
+#: Sidecar keys that say how a job is routed, not how its outputs look: every other key of
+#: :data:`OUTPUT_KEYS` is a field of :class:`OutputConfig` (and so part of the cache key).
+JOB_ONLY_KEYS = ("model", "priority", "duplicates")
 
 _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "name": (_watch_name, None),
@@ -649,6 +661,7 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
         metrics_file=resolve(daemon_raw["metrics_file"]) if daemon_raw["metrics_file"] else None,
         keep_days=daemon_raw["keep_days"],
         priority_aging=daemon_raw["priority_aging"],
+        cache_max_bytes=daemon_raw["cache_max_bytes"],
     )
     pool_raw = reader.table("pool", raw.get("pool", {}), _POOL_KEYS)
     pool = PoolConfig(
@@ -775,14 +788,13 @@ def _build_watch(
         case_sensitive_names=values["case_sensitive_names"],
         stuck_after=values["stuck_after"],
         stuck_note_after=values["stuck_note_after"],
+        duplicates=values["duplicates"],
     )
 
 
 def _output(reader: _Reader, prefix: str, values: Mapping[str, Any]) -> OutputConfig:
     """The output options of a watch or a sidecar; JPEG needs a background colour."""
-    output = OutputConfig(
-        **{key: values[key] for key in OUTPUT_KEYS if key not in ("model", "priority")}
-    )
+    output = OutputConfig(**{key: values[key] for key in OUTPUT_KEYS if key not in JOB_ONLY_KEYS})
     if output.format == "jpeg" and output.background is None and not output.only_mask:
         raise reader.error(
             f"{prefix}.background" if prefix else "background",
@@ -799,6 +811,7 @@ class JobOverrides:
     model: str
     output: OutputConfig
     priority: int
+    duplicates: Duplicates = "reprocess"
 
 
 def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOverrides:
@@ -828,14 +841,16 @@ def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOve
                 + f"; allowed keys: {allowed}",
             )
     base: dict[str, Any] = {
-        key: getattr(watch.output, key) for key in OUTPUT_KEYS if key not in ("model", "priority")
+        key: getattr(watch.output, key) for key in OUTPUT_KEYS if key not in JOB_ONLY_KEYS
     }
     base["model"], base["priority"] = watch.model, watch.priority
+    base["duplicates"] = watch.duplicates
     values = {**base, **reader.table("", raw, OUTPUT_KEYS, defaults=base)}
     return JobOverrides(
         model=values["model"],
         output=_output(reader, "", values),
         priority=values["priority"],
+        duplicates=values["duplicates"],
     )
 
 

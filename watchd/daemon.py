@@ -30,6 +30,7 @@ from watchd import __version__, preflight
 from watchd.commands import Commands
 from watchd.completion import Completion
 from watchd.config import Config, HooksConfig, WatchConfig, load_config
+from watchd.content_cache import ContentCache
 from watchd.control import ControlServer, ProtocolError, Request
 from watchd.dispatcher import Dispatcher
 from watchd.errors import ConfigError, LedgerError, ModelError, WatchdError
@@ -116,6 +117,9 @@ class Daemon:
         )
         log.info("ledger.opened", path=str(self._state_dir / "ledger.sqlite3"))
         self.pool = new_pool(config, store, wake=self._wake)
+        self.cache = ContentCache(
+            self.ledger, self._state_dir / "cache", config.daemon.cache_max_bytes
+        )
         self.dispatcher = Dispatcher(
             self.ledger,
             self.pool,
@@ -126,6 +130,7 @@ class Daemon:
             rng=random.Random(),
             activity=self._activity,
             monotonic=time.monotonic,
+            cache=self.cache,
         )
         self._store = store
         self.intake = Intake(
@@ -177,6 +182,7 @@ class Daemon:
         self.intake.finish_pending(list(recovery.pending))
         self._remove_emptied_folders()
         reported = self.completion.report_unreported()  # jobs that ended just before a crash
+        self._sweep_cache()  # also applies a cache_max_bytes lowered since the last run
         log.info(
             "recovery.done",
             requeued=len(recovery.requeued),
@@ -415,6 +421,14 @@ class Daemon:
         deleted = self.ledger.prune(time.time() - keep_days * 86400, limit=PRUNE_BATCH)
         if deleted:
             log.info("ledger.pruned", jobs=deleted, keep_days=keep_days)
+            self._sweep_cache()
+
+    def _sweep_cache(self) -> None:
+        """Copies of the content cache whose rows went (pruned with their files, evicted)."""
+        removed = self.cache.sweep()
+        if removed:
+            entries, size = self.ledger.cache_size()
+            log.info("cache.swept", removed=removed, entries=entries, bytes=size)
 
     # --- operators: control requests and stats ----------------------------------------------------
 
@@ -537,6 +551,7 @@ class Daemon:
         self.config = new
         self._store = store  # sidecars' models are checked where the new config looks
         self.ledger.priority_aging = new.daemon.priority_aging
+        self.cache.max_bytes = new.daemon.cache_max_bytes
         self.dispatcher.use_pool(self.pool, new.pool.max_attempts)
         log.info("reload.done", changes=changes)
         return changes

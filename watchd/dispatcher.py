@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from watchd.content_cache import ContentCache, Hit, cache_key
 from watchd.errors import InputRejected
 from watchd.files import (
     atomic_write,
@@ -35,7 +36,7 @@ from watchd.files import (
     write_error_note,
 )
 from watchd.intake import output_config, spool_path
-from watchd.ledger import CANCELLED_REASON, FileRecord, FinishedJob, Ledger, Recovery
+from watchd.ledger import CANCELLED_REASON, CacheEntry, FileRecord, FinishedJob, Ledger, Recovery
 from watchd.pipeline import AttemptFailed, Pool, Result, Task, outcome
 from watchd.stats import Activity
 
@@ -61,8 +62,12 @@ class Dispatcher:
         rng: random.Random,
         activity: Activity,
         monotonic: Callable[[], float],
+        cache: ContentCache | None = None,
     ) -> None:
         self._ledger = ledger
+        self._cache = cache
+        #: the cache key of each file being made under duplicates = reuse|skip (by file id)
+        self._keys: dict[int, str] = {}
         self._pool = pool
         self._spool = spool_dir
         self._max_attempts = max_attempts
@@ -118,6 +123,8 @@ class Dispatcher:
             self.fail(record, str(exc))
             return
         output = output_config(record.options)
+        if self._is_duplicate(record, data, output):
+            return
         task = Task(
             file_id=record.id,
             data=data,
@@ -129,6 +136,38 @@ class Dispatcher:
         self.in_flight[future] = record
         self._handed[future] = (self._clock(), self._monotonic())
         future.add_done_callback(lambda _f: self._wake())
+
+    def _is_duplicate(self, record: FileRecord, data: bytes, output: object) -> bool:
+        """Under ``duplicates = "reuse"`` or ``"skip"``: whether the content cache knows this
+        input (and then it is finished here, without the pool); else its key is kept so
+        that its outputs are stored when they come (watchd/content_cache.py)."""
+        policy = record.options.get("duplicates", "reprocess")
+        if self._cache is None or policy == "reprocess":
+            return False
+        key = cache_key(data, str(record.options["model"]), output)
+        hit = self._cache.lookup(key, self._clock())
+        if hit is None:
+            self._keys[record.id] = key
+            return False
+        if policy == "skip":
+            self.fail(record, skip_reason(hit.entry))
+        else:
+            self._reuse(record, hit)
+        return True
+
+    def _reuse(self, record: FileRecord, hit: Hit) -> None:
+        """Write the cached outputs of an earlier file as this file's outputs."""
+        self._complete(
+            record,
+            Result(
+                file_id=record.id,
+                pages=hit.pages,
+                width=hit.entry.width,
+                height=hit.entry.height,
+                threads=0,
+            ),
+            reused=hit.entry,
+        )
 
     def original(self, record: FileRecord) -> Path:
         """Where the input is while it waits: the spool, or the inbox with ``after = "keep"``."""
@@ -217,7 +256,10 @@ class Dispatcher:
         if self._ledger.requeue(record.id, reason) == "failing":  # its job was cancelled
             self.dispose_failed(record, "cancelled")
 
-    def _complete(self, record: FileRecord, result: Result) -> None:
+    def _complete(
+        self, record: FileRecord, result: Result, reused: CacheEntry | None = None
+    ) -> None:
+        key = self._keys.pop(record.id, None)
         pages = len(result.pages)
         if pages > 1 and record.pages != pages:  # the first time its page names are known
             taken = [p for p in page_paths(record.output, pages) if os.path.lexists(p)]
@@ -256,7 +298,12 @@ class Dispatcher:
                 self.dispose_failed(record, "cancelled")
             return
         self._write_failures = 0
-        self._ledger.mark_written(record.id, result.output_bytes, pages=pages)
+        reused_from = reused.file_id if reused else None
+        self._ledger.mark_written(record.id, result.output_bytes, pages, reused_from)
+        if key is not None and self._cache is not None:
+            self._cache.store(
+                key, record.id, result.pages, (result.width, result.height), self._clock()
+            )
         latency = self._clock() - record.created_at
         self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())
         log.info(
@@ -270,8 +317,9 @@ class Dispatcher:
             width=result.width,
             height=result.height,
             attempt=record.attempts,
-            threads=result.threads,
+            threads=result.threads or None,
             worker_pid=result.worker_pid or None,
+            **({"reused_from": reused.file_id, "reused_job": reused.job_id} if reused else {}),
             **{f"{k}_s": round(v, 3) for k, v in result.timings.items()},
             latency_s=round(latency, 3),
         )
@@ -325,6 +373,7 @@ class Dispatcher:
 
     def fail(self, record: FileRecord, reason: str) -> None:
         """Record the reason, then put the original and a readable note in the failed folder."""
+        self._keys.pop(record.id, None)
         self._ledger.mark_failing(record.id, reason)
         if reason != CANCELLED_REASON:
             self._note_error(record, reason)
@@ -409,6 +458,16 @@ class Dispatcher:
             count += 1
         self.in_flight.clear()
         return count
+
+
+def skip_reason(earlier: CacheEntry) -> str:
+    """Why a duplicate is in the failed folder under ``duplicates = "skip"``."""
+    return (
+        f"not processed: the same image, with the same options, was already processed as "
+        f"{earlier.rel} of job {earlier.job_id} (file {earlier.file_id}, output "
+        f'{earlier.output.name}); this watch has duplicates = "skip". To make it again, '
+        'drop it in a folder whose watchd.toml says duplicates = "reprocess"'
+    )
 
 
 def pool_broke(future: Future[Result]) -> bool:

@@ -140,6 +140,7 @@ def job_options(
         "max_file_bytes": watch.max_file_bytes,
         "intake": intake,
         "in_place": intake == "inbox" and watch.after == "keep",
+        "duplicates": overrides.duplicates if overrides else watch.duplicates,
     }
 
 
