@@ -910,9 +910,7 @@ def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: 
         # rows untouched; migration 3 added two columns (pages, 1 for every old file, and
         # the job's priority, 0 like every old job's); migration 6 (content_cache) one:
         # reused_from, NULL (every old file's outputs were made by the model)
-        assert raw(db_path, "SELECT * FROM files ORDER BY id") == [
-            (*r, 1, 0, None) for r in before
-        ]
+        assert raw(db_path, "SELECT * FROM files ORDER BY id") == [(*r, 1, 0, None) for r in before]
         assert ledger.integrity_check() == "ok"
         assert ledger.counts() == grouped_counts(db_path)
         assert ledger.counts()["files"] == {

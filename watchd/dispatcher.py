@@ -35,7 +35,7 @@ from watchd.files import (
     remove_stray_temp,
     write_error_note,
 )
-from watchd.intake import output_config, spool_path
+from watchd.intake import mask_of, output_config, spool_mask_path, spool_path
 from watchd.ledger import CANCELLED_REASON, CacheEntry, FileRecord, FinishedJob, Ledger, Recovery
 from watchd.pipeline import AttemptFailed, Pool, Result, Task, outcome
 from watchd.stats import Activity
@@ -118,12 +118,21 @@ class Dispatcher:
 
     def _start(self, record: FileRecord, threads: int = 0) -> None:
         try:
-            data = read_input(self.original(record), int(record.options["max_file_bytes"]))
+            limit = int(record.options["max_file_bytes"])
+            data = read_input(self.original(record), limit)
         except InputRejected as exc:
             self.fail(record, str(exc))
             return
         output = output_config(record.options)
-        if self._is_duplicate(record, data, output):
+        mask_name = mask_of(record)
+        mask = None
+        if mask_name is not None:  # a hand-edited mask (watchd/masks.py): no cache, no model
+            try:
+                mask = read_input(spool_mask_path(self._spool, record.id), limit)
+            except InputRejected as exc:
+                self.fail(record, f"the hand-edited mask {mask_name} could not be used: {exc}")
+                return
+        elif self._is_duplicate(record, data, output):
             return
         task = Task(
             file_id=record.id,
@@ -131,6 +140,8 @@ class Dispatcher:
             model=str(record.options["model"]),
             output=output,
             threads=threads,
+            mask=mask,
+            mask_name=mask_name or "",
         )
         future = self._pool.submit(task)
         self.in_flight[future] = record
@@ -366,6 +377,7 @@ class Dispatcher:
                 remove_file(original)  # (a submitted copy: the original was never touched)
             elif os.path.lexists(original):
                 move_file(original, record.archive, record.id)
+            remove_file(spool_mask_path(self._spool, record.id))
         except OSError as exc:
             log.error("file.archive_failed", file=record.id, path=str(original), error=str(exc))
             return  # stays 'written'; the periodic finishing pass tries again
@@ -407,6 +419,7 @@ class Dispatcher:
             write_error_note(record.failed, reason, record.rel, record.id, left_in_inbox=keep)
             if os.path.lexists(original) and not keep:
                 move_file(original, record.failed, record.id)
+            remove_file(spool_mask_path(self._spool, record.id))
         except OSError as exc:
             log.error("file.quarantine_failed", file=record.id, error=str(exc))
             return  # stays 'failing'; the periodic finishing pass tries again

@@ -57,6 +57,7 @@ from watchd.files import (
     write_error_note,
 )
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob, name_key
+from watchd.masks import LONE_MASK, MASK_IN_PLACE, mask_stem, pair_masks
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
 #: The file suffix of each output format (a mask is a greyscale PNG).
@@ -81,6 +82,18 @@ def _may_have_pages(rel: str) -> bool:
 def spool_path(spool_dir: Path, file_id: int) -> Path:
     """Where an accepted input waits while it is processed (named by id: no user text)."""
     return spool_dir / str(file_id)
+
+
+def spool_mask_path(spool_dir: Path, file_id: int) -> Path:
+    """Where the copy of an input's hand-edited mask waits (watchd/masks.py)."""
+    return spool_dir / f"{file_id}.mask"
+
+
+def mask_of(record: FileRecord) -> str | None:
+    """The relative path of the hand-edited mask paired with this input at intake, if any."""
+    masks = record.options.get("masks")
+    mask = masks.get(record.rel) if isinstance(masks, dict) else None
+    return mask if isinstance(mask, str) else None
 
 
 #: A job's manifest is named after its output folder (or first output) with this suffix.
@@ -334,6 +347,7 @@ class Intake:
             )
         if not files:
             return None
+        files, masks = _split_masks(files, options)
         taken, claim, output_taken = self._name_checker(fold=not watch.case_sensitive_names)
         if batch.kind == "folder":
             out_root = claim(unique_path(watch.outbox / batch.name, taken, folder=True))
@@ -361,7 +375,7 @@ class Intake:
                 failed=claim(unique_path(failed_root / c.rel, taken)),
                 size=c.size,
                 mtime_ns=c.mtime_ns,
-                reject=_rejection(batch, c, problem),
+                reject=_rejection(batch, c, problem, in_place=bool(options["in_place"])),
             )
             for c in files
         ]
@@ -374,7 +388,7 @@ class Intake:
             sidecar_root = None
         sidecar_targets = [
             (c, None if sidecar_root is None else claim(unique_path(sidecar_root / c.rel, taken)))
-            for c in (batch.sidecars if batch.kind == "folder" else ())
+            for c in (*(batch.sidecars if batch.kind == "folder" else ()), *masks.values())
         ]
         job_id, file_ids = self._ledger.create_job(
             NewJob(
@@ -402,9 +416,10 @@ class Intake:
         )
         if problem is not None:
             log.warning("job.sidecar_invalid", job=job_id, watch=watch.name, error=problem)
+        # Each mask is copied into the spool with its input (_to_spool) before it moves.
+        self.finish_pending(self._ledger.job_files(job_id))
         if not options["in_place"] and intake != "copy":
             _dispose_sidecars(sidecar_targets, file_ids[0])
-        self.finish_pending(self._ledger.job_files(job_id))
         if batch.kind == "folder" and intake != "copy" and not options["in_place"]:
             prune_taken_folder(batch.root, is_litter)
         return job_id
@@ -513,6 +528,9 @@ class Intake:
     def _to_spool(self, record: FileRecord, touched: set[Path]) -> bool:
         """Take one recorded input into the spool; False if it is not there now."""
         target = spool_path(self._spool, record.id)
+        mask = mask_of(record)
+        if mask is not None and record.error is None:
+            self._spool_mask(record, mask)
         if os.path.lexists(target):
             return True
         try:
@@ -542,6 +560,19 @@ class Intake:
             )
             return False
         return True
+
+    def _spool_mask(self, record: FileRecord, mask: str) -> None:
+        """Copy an input's hand-edited mask into the spool, before the input itself moves
+        (so that recovery, finding the input spooled, finds its mask there too). What
+        cannot be copied is logged; the dispatcher then fails the input with the reason."""
+        target = spool_mask_path(self._spool, record.id)
+        source = record.source.parent / PurePosixPath(mask).name
+        if os.path.lexists(target):
+            return
+        try:
+            copy_file(source, target, record.id, expect=self._expected.get(source))
+        except (OSError, InputRejected) as exc:
+            log.error("intake.mask_failed", file=record.id, mask=mask, error=str(exc))
 
     def _disappeared(self, record: FileRecord) -> None:
         log.warning("intake.disappeared", file=record.id, path=str(record.source))
@@ -602,10 +633,29 @@ def read_sidecar(
     return overrides, None
 
 
-def _rejection(batch: Batch, candidate: Candidate, problem: str | None) -> str | None:
+def _split_masks(
+    files: tuple[Candidate, ...], options: dict[str, object]
+) -> tuple[tuple[Candidate, ...], dict[str, Candidate]]:
+    """Hand-edited masks (watchd/masks.py) out of a batch's inputs: (the inputs, with lone
+    masks last, which are failed with the reason; {input's rel: its mask}). The pairs are
+    recorded in the job's options (``masks``). Not on a watch that keeps its originals in
+    the inbox: there every mask is failed with the reason (MASK_IN_PLACE)."""
+    if options["in_place"]:
+        return files, {}
+    inputs, masks, lone = pair_masks(files, {id(c): c.rel for c in files})
+    if masks:
+        options["masks"] = {rel: mask.rel for rel, mask in masks.items()}
+    return (*inputs, *lone), masks
+
+
+def _rejection(
+    batch: Batch, candidate: Candidate, problem: str | None, *, in_place: bool
+) -> str | None:
     """Why an input is failed at intake instead of processed (None: it is processed)."""
     if problem is not None:
         return f"not processed, because this job's options file is invalid: {problem}"
+    if mask_stem(candidate.rel) is not None:  # one that pair_masks left: no original beside it
+        return MASK_IN_PLACE if in_place else LONE_MASK
     if is_sidecar_name(PurePosixPath(candidate.rel).name):
         return NESTED_SIDECAR if batch.kind == "folder" else LOOSE_SIDECAR
     return None

@@ -34,8 +34,9 @@ from PIL import ExifTags, Image, UnidentifiedImageError, _imaging
 
 from watchd.config import OutputConfig
 from watchd.errors import InputRejected, ModelError, WatchdError
+from watchd.masks import compose, decode_mask, on_background, wants_mask
 from watchd.png import encode_png
-from watchd.u2net import FAMILY, PILLOW_BLOCK_SIZE, U2netSession, naive_cutout
+from watchd.u2net import FAMILY, PILLOW_BLOCK_SIZE, U2netSession
 
 #: Formats Pillow may decode. Anything else (EPS/PS/PDF through Ghostscript, exotic
 #: plug-ins) is refused before a decoder sees it. HEIF joins them when the optional
@@ -95,6 +96,9 @@ class Task:
     #: onnxruntime threads for this file: 0 is the worker's own count; more when the file is
     #: alone in the pool and may use all of it (the pool's ``alone_threads``).
     threads: int = 0
+    #: a hand-edited mask (PNG bytes, watchd/masks.py): used instead of the model's
+    mask: bytes | None = None
+    mask_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -531,7 +535,7 @@ def process(task: Task) -> Result:
 
     Pages are decoded, cut out and encoded one at a time; only the encoded bytes are kept.
     """
-    session = _session(task.model, task.threads)
+    session = _session(task.model, task.threads) if task.mask is None else None
     timings = {"decode": 0.0, "infer": 0.0, "encode": 0.0}
     outputs: list[bytes] = []
     total = 0
@@ -544,7 +548,10 @@ def process(task: Task) -> Result:
         if page is None:
             break
         try:
-            made = cut_out(page.image, session, task.output)
+            if task.mask is None:
+                made = cut_out(page.image, session, task.output)
+            else:
+                made = _from_hand_mask(page.image, task, len(outputs))
             inferred = time.perf_counter()
             data = encode(made, task.output, page)
         except MemoryError:
@@ -590,9 +597,14 @@ def too_big_for_memory(size: tuple[int, int]) -> str:
     )
 
 
-def wants_mask(output: OutputConfig) -> bool:
-    """Whether the output is the greyscale mask rather than a cutout."""
-    return output.format == "mask" or output.only_mask
+def _from_hand_mask(image: Image.Image, task: Task, page: int) -> Image.Image:
+    """The output made from the job's hand-edited mask (watchd/masks.py), no inference."""
+    if page:
+        raise InputRejected(
+            f"the hand-edited mask {task.mask_name} belongs to a one-page image; this file "
+            "has more pages"
+        )
+    return compose(image, decode_mask(task.mask or b"", image.size, task.mask_name), task.output)
 
 
 def cut_out(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
@@ -603,27 +615,22 @@ def cut_out(image: Image.Image, session: Any, output: OutputConfig) -> Image.Ima
     """
     plain = not output.alpha_matting and not output.post_process_mask
     if plain and isinstance(session, U2netSession):
-        mask = session.mask(image)
-        if wants_mask(output):
-            return mask
-        cutout = naive_cutout(image, mask)
-        del mask
-    else:
-        from rembg import remove
+        return compose(image, session.mask(image), output)
+    from rembg import remove
 
-        if wants_mask(output) and not output.alpha_matting:
-            only: Image.Image = remove(
-                image, session=session, only_mask=True, post_process_mask=output.post_process_mask
-            )
-            return only
-        if output.alpha_matting:
-            cutout = _matted(image, session, output)
-        else:
-            cutout = remove(image, session=session, post_process_mask=output.post_process_mask)
-        if wants_mask(output):
-            return cutout.getchannel("A")  # the matted alpha: the mask of the cutout one would get
+    if wants_mask(output) and not output.alpha_matting:
+        only: Image.Image = remove(
+            image, session=session, only_mask=True, post_process_mask=output.post_process_mask
+        )
+        return only
+    if output.alpha_matting:
+        cutout = _matted(image, session, output)
+    else:
+        cutout = remove(image, session=session, post_process_mask=output.post_process_mask)
+    if wants_mask(output):
+        return cutout.getchannel("A")  # the matted alpha: the mask of the cutout one would get
     if output.background is not None or output.format == "jpeg":
-        return _on_background(cutout, output.background or "#ffffff")
+        return on_background(cutout, output.background or "#ffffff")
     return cutout
 
 
@@ -660,13 +667,6 @@ def _matted(image: Image.Image, session: Any, output: OutputConfig) -> Image.Ima
     alpha = cutout.getchannel("A").resize(image.size, Image.Resampling.LANCZOS)
     empty = Image.new("RGBA", image.size, 0)
     return Image.composite(image.convert("RGBA"), empty, alpha)
-
-
-def _on_background(cutout: Image.Image, colour: str) -> Image.Image:
-    """The cutout over an opaque ``#rrggbb`` colour: an RGB image with no transparency."""
-    rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    flat = Image.new("RGBA", cutout.size, (*rgb, 255))
-    return Image.alpha_composite(flat, cutout.convert("RGBA")).convert("RGB")
 
 
 def encode(made: Image.Image, output: OutputConfig, page: Page) -> bytes:

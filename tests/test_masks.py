@@ -1,0 +1,279 @@
+"""Hand-edited masks (issue 18, section 4): pairing at intake, decoding, composing, the worker.
+
+Real parts: real PNG/JPEG bytes, the worker's real ``process`` (in this process; a task
+with a mask never needs a model, which :func:`no_model` proves), the real ledger,
+intake, spool and dispatcher. The pool runs ``process`` inline (:class:`InlinePool`).
+The real daemon on real photos is in tests/test_e2e_cache.py.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from watchd import pipeline
+from watchd.commands import submitted_batch
+from watchd.config import OutputConfig, WatchConfig, load_config
+from watchd.dispatcher import Dispatcher
+from watchd.errors import InputRejected
+from watchd.files import error_note_path
+from watchd.intake import Intake
+from watchd.ledger import Ledger
+from watchd.masks import LONE_MASK, compose, decode_mask, mask_stem, pair_masks
+from watchd.pipeline import Result, Task, process
+from watchd.stats import Activity
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def photo(size: tuple[int, int] = (40, 30)) -> Image.Image:
+    rng = np.random.default_rng(1)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def half_mask(size: tuple[int, int] = (40, 30)) -> Image.Image:
+    """White (kept) on the left half, black (removed) on the right."""
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (0, 0, size[0] // 2, size[1]))
+    return mask
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object) -> None:
+        raise AssertionError("a task with a hand-edited mask loaded a model")
+
+    monkeypatch.setattr(pipeline, "_session", refuse)
+
+
+# --- names and pairs ------------------------------------------------------------------------------
+
+
+def test_mask_names() -> None:
+    assert mask_stem("photo.mask.png") == "photo"
+    assert mask_stem("shoot/Photo.MASK.PNG") == "shoot/Photo"
+    assert mask_stem("photo.png") is None
+    assert mask_stem(".mask.png") is None
+    assert mask_stem("shoot/.mask.png") is None
+
+
+def test_pairs_by_folder_and_stem_and_leaves_lone_or_ambiguous_masks() -> None:
+    rels = [
+        "a.jpg",
+        "a.mask.png",
+        "sub/a.tif",  # another folder: its own stem
+        "b.jpg",
+        "b.png",
+        "b.mask.png",  # ambiguous: b.jpg or b.png
+        "c.mask.png",  # no original
+    ]
+    by_id = {id(r): r for r in rels}
+    inputs, pairs, lone = pair_masks(rels, by_id)
+    assert inputs == ["a.jpg", "sub/a.tif", "b.jpg", "b.png"]
+    assert pairs == {"a.jpg": "a.mask.png"}
+    assert sorted(lone) == ["b.mask.png", "c.mask.png"]
+
+
+# --- decoding and composing -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16", "1"])
+def test_a_mask_as_any_editor_saves_it_is_read_as_greyscale(mode: str) -> None:
+    mask = half_mask()
+    if mode == "I;16":
+        saved = Image.fromarray(np.asarray(mask, dtype=np.uint16) * 257)
+    else:
+        saved = mask.convert(mode)
+    decoded = decode_mask(png(saved), (40, 30), "a.mask.png")
+    assert decoded.mode == "L"
+    assert np.array_equal(np.asarray(decoded), np.asarray(mask))
+
+
+def test_transparent_pixels_of_a_mask_count_as_removed() -> None:
+    mask = Image.new("RGBA", (40, 30), (255, 255, 255, 255))
+    mask.paste((255, 255, 255, 0), (20, 0, 40, 30))
+    decoded = decode_mask(png(mask), (40, 30), "a.mask.png")
+    assert np.array_equal(np.asarray(decoded), np.asarray(half_mask()))
+
+
+def test_a_mask_of_another_size_fails_with_both_sizes() -> None:
+    with pytest.raises(InputRejected) as caught:
+        decode_mask(png(half_mask((20, 15))), (40, 30), "shoot/a.mask.png")
+    message = str(caught.value)
+    assert "shoot/a.mask.png is 20 x 15 pixels but the image is 40 x 30" in message
+
+
+def test_a_mask_that_is_no_png_fails_with_its_name() -> None:
+    buffer = io.BytesIO()
+    half_mask().save(buffer, "JPEG")
+    with pytest.raises(InputRejected, match=r"a\.mask\.png is not a readable PNG"):
+        decode_mask(buffer.getvalue(), (40, 30), "a.mask.png")
+
+
+def test_compose_gives_the_mask_the_cutout_or_the_cutout_on_a_colour() -> None:
+    image, mask = photo(), half_mask()
+    assert compose(image, mask, OutputConfig(format="mask")) is mask
+    cutout = np.asarray(compose(image, mask, OutputConfig()))
+    assert cutout.shape == (30, 40, 4)
+    assert np.array_equal(cutout[:, :, 3], np.asarray(mask))
+    assert np.array_equal(cutout[:, :20, :3], np.asarray(image)[:, :20])
+    white = np.asarray(compose(image, mask, OutputConfig(background="#ffffff")))
+    assert white.shape == (30, 40, 3)
+    assert (white[:, 20:] == 255).all()
+
+
+# --- the worker -----------------------------------------------------------------------------------
+
+
+def test_the_worker_uses_the_mask_without_a_model(no_model: None) -> None:
+    image = photo()
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    result = process(
+        Task(1, buffer.getvalue(), "u2netp", OutputConfig(), mask=png(half_mask()), mask_name="m")
+    )
+    out = Image.open(io.BytesIO(result.data))
+    assert out.mode == "RGBA"
+    assert np.array_equal(np.asarray(out)[:, :, 3], np.asarray(half_mask()))
+
+
+def test_the_worker_refuses_a_mask_of_the_wrong_size(no_model: None) -> None:
+    task = Task(
+        1, png(photo()), "u2netp", OutputConfig(), mask=png(half_mask((41, 30))), mask_name="m"
+    )
+    with pytest.raises(InputRejected, match="41 x 30 pixels but the image is 40 x 30"):
+        process(task)
+
+
+# --- intake and dispatcher ------------------------------------------------------------------------
+
+
+class InlinePool:
+    """Runs the worker's ``process`` in this process, at once, for a task with a mask; a
+    task without one (which would need the model) gets a stand-in cutout."""
+
+    alone_threads = 0
+    size = 1
+    capacity = 4
+    file_timeout = 60.0
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+
+    def check(self) -> None:
+        pass
+
+    def submit(self, task: Task) -> Future[Result]:
+        self.tasks.append(task)
+        future: Future[Result] = Future()
+        if task.mask is None:
+            future.set_result(Result(task.file_id, (b"model cutout",), 1, 1))
+            return future
+        try:
+            future.set_result(process(task))
+        except InputRejected as exc:
+            future.set_exception(exc)
+        return future
+
+
+class Clock:
+    now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Rig:
+    root: Path
+    watch: WatchConfig
+    ledger: Ledger
+    intake: Intake
+    dispatcher: Dispatcher
+    pool: InlinePool
+
+    def drop_folder(self, files: dict[str, bytes]) -> int:
+        folder = self.root / "drops" / "shoot"
+        folder.mkdir(parents=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        job = self.intake.accept(submitted_batch("photos", [folder], None), self.watch, "move")
+        assert job is not None
+        self.dispatcher.fill()
+        self.dispatcher.collect()
+        return job
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    config_path = tmp_path / "watchd.toml"
+    config_path.write_text(
+        '[daemon]\nstate_dir = "state"\n\n[[watch]]\nname = "photos"\ninbox = "inbox"\n'
+        'outbox = "outbox"\narchive = "archive"\nfailed = "failed"\nduplicates = "reuse"\n'
+    )
+    watch = load_config(config_path).watches[0]
+    for folder in ("inbox", "outbox", "archive", "failed", "state/spool"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    clock = Clock()
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    pool = InlinePool()
+    dispatcher = Dispatcher(
+        ledger,
+        pool,  # type: ignore[arg-type]
+        tmp_path / "state" / "spool",
+        max_attempts=3,
+        wake=lambda: None,
+        clock=clock,
+        rng=random.Random(0),
+        activity=Activity(),
+        monotonic=clock,
+    )
+    intake = Intake(ledger, tmp_path / "state" / "spool", dispatcher.fail)
+    yield Rig(tmp_path, watch, ledger, intake, dispatcher, pool)
+    ledger.close()
+
+
+def test_a_mask_dropped_with_its_original_makes_the_output(rig: Rig, no_model: None) -> None:
+    job = rig.drop_folder({"a.png": png(photo()), "a.mask.png": png(half_mask())})
+    detail = rig.ledger.job_detail(job)
+    assert [(f.rel, f.state) for f in detail.files] == [("a.png", "done")]  # the mask: no input
+    assert detail.options["masks"] == {"a.png": "a.mask.png"}
+    [task] = rig.pool.tasks
+    assert task.mask_name == "a.mask.png"
+    out = Image.open(rig.root / "outbox" / "shoot" / "a.png")
+    assert np.array_equal(np.asarray(out)[:, :, 3], np.asarray(half_mask()))
+    # the mask travelled with its job, like a sidecar; nothing is left in the spool
+    assert (rig.root / "archive" / "shoot" / "a.mask.png").read_bytes() == png(half_mask())
+    assert list((rig.root / "state" / "spool").iterdir()) == []
+
+
+def test_a_mask_of_the_wrong_size_fails_its_original_with_the_reason(
+    rig: Rig, no_model: None
+) -> None:
+    job = rig.drop_folder({"a.png": png(photo()), "a.mask.png": png(half_mask((10, 10)))})
+    [file] = rig.ledger.job_detail(job).files
+    assert file.state == "failed"
+    note = error_note_path(rig.root / "failed" / "shoot" / "a.png").read_text()
+    assert "a.mask.png is 10 x 10 pixels but the image is 40 x 30" in note
+    assert list((rig.root / "state" / "spool").iterdir()) == []
+
+
+def test_a_mask_without_its_original_is_failed_with_the_reason(rig: Rig, no_model: None) -> None:
+    job = rig.drop_folder({"b.png": png(photo()), "a.mask.png": png(half_mask())})
+    states = {f.rel: f.state for f in rig.ledger.job_detail(job).files}
+    assert states == {"b.png": "done", "a.mask.png": "failed"}
+    note = error_note_path(rig.root / "failed" / "shoot" / "a.mask.png").read_text()
+    assert LONE_MASK in note
+    assert [t.mask for t in rig.pool.tasks] == [None]  # b.png went to the (here: no) model
