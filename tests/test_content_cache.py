@@ -23,7 +23,7 @@ from watchd.commands import submitted_batch
 from watchd.completion import file_entry
 from watchd.config import OutputConfig, WatchConfig, load_config
 from watchd.content_cache import CACHE_VERSION, ContentCache, cache_key
-from watchd.dispatcher import Dispatcher
+from watchd.dispatcher import FILL_BUDGET, Dispatcher
 from watchd.errors import ConfigError
 from watchd.files import error_note_path
 from watchd.intake import Intake
@@ -217,6 +217,7 @@ class Rig:
     dispatcher: Dispatcher
     pool: CountingPool
     cache: ContentCache
+    wakes: list[str]
 
     def drop(self, name: str, data: bytes, folder: str = "") -> int:
         """Submit one file (moved into the spool, as from an inbox) and run it to its end."""
@@ -247,12 +248,13 @@ def make_rig(root: Path, duplicates: str) -> Rig:
     ledger = Ledger.open(root / "state" / "ledger.sqlite3", clock=clock)
     cache = ContentCache(ledger, root / "state" / "cache", max_bytes=1 << 20)
     pool = CountingPool()
+    wakes: list[str] = []
     dispatcher = Dispatcher(
         ledger,
         pool,  # type: ignore[arg-type]
         root / "state" / "spool",
         max_attempts=3,
-        wake=lambda: None,
+        wake=lambda: wakes.append("wake"),
         clock=clock,
         rng=random.Random(0),
         activity=Activity(),
@@ -260,7 +262,7 @@ def make_rig(root: Path, duplicates: str) -> Rig:
         cache=cache,
     )
     intake = Intake(ledger, root / "state" / "spool", dispatcher.fail)
-    return Rig(root, watch, ledger, intake, dispatcher, pool, cache)
+    return Rig(root, watch, ledger, intake, dispatcher, pool, cache, wakes)
 
 
 def test_reuse_writes_the_earlier_output_again_without_the_pool(tmp_path: Path) -> None:
@@ -296,6 +298,25 @@ def test_reuse_recomputes_when_the_cached_copy_was_damaged(tmp_path: Path) -> No
     # and the recomputed output is the cache's entry from now on
     rig.drop("c.jpg", b"the same photo")
     assert len(rig.pool.tasks) == 2
+
+
+def test_one_fill_finishes_a_bounded_slice_of_hits_and_wakes_the_loop(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, "reuse")
+    rig.drop("a.jpg", b"the same photo")
+    folder = tmp_path / "drops" / "again"
+    folder.mkdir(parents=True)
+    for number in range(FILL_BUDGET + 6):
+        (folder / f"{number:03d}.jpg").write_bytes(b"the same photo")
+    job = rig.intake.accept(submitted_batch("photos", [folder], None), rig.watch, intake="move")
+    assert job is not None
+    rig.wakes.clear()
+    assert rig.dispatcher.fill() == 0  # nothing handed to the pool ...
+    detail = rig.ledger.job_detail(job)
+    assert (detail.done, detail.queued) == (FILL_BUDGET, 6)  # ... a slice finished here
+    assert rig.wakes  # and the loop comes back for the rest after its other work
+    rig.dispatcher.fill()
+    assert rig.ledger.job_detail(job).done == FILL_BUDGET + 6
+    assert len(rig.pool.tasks) == 1
 
 
 def test_skip_fails_the_duplicate_naming_the_earlier_job_and_file(tmp_path: Path) -> None:

@@ -42,6 +42,11 @@ from watchd.stats import Activity
 
 log = structlog.get_logger()
 
+#: Files one ``fill`` may finish without the pool (content-cache hits, inputs that fail to
+#: read) before it returns, so that a re-dropped folder of thousands of known photos is
+#: written in slices between the main loop's other work (status, intake, results).
+FILL_BUDGET = 64
+
 #: Backoff for transient write errors (full disk, unwritable outbox): seconds.
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 300.0
@@ -100,10 +105,18 @@ class Dispatcher:
     # --- dispatching ------------------------------------------------------------------------------
 
     def fill(self) -> int:
-        """Claim queued files up to the in-flight cap and hand them to the pool."""
+        """Claim queued files up to the in-flight cap and hand them to the pool.
+
+        Files finished here, without the pool, count against :data:`FILL_BUDGET`; when it
+        is spent the loop is woken to come back after its other work.
+        """
         started = 0
+        claimed = 0
         while not self.paused and len(self.in_flight) < self.capacity:
-            wanted = self.capacity - len(self.in_flight)
+            if claimed - started >= FILL_BUDGET:
+                self._wake()
+                break
+            wanted = min(self.capacity - len(self.in_flight), FILL_BUDGET)
             records = self._ledger.claim(wanted)
             if not records:
                 break
@@ -111,18 +124,20 @@ class Dispatcher:
             # may use every thread of it (the pool's ``alone_threads``; 0 = no difference).
             alone = not self.in_flight and len(records) == 1 and wanted > 1
             threads = self._pool.alone_threads if alone else 0
+            claimed += len(records)
             for record in records:
-                self._start(record, threads)
-                started += 1
+                if self._start(record, threads):
+                    started += 1
         return started
 
-    def _start(self, record: FileRecord, threads: int = 0) -> None:
+    def _start(self, record: FileRecord, threads: int = 0) -> bool:
+        """Hand one claimed file to the pool; False when it was finished here instead."""
         try:
             limit = int(record.options["max_file_bytes"])
             data = read_input(self.original(record), limit)
         except InputRejected as exc:
             self.fail(record, str(exc))
-            return
+            return False
         output = output_config(record.options)
         mask_name = mask_of(record)
         mask = None
@@ -131,9 +146,9 @@ class Dispatcher:
                 mask = read_input(spool_mask_path(self._spool, record.id), limit)
             except InputRejected as exc:
                 self.fail(record, f"the hand-edited mask {mask_name} could not be used: {exc}")
-                return
+                return False
         elif self._is_duplicate(record, data, output):
-            return
+            return False
         task = Task(
             file_id=record.id,
             data=data,
@@ -147,6 +162,7 @@ class Dispatcher:
         self.in_flight[future] = record
         self._handed[future] = (self._clock(), self._monotonic())
         future.add_done_callback(lambda _f: self._wake())
+        return True
 
     def _is_duplicate(self, record: FileRecord, data: bytes, output: object) -> bool:
         """Under ``duplicates = "reuse"`` or ``"skip"``: whether the content cache knows this
