@@ -10,35 +10,20 @@ model" means here. The real daemon with the real model is in tests/test_e2e_cach
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import random
 from collections.abc import Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.dispatch_support import Clock, DispatchRig, ImmediatePool, make_dispatch_rig
 from watchd.commands import submitted_batch
 from watchd.completion import file_entry
-from watchd.config import OutputConfig, WatchConfig, load_config
+from watchd.config import OutputConfig, load_config
 from watchd.content_cache import CACHE_VERSION, ContentCache, cache_key
-from watchd.dispatcher import FILL_BUDGET, Dispatcher
+from watchd.dispatcher import FILL_BUDGET
 from watchd.errors import ConfigError
 from watchd.files import error_note_path
-from watchd.intake import Intake
 from watchd.ledger import Ledger, NewFile, NewJob
-from watchd.pipeline import Result, Task
-from watchd.stats import Activity
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 # --- the key --------------------------------------------------------------------------------------
 
@@ -186,83 +171,23 @@ def test_a_lowered_max_bytes_applies_at_the_next_sweep(ledger: Ledger, tmp_path:
 # --- the dispatcher: reprocess, reuse, skip ------------------------------------------------------
 
 
-class CountingPool:
-    """Answers each task at once with bytes made from its input; counts the tasks."""
-
-    alone_threads = 0
-    size = 1
-    capacity = 4
-    file_timeout = 60.0
-
-    def __init__(self) -> None:
-        self.tasks: list[Task] = []
-
-    def check(self) -> None:
-        pass
-
-    def submit(self, task: Task) -> Future[Result]:
-        self.tasks.append(task)
-        future: Future[Result] = Future()
-        made = b"cutout of " + hashlib.sha256(task.data).hexdigest().encode()
-        future.set_result(Result(task.file_id, (made,), 32, 24, threads=1, worker_pid=7))
-        return future
-
-
-@dataclass
-class Rig:
-    root: Path
-    watch: WatchConfig
-    ledger: Ledger
-    intake: Intake
-    dispatcher: Dispatcher
-    pool: CountingPool
+class Rig(DispatchRig):
+    pool: ImmediatePool
     cache: ContentCache
-    wakes: list[str]
 
     def drop(self, name: str, data: bytes, folder: str = "") -> int:
-        """Submit one file (moved into the spool, as from an inbox) and run it to its end."""
+        """One file, loose or in a folder whose sidecar changes an output option."""
         source = self.root / "drops" / folder / name
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_bytes(data)
         if folder:
             (source.parent / "watchd.toml").write_text('format = "webp"\n')
-        batch = submitted_batch(self.watch.name, [source.parent if folder else source], None)
-        job = self.intake.accept(batch, self.watch, intake="move")
-        assert job is not None
-        self.dispatcher.fill()
-        self.dispatcher.collect()
-        return job
+        return self.run(source.parent if folder else source)
 
 
 def make_rig(root: Path, duplicates: str) -> Rig:
-    config_path = root / "watchd.toml"
-    config_path.write_text(
-        '[daemon]\nstate_dir = "state"\n\n[[watch]]\nname = "photos"\ninbox = "inbox"\n'
-        'outbox = "outbox"\narchive = "archive"\nfailed = "failed"\n'
-        f'duplicates = "{duplicates}"\n'
-    )
-    watch = load_config(config_path).watches[0]
-    for folder in ("inbox", "outbox", "archive", "failed", "state/spool"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    clock = Clock()
-    ledger = Ledger.open(root / "state" / "ledger.sqlite3", clock=clock)
-    cache = ContentCache(ledger, root / "state" / "cache", max_bytes=1 << 20)
-    pool = CountingPool()
-    wakes: list[str] = []
-    dispatcher = Dispatcher(
-        ledger,
-        pool,  # type: ignore[arg-type]
-        root / "state" / "spool",
-        max_attempts=3,
-        wake=lambda: wakes.append("wake"),
-        clock=clock,
-        rng=random.Random(0),
-        activity=Activity(),
-        monotonic=clock,
-        cache=cache,
-    )
-    intake = Intake(ledger, root / "state" / "spool", dispatcher.fail)
-    return Rig(root, watch, ledger, intake, dispatcher, pool, cache, wakes)
+    rig = make_dispatch_rig(root, ImmediatePool(), f'duplicates = "{duplicates}"')
+    return Rig(**{f.name: getattr(rig, f.name) for f in dataclasses.fields(rig)})
 
 
 def test_reuse_writes_the_earlier_output_again_without_the_pool(tmp_path: Path) -> None:
@@ -307,7 +232,7 @@ def test_one_fill_finishes_a_bounded_slice_of_hits_and_wakes_the_loop(tmp_path: 
     folder.mkdir(parents=True)
     for number in range(FILL_BUDGET + 6):
         (folder / f"{number:03d}.jpg").write_bytes(b"the same photo")
-    job = rig.intake.accept(submitted_batch("photos", [folder], None), rig.watch, intake="move")
+    job = rig.intake.accept(submitted_batch("photos", [folder], None), rig.watch, "move")
     assert job is not None
     rig.wakes.clear()
     assert rig.dispatcher.fill() == 0  # nothing handed to the pool ...

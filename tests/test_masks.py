@@ -8,28 +8,22 @@ The real daemon on real photos is in tests/test_e2e_cache.py.
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import random
 from collections.abc import Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.dispatch_support import DispatchRig, ImmediatePool, make_dispatch_rig
 from watchd import pipeline
-from watchd.commands import submitted_batch
-from watchd.config import OutputConfig, WatchConfig, load_config
-from watchd.dispatcher import Dispatcher
+from watchd.config import OutputConfig
 from watchd.errors import InputRejected
 from watchd.files import error_note_path
-from watchd.intake import Intake
-from watchd.ledger import Ledger
 from watchd.masks import LONE_MASK, compose, decode_mask, mask_stem, pair_masks
 from watchd.pipeline import Result, Task, process
-from watchd.stats import Activity
 
 
 def png(image: Image.Image) -> bytes:
@@ -160,89 +154,28 @@ def test_the_worker_refuses_a_mask_of_the_wrong_size(no_model: None) -> None:
 # --- intake and dispatcher ------------------------------------------------------------------------
 
 
-class InlinePool:
-    """Runs the worker's ``process`` in this process, at once, for a task with a mask; a
-    task without one (which would need the model) gets a stand-in cutout."""
+class InlinePool(ImmediatePool):
+    """Runs the worker's ``process`` in this process for a task with a mask; a task
+    without one (which would need the model) gets the stand-in cutout."""
 
-    alone_threads = 0
-    size = 1
-    capacity = 4
-    file_timeout = 60.0
-
-    def __init__(self) -> None:
-        self.tasks: list[Task] = []
-
-    def check(self) -> None:
-        pass
-
-    def submit(self, task: Task) -> Future[Result]:
-        self.tasks.append(task)
-        future: Future[Result] = Future()
-        if task.mask is None:
-            future.set_result(Result(task.file_id, (b"model cutout",), 1, 1))
-            return future
-        try:
-            future.set_result(process(task))
-        except InputRejected as exc:
-            future.set_exception(exc)
-        return future
+    def answer(self, task: Task) -> Result:
+        return super().answer(task) if task.mask is None else process(task)
 
 
-class Clock:
-    now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Rig:
-    root: Path
-    watch: WatchConfig
-    ledger: Ledger
-    intake: Intake
-    dispatcher: Dispatcher
-    pool: InlinePool
-
+class Rig(DispatchRig):
     def drop_folder(self, files: dict[str, bytes]) -> int:
         folder = self.root / "drops" / "shoot"
         folder.mkdir(parents=True)
         for name, data in files.items():
             (folder / name).write_bytes(data)
-        job = self.intake.accept(submitted_batch("photos", [folder], None), self.watch, "move")
-        assert job is not None
-        self.dispatcher.fill()
-        self.dispatcher.collect()
-        return job
+        return self.run(folder)
 
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    config_path = tmp_path / "watchd.toml"
-    config_path.write_text(
-        '[daemon]\nstate_dir = "state"\n\n[[watch]]\nname = "photos"\ninbox = "inbox"\n'
-        'outbox = "outbox"\narchive = "archive"\nfailed = "failed"\nduplicates = "reuse"\n'
-    )
-    watch = load_config(config_path).watches[0]
-    for folder in ("inbox", "outbox", "archive", "failed", "state/spool"):
-        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
-    clock = Clock()
-    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
-    pool = InlinePool()
-    dispatcher = Dispatcher(
-        ledger,
-        pool,  # type: ignore[arg-type]
-        tmp_path / "state" / "spool",
-        max_attempts=3,
-        wake=lambda: None,
-        clock=clock,
-        rng=random.Random(0),
-        activity=Activity(),
-        monotonic=clock,
-    )
-    intake = Intake(ledger, tmp_path / "state" / "spool", dispatcher.fail)
-    yield Rig(tmp_path, watch, ledger, intake, dispatcher, pool)
-    ledger.close()
+    inner = make_dispatch_rig(tmp_path, InlinePool(), 'duplicates = "reuse"')
+    yield Rig(**{f.name: getattr(inner, f.name) for f in dataclasses.fields(inner)})
+    inner.ledger.close()
 
 
 def test_a_mask_dropped_with_its_original_makes_the_output(rig: Rig, no_model: None) -> None:
