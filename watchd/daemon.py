@@ -182,7 +182,7 @@ class Daemon:
         self.intake.finish_pending(list(recovery.pending))
         self._remove_emptied_folders()
         reported = self.completion.report_unreported()  # jobs that ended just before a crash
-        self._sweep_cache()  # also applies a cache_max_bytes lowered since the last run
+        self.sweep_cache()  # also applies a cache_max_bytes lowered since the last run
         log.info(
             "recovery.done",
             requeued=len(recovery.requeued),
@@ -421,9 +421,9 @@ class Daemon:
         deleted = self.ledger.prune(time.time() - keep_days * 86400, limit=PRUNE_BATCH)
         if deleted:
             log.info("ledger.pruned", jobs=deleted, keep_days=keep_days)
-            self._sweep_cache()
+            self.sweep_cache()
 
-    def _sweep_cache(self) -> None:
+    def sweep_cache(self) -> None:
         """Copies of the content cache whose rows went (pruned with their files, evicted)."""
         removed = self.cache.sweep()
         if removed:
