@@ -43,6 +43,13 @@ def drop_folder(root: Path, name: str, files: dict[str, Path | Image.Image | byt
     os.rename(folder, root / "inbox" / name)
 
 
+def opened(path: Path) -> Image.Image:
+    """An image file, read whole and closed."""
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
 def done_event(daemon: DaemonProcess, output: Path) -> dict[str, object]:
     [event] = [e for e in daemon.events("file.done") if e["output"] == str(output)]
     return event
@@ -106,7 +113,7 @@ def test_a_hand_edited_mask_round_trip(
         root, "first", {"coffee.png": photos["coffee.png"], "watchd.toml": b'format = "mask"\n'}
     )
     wait_for(lambda: daemon.count("job.done") == 1 and jobs_ended(root), what="the mask")
-    mask = Image.open(outbox / "first" / "coffee.png")
+    mask = opened(outbox / "first" / "coffee.png")
     assert mask.mode == "L"
     # 2. corrected in "an image editor": the left half removed, a square in it kept
     edited = np.asarray(mask).copy()
@@ -127,11 +134,11 @@ def test_a_hand_edited_mask_round_trip(
         },
     )
     wait_for(lambda: daemon.count("job.done") == 2 and jobs_ended(root), what="the fixed job")
-    out = Image.open(outbox / "fixed" / "coffee.png")
+    out = opened(outbox / "fixed" / "coffee.png")
     assert out.mode == "RGBA"
     assert np.array_equal(np.asarray(out)[:, :, 3], edited)  # exactly the edited mask
     note = error_note_path(root / "failed" / "fixed" / "rocket.jpg").read_text()
-    rocket = Image.open(photos["rocket.jpg"])
+    rocket = opened(photos["rocket.jpg"])
     assert (
         f"rocket.mask.png is 64 x 64 pixels but the image is {rocket.width} x {rocket.height}"
         in note

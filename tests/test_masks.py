@@ -185,7 +185,7 @@ def test_a_mask_dropped_with_its_original_makes_the_output(rig: Rig, no_model: N
     assert detail.options["masks"] == {"a.png": "a.mask.png"}
     [task] = rig.pool.tasks
     assert task.mask_name == "a.mask.png"
-    out = Image.open(rig.root / "outbox" / "shoot" / "a.png")
+    out = Image.open(io.BytesIO((rig.root / "outbox" / "shoot" / "a.png").read_bytes()))
     assert np.array_equal(np.asarray(out)[:, :, 3], np.asarray(half_mask()))
     # the mask travelled with its job, like a sidecar; nothing is left in the spool
     assert (rig.root / "archive" / "shoot" / "a.mask.png").read_bytes() == png(half_mask())
