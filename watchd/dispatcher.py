@@ -393,7 +393,8 @@ class Dispatcher:
                 remove_file(original)  # (a submitted copy: the original was never touched)
             elif os.path.lexists(original):
                 move_file(original, record.archive, record.id)
-            remove_file(spool_mask_path(self._spool, record.id))
+            if mask_of(record) is not None:
+                remove_file(spool_mask_path(self._spool, record.id))
         except OSError as exc:
             log.error("file.archive_failed", file=record.id, path=str(original), error=str(exc))
             return  # stays 'written'; the periodic finishing pass tries again
@@ -435,7 +436,8 @@ class Dispatcher:
             write_error_note(record.failed, reason, record.rel, record.id, left_in_inbox=keep)
             if os.path.lexists(original) and not keep:
                 move_file(original, record.failed, record.id)
-            remove_file(spool_mask_path(self._spool, record.id))
+            if mask_of(record) is not None:
+                remove_file(spool_mask_path(self._spool, record.id))
         except OSError as exc:
             log.error("file.quarantine_failed", file=record.id, error=str(exc))
             return  # stays 'failing'; the periodic finishing pass tries again
