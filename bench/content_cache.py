@@ -7,7 +7,9 @@ Two parts:
   for one input, each timed ``--reps`` times (median): the key (SHA-256 of the input and
   of the options), storing the outputs' copy (atomic write with fsync, a real ledger row),
   and a lookup that finds it (reading the copy and checking its SHA-256). The "output"
-  is the photo encoded as PNG level 1, about the size of its cutout.
+  is the photo encoded as PNG level 1, about the size of its cutout. Also what a
+  hand-edited mask costs the worker in place of inference: decoding a greyscale PNG of
+  the photo's size and compositing the cutout (``masks.decode_mask`` + ``compose``).
 * ``daemon``: the real daemon (``python -m watchd run``, ``--workers`` local workers, the
   u2netp model), two watches: ``plain`` (``duplicates = "reprocess"``, the default) and
   ``cached`` (``"reuse"``). ``--distinct`` different JPEGs (scikit-image photos, cycled,
@@ -53,6 +55,7 @@ from tests.support import DaemonProcess, wait_for  # noqa: E402
 from watchd.config import OutputConfig  # noqa: E402
 from watchd.content_cache import ContentCache, cache_key  # noqa: E402
 from watchd.ledger import Ledger, NewFile, NewJob  # noqa: E402
+from watchd.masks import compose, decode_mask  # noqa: E402
 from watchd.models import ModelStore  # noqa: E402
 
 
@@ -91,6 +94,11 @@ def median_ms(action: Any, reps: int) -> float:
     return round(statistics.median(times), 3)
 
 
+def from_mask(image: Image.Image, mask_png: bytes) -> Image.Image:
+    """What the worker does with a hand-edited mask instead of inference (no encoding)."""
+    return compose(image, decode_mask(mask_png, image.size, "m.mask.png"), OutputConfig())
+
+
 def micro(reps: int) -> list[dict[str, Any]]:
     photos = skimage_photos()
     photos["astronaut-12MP"] = photos["astronaut"].resize((4000, 3000), Image.Resampling.LANCZOS)
@@ -101,6 +109,7 @@ def micro(reps: int) -> list[dict[str, Any]]:
         output = OutputConfig()
         for name, image in photos.items():
             data, made = jpeg(image), png(image)
+            mask_png = png(image.convert("L"))  # a greyscale PNG of the photo's size
             _job, [file_id] = ledger.create_job(
                 NewJob(
                     watch="w",
@@ -123,6 +132,7 @@ def micro(reps: int) -> list[dict[str, Any]]:
                         reps,
                     ),
                     "lookup_ms": median_ms(lambda k=key: cache.lookup(k, now=1e9), reps),
+                    "hand_mask_ms": median_ms(lambda i=image, m=mask_png: from_mask(i, m), reps),
                 }
             )
         ledger.close()
