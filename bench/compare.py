@@ -58,9 +58,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.support import DaemonProcess, write_config  # noqa: E402
+from watchd.imaging.u2net import MEAN, STD  # noqa: E402
+from watchd.imaging.u2net import SIZE as MODEL_SIZE  # noqa: E402
 from watchd.models import ModelStore  # noqa: E402
-from watchd.u2net import MEAN, STD  # noqa: E402
-from watchd.u2net import SIZE as MODEL_SIZE  # noqa: E402
 
 #: Photos scikit-image ships inside its wheel (no download); ``cat`` is ``chelsea``.
 SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field")
@@ -617,14 +617,14 @@ def _infer_worker(job: tuple[str, int, float, bytes], barrier: Any, results: Any
 
 def model_input(photo: Path, model_dir: Path) -> bytes:
     """A real photo, prepared for u2netp exactly as rembg does it (its ``normalize``,
-    watchd/u2net.py)."""
+    watchd/imaging/u2net.py)."""
     from PIL import Image
 
-    from watchd import pipeline
+    from watchd.pool import worker
 
-    pipeline.init_worker({"U2NET_HOME": str(model_dir)}, 1, (MODEL,))
+    worker.init_worker({"U2NET_HOME": str(model_dir)}, 1, (MODEL,))
     with Image.open(photo) as image:
-        tensor = pipeline._session(MODEL).model_input(image.convert("RGB"))
+        tensor = worker.sessions().get(MODEL).model_input(image.convert("RGB"))
     return bytes(tensor.tobytes())
 
 
@@ -695,23 +695,23 @@ def stage_costs(photos: list[Path], model_dir: Path) -> dict[str, Any]:
     """Single-threaded cost of each step of one photo, in this process (1 onnxruntime thread).
 
     ``decode`` (Pillow, no EXIF handling) and ``encode_watchd`` (the cutout as PNG, level 1,
-    with watchd's encoder, watchd/png.py) are what any tool must pay; the rest is rembg's
+    with watchd's encoder, watchd/imaging/png.py) are what any tool must pay; the rest is rembg's
     pre/post-processing around the model, timed as rembg does it (its own session and
-    ``naive_cutout``) and as watchd does it (watchd/u2net.py, the same pixels). For contrast:
-    Pillow's PNG encoder at level 1 and at its default level 6 (what ``rembg p`` writes),
+    ``naive_cutout``) and as watchd does it (watchd/imaging/u2net.py, the same pixels). For
+    contrast: Pillow's PNG encoder at level 1 and at its default level 6 (what ``rembg p`` writes),
     and two cheaper resizes, with how much they would change alpha.
     """
     import onnxruntime as ort
     from rembg import new_session
 
-    from watchd import pipeline
+    from watchd.pool import worker
 
-    pipeline.init_worker({"U2NET_HOME": str(model_dir)}, 1, (MODEL,))
+    worker.init_worker({"U2NET_HOME": str(model_dir)}, 1, (MODEL,))
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
     sessions = (
         new_session(MODEL, sess_opts=options, providers=["CPUExecutionProvider"]),
-        pipeline._session(MODEL),
+        worker.sessions().get(MODEL),
     )
     watch = Stopwatch()
     diffs: dict[str, list[tuple[int, float]]] = {}
@@ -739,15 +739,18 @@ def one_photo_stages(
     from PIL import Image
     from rembg.bg import naive_cutout
 
-    from watchd import pipeline, u2net
-    from watchd.png import encode_png
+    from watchd.imaging import u2net
+    from watchd.imaging.decode import decode_pages
+    from watchd.imaging.png import encode_png
+    from watchd.pool import worker
+    from watchd.pool.task import Task
 
     session, ours = sessions
     lanczos, bilinear = Image.Resampling.LANCZOS, Image.Resampling.BILINEAR
     with watch("decode"):
         Image.open(io.BytesIO(data)).convert("RGB")
     with watch("decode_watchd"):
-        image = pipeline.decode(data)
+        image = next(decode_pages(data)).image
     with watch("pre_resize_320_lanczos"):
         feed = session.normalize(image, MEAN, STD, MODEL_SIZE)
     with watch("infer_1_thread"):
@@ -765,9 +768,9 @@ def one_photo_stages(
     for level in (1, 6):
         with watch(f"encode_png{level}"):
             cutout.save(io.BytesIO(), "PNG", compress_level=level)
-    task = pipeline.Task(file_id=1, data=data, model=MODEL)
+    task = Task(file_id=1, data=data, model=MODEL)
     with watch("watchd_process_total"):
-        pipeline.process(task)
+        worker.run(task)
     # cheaper alternatives, and how far their alpha is from what rembg's steps give
     with watch("alt_pre_resize_reducing_gap_3"):
         small = image.resize(MODEL_SIZE, lanczos, reducing_gap=3.0)
@@ -821,7 +824,7 @@ def limit_for(set_costs: dict[str, Any], best: dict[str, Any], cores: int) -> di
 # --- what-if: the worker's memory ----------------------------------------------------------------
 
 #: Worker variants measured by :func:`worker_variants`: watchd's worker as it runs by
-#: default (U²-Net steps of watchd/u2net.py, rembg not imported); the same with
+#: default (U²-Net steps of watchd/imaging/u2net.py, rembg not imported); the same with
 #: onnxruntime's CPU memory arena off (``[pool] memory_arena = false``); and the way
 #: watchd's workers ran before, through rembg's own session and ``remove`` (rembg imported).
 VARIANTS = ("watchd", "watchd-arena-off", "rembg-remove")
@@ -831,8 +834,10 @@ def _variant_worker(variant: str, model_path: str, photos: list[str], results: A
     """One fresh process acting as a worker: RSS after start, after each photo, peak."""
     started = time.perf_counter()
     os.environ["U2NET_HOME"] = str(Path(model_path).parent)
-    from watchd import pipeline
-    from watchd.png import encode_png
+    from watchd.imaging.decode import decode_pages
+    from watchd.imaging.png import encode_png
+    from watchd.pool import worker
+    from watchd.pool.task import Task
 
     if variant == "rembg-remove":
         import onnxruntime as ort
@@ -844,12 +849,12 @@ def _variant_worker(variant: str, model_path: str, photos: list[str], results: A
         session = new_session(MODEL, sess_opts=options, providers=["CPUExecutionProvider"])
 
         def run(data: bytes) -> bytes:
-            return encode_png(remove(pipeline.decode(data), session=session), 1)
+            return encode_png(remove(next(decode_pages(data)).image, session=session), 1)
     else:
-        pipeline.init_worker({}, 1, (MODEL,), memory_arena=variant != "watchd-arena-off")
+        worker.init_worker({}, 1, (MODEL,), memory_arena=variant != "watchd-arena-off")
 
         def run(data: bytes) -> bytes:
-            return pipeline.process(pipeline.Task(1, data, MODEL)).data
+            return worker.run(Task(1, data, MODEL)).data
 
     me = os.getpid()
     row: dict[str, Any] = {"variant": variant, "start_s": round(time.perf_counter() - started, 2)}

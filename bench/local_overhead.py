@@ -60,7 +60,12 @@ from pathlib import Path
 
 import watchd
 from watchd.models import ModelStore
-from watchd.pipeline import LocalPool, Result, Task, outcome
+try:
+    from watchd.pool.local import LocalPool
+    from watchd.pool.protocol import outcome
+    from watchd.pool.task import Result, Task
+except ImportError:  # a tree from before watchd/pool/
+    from watchd.pipeline import LocalPool, Result, Task, outcome
 
 spec = json.loads(sys.argv[1])
 assert Path(watchd.__file__).resolve().is_relative_to(Path(spec["tree"]).resolve()), watchd.__file__

@@ -40,13 +40,9 @@ def model_store() -> ModelStore:
 def fresh_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """This process as a new worker (no sessions loaded); the worker globals other tests
     rely on are restored afterwards."""
-    from collections import OrderedDict
+    from watchd.pool import worker
 
-    from watchd import pipeline
-
-    monkeypatch.setattr(pipeline, "_sessions", OrderedDict())
-    for name in ("_threads", "_alone_threads", "_providers", "_model_cache", "_memory_arena"):
-        monkeypatch.setattr(pipeline, name, getattr(pipeline, name))
+    monkeypatch.setattr(worker, "_sessions", None)
     yield
 
 

@@ -2,7 +2,7 @@
 
 Shared by tests/test_dask.py (the pool against the cluster) and
 tests/test_dask_e2e.py (the real daemon against the cluster). The workers run
-the venv's own ``dask`` command with ``--preload watchd.dask_worker`` and the real
+the venv's own ``dask`` command with ``--preload watchd.pool.dask_worker`` and the real
 u2netp model; every process is started in its own process group so that a test
 can SIGKILL a worker or the scheduler with everything it started.
 
@@ -108,7 +108,7 @@ class Cluster:
             "--local-directory",
             str(self.root / "dask-scratch"),
             "--preload",
-            "watchd.dask_worker",
+            "watchd.pool.dask_worker",
             "--watchd-models",
             "u2netp",
             *self.tls_args,
@@ -157,7 +157,7 @@ class Cluster:
         task keys are ``watchd-<file id>-<pool token>-<serial>``): the scheduler's
         own record of what ran on the cluster, whatever the daemon says.
         """
-        from watchd.dask_worker import STARTED_TOPIC
+        from watchd.pool.dask_worker import STARTED_TOPIC
 
         client = self.client()
         try:

@@ -17,11 +17,12 @@ from pathlib import Path
 from watchd.commands import submitted_batch
 from watchd.config import WatchConfig, load_config
 from watchd.content_cache import ContentCache
-from watchd.dispatcher import Dispatcher
+from watchd.dispatcher import Dispatcher, Pause
 from watchd.errors import InputRejected
+from watchd.finisher import Finisher
 from watchd.intake import Intake
 from watchd.ledger import Ledger
-from watchd.pipeline import Result, Task
+from watchd.pool.task import Result, Task
 from watchd.stats import Activity
 
 
@@ -101,17 +102,27 @@ def make_dispatch_rig(
     ledger = Ledger.open(root / "state" / "ledger.sqlite3", clock=clock)
     content = ContentCache(ledger, root / "state" / "cache", max_bytes=1 << 20) if cache else None
     wakes: list[str] = []
+    activity = Activity()
+    finisher = Finisher(
+        ledger,
+        root / "state" / "spool",
+        activity=activity,
+        clock=clock,
+        monotonic=clock,
+        job_ended=lambda _job: None,
+    )
     dispatcher = Dispatcher(
         ledger,
         pool,  # type: ignore[arg-type]
-        root / "state" / "spool",
+        finisher,
+        Pause(ledger),
         max_attempts=3,
         wake=lambda: wakes.append("wake"),
         clock=clock,
         rng=random.Random(0),
-        activity=Activity(),
+        activity=activity,
         monotonic=clock,
         cache=content,
     )
-    intake = Intake(ledger, root / "state" / "spool", dispatcher.fail)
+    intake = Intake(ledger, root / "state" / "spool", finisher)
     return DispatchRig(root, watch, ledger, intake, dispatcher, pool, content, wakes)

@@ -37,13 +37,9 @@ from watchd.completion import (
 )
 from watchd.config import HooksConfig
 from watchd.ledger import Ledger, NewFile, NewJob
+from watchd.options import JobOptions
 
-OPTIONS = {
-    "model": "u2netp",
-    "after": "archive",
-    "max_file_bytes": 1000,
-    "output": {"format": "png"},
-}
+OPTIONS = JobOptions(model="u2netp", after="archive", max_file_bytes=1000)
 T0 = 1_700_000_000.0
 
 
@@ -141,12 +137,22 @@ def finish(ledger: Ledger, ids: list[int], failed: Mapping[int, str] = {}) -> No
             ledger.mark_done(file_id)
 
 
+class Settings:
+    """One outbox and one set of hooks for every watch (None: the watch was removed)."""
+
+    def __init__(self, outbox: Path | None, hooks: HooksConfig | None = None) -> None:
+        self._answer = None if outbox is None else (outbox, hooks or HooksConfig())
+
+    def hooks_of(self, _watch: str) -> tuple[Path, HooksConfig] | None:
+        return self._answer
+
+
 def coordinator(
     ledger: Ledger, outbox: Path, sink: RecordingHooks, hooks: HooksConfig | None = None
 ) -> tuple[Completion, list[str]]:
     wakes: list[str] = []
     completion = Completion(
-        ledger, sink, lambda _watch: (outbox, hooks or HooksConfig()), lambda: wakes.append("w")
+        ledger, sink, Settings(outbox, hooks or HooksConfig()), lambda: wakes.append("w")
     )
     return completion, wakes
 
@@ -411,7 +417,7 @@ def test_a_watch_removed_by_reload_still_gets_its_manifest_but_no_hooks(
     job_id, ids = record_job(ledger, outbox, ["a.jpg"])
     finish(ledger, ids)
     sink = RecordingHooks()
-    completion = Completion(ledger, sink, lambda _watch: None, lambda: None)
+    completion = Completion(ledger, sink, Settings(None), lambda: None)
 
     completion.job_finished(job_id)
 

@@ -24,6 +24,7 @@ from watchd.dispatcher import FILL_BUDGET
 from watchd.errors import ConfigError
 from watchd.files import error_note_path
 from watchd.ledger import Ledger, NewFile, NewJob
+from watchd.options import JobOptions
 
 # --- the key --------------------------------------------------------------------------------------
 
@@ -71,7 +72,7 @@ def recorded_file(ledger: Ledger, rel: str = "a.jpg") -> int:
             watch="photos",
             name=rel,
             kind="file",
-            options={"model": "u2netp"},
+            options=JobOptions(model="u2netp", after="archive", max_file_bytes=1000),
             files=[
                 NewFile(
                     rel=rel,
@@ -314,3 +315,19 @@ def test_a_sidecar_may_set_duplicates_and_a_bad_one_names_the_sidecar(tmp_path: 
     with pytest.raises(ConfigError) as caught:
         sidecar_overrides(sidecar, b'duplicates = "sometimes"\n', watch)
     assert str(caught.value).startswith("album/watchd.toml: duplicates: must be one of")
+
+
+def test_the_job_options_keep_duplicates_and_masks_in_their_stored_form() -> None:
+    options = JobOptions(
+        model="u2netp",
+        after="archive",
+        max_file_bytes=10,
+        duplicates="skip",
+        masks={"a.jpg": "a.mask.png"},
+    )
+    stored = options.to_json()
+    assert (stored["duplicates"], stored["masks"]) == ("skip", {"a.jpg": "a.mask.png"})
+    assert JobOptions.from_json(stored) == options
+    plain = JobOptions(model="u2netp", after="archive", max_file_bytes=10)
+    assert "duplicates" not in plain.to_json() and "masks" not in plain.to_json()
+    assert JobOptions.from_json(plain.to_json()).duplicates == "reprocess"

@@ -1,8 +1,8 @@
 """The Dask backend end to end: a real scheduler and real workers on 127.0.0.1.
 
-``dask scheduler`` and ``dask worker ... --preload watchd.dask_worker`` run as
+``dask scheduler`` and ``dask worker ... --preload watchd.pool.dask_worker`` run as
 subprocesses (the venv's own ``dask`` command) with the real u2netp model, and
-:class:`watchd.dask_pool.DaskPool` is driven with real tasks built from real
+:class:`watchd.pool.dask.DaskPool` is driven with real tasks built from real
 photos. Faults are real too: workers and the scheduler are killed with SIGKILL.
 Every process a test starts is killed in its fixture's ``finally``. The
 cluster itself is :class:`tests.dask_support.Cluster`; the real daemon against
@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,13 +28,15 @@ from PIL import Image
 
 from tests.dask_support import ROOT, Cluster, TLSFiles, free_port, need_distributed
 from tests.support import wait_for
-from watchd.dispatcher import pool_broke
-from watchd.errors import InputRejected
+from watchd.errors import AttemptFailed, InputRejected, PoolBroken
 from watchd.models import ModelStore
-from watchd.pipeline import AttemptFailed, Result, Task, init_worker, outcome, process
+from watchd.pool.protocol import outcome, pool_broke
+from watchd.pool.task import Result, Task
+from watchd.pool.worker import init_worker
+from watchd.pool.worker import run as process
 
 if TYPE_CHECKING:
-    from watchd.dask_pool import DaskPool
+    from watchd.pool.dask import DaskPool
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +66,7 @@ def cluster_factory(
 
 @pytest.fixture
 def pool_factory() -> Iterator[Callable[..., DaskPool]]:
-    from watchd.dask_pool import DaskPool
+    from watchd.pool.dask import DaskPool
 
     made: list[DaskPool] = []
 
@@ -75,11 +76,14 @@ def pool_factory() -> Iterator[Callable[..., DaskPool]]:
         pool = DaskPool(cluster.address, models=("u2netp",), **options)
         made.append(pool)
         try:
-            wait_for(lambda: pool.describe()["workers"] >= workers, what=f"{workers} dask workers")
+            wait_for(
+                lambda: pool.status().as_dict()["workers"] >= workers,
+                what=f"{workers} dask workers",
+            )
         except AssertionError:
             logs = "\n".join(f"--- {n}\n{cluster.log(n)}" for n in ["scheduler", *cluster.starts])
             raise AssertionError(
-                f"the cluster did not come up: {pool.describe()}\n{logs}"
+                f"the cluster did not come up: {pool.status().as_dict()}\n{logs}"
             ) from None
         return pool
 
@@ -92,7 +96,7 @@ def pool_factory() -> Iterator[Callable[..., DaskPool]]:
 
 @pytest.fixture(scope="module")
 def reference(photos: dict[str, Path], model_store: ModelStore) -> dict[str, bytes]:
-    """Each photo's cutout made by ``watchd.pipeline.process`` in this process (the local way)."""
+    """Each photo's cutout made by ``watchd.pool.worker.run`` in this process (the local way)."""
     init_worker(model_store.worker_env(), 1, ("u2netp",))
     return {
         name: process(Task(file_id=0, data=path.read_bytes(), model="u2netp")).data
@@ -120,7 +124,7 @@ def wait_all(futures: list[Future[Result]], timeout: float = 240.0) -> None:
 
 
 def busy_on(pool: DaskPool, name: str) -> int:
-    return sum(w["busy"] for w in pool.describe()["per_worker"] if w["name"] == name)
+    return sum(w["busy"] for w in pool.status().as_dict()["per_worker"] if w["name"] == name)
 
 
 # --- without a cluster ---------------------------------------------------------------------------
@@ -129,17 +133,27 @@ def busy_on(pool: DaskPool, name: str) -> int:
 def test_local_pool_and_daemon_do_not_import_dask() -> None:
     code = (
         "import sys, watchd.cli, watchd.daemon, watchd.dispatcher, watchd.pipeline\n"
+        "import watchd.pool.factory, watchd.pool.local\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed'))\n"
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
 
 
+def test_the_preloads_old_name_still_works() -> None:
+    """Worker hosts set up with ``--preload watchd.dask_worker`` get the same hook."""
+    need_distributed()
+    from watchd import dask_worker as old
+    from watchd.pool import dask_worker
+
+    assert old.dask_setup is dask_worker.dask_setup
+
+
 def test_tls_settings_become_dask_security(tmp_path: Path) -> None:
     need_distributed()
     from distributed.security import Security
 
-    from watchd.dask_pool import security_from
+    from watchd.pool.dask import security_from
 
     assert security_from() is None
     ca, cert, key = (tmp_path / n for n in ("ca.pem", "client.pem", "client.key"))
@@ -156,30 +170,30 @@ def test_tls_settings_become_dask_security(tmp_path: Path) -> None:
 def test_without_a_scheduler_nothing_waits_and_dispatch_stays_shut() -> None:
     """The daemon builds pools and checks models in its main loop: none of that may block."""
     need_distributed()
-    from watchd.dask_pool import MODEL_CHECK_WAIT, UNCHECKED, DaskPool
+    from watchd.pool.dask import MODEL_CHECK_WAIT, UNCHECKED, DaskPool
 
     address = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
     started = time.monotonic()
     pool = DaskPool(address, models=("u2netp",), file_timeout=60, connect_timeout=30)
     try:
         assert time.monotonic() - started < 1.0
-        described = pool.describe()
+        described = pool.status().as_dict()
         assert (described["state"], described["connected"], described["workers"]) == (
             "connecting",
             False,
             0,
         )
-        assert pool.capacity == 0 and not pool.available()  # the dispatcher claims nothing
+        assert pool.capacity == 0 and not pool.capacity > 0  # the dispatcher claims nothing
 
         started = time.monotonic()
-        assert pool.check_model("u2netp", 300) == UNCHECKED  # deferred, not an error
+        assert pool.check_model("u2netp", 300).provider == UNCHECKED  # deferred, not an error
         assert time.monotonic() - started < MODEL_CHECK_WAIT + 2.0
 
         # Retired by a reload while its cluster is away: what it holds goes back, refunded.
         future = pool.submit(Task(file_id=1, data=b"not sent", model="u2netp"))
         pool.close(cancel=False, wait=False)
         wait_for(future.done, timeout=10, what="the stranded file to be handed back")
-        assert isinstance(future.exception(), BrokenProcessPool)
+        assert isinstance(future.exception(), PoolBroken)
         assert pool_broke(future)  # the dispatcher gives the attempt back and queues it again
     finally:
         pool.close(cancel=True)
@@ -198,17 +212,17 @@ def test_outputs_match_local_processing(
     can_take_work = threading.Event()  # the daemon passes its wake-up here
     pool = pool_factory(cluster, on_capacity=can_take_work.set)
     wait_for(can_take_work.is_set, what="the pool saying it can take work")
-    assert pool.available()
-    assert pool.check_model("u2netp", 60) == "CPUExecutionProvider"
-    described = pool.describe()
+    assert pool.capacity > 0
+    assert pool.check_model("u2netp", 60).provider == "CPUExecutionProvider"
+    described = pool.status().as_dict()
     assert described["backend"] == "dask" and described["connected"]
     assert (described["workers"], described["threads"], described["idle"]) == (2, 2, 2)
     assert sorted(w["name"] for w in described["per_worker"]) == ["w0", "w1"]
     assert pool.dispatch_window == pool.size == pool.capacity == 4  # 2 threads x 2
     assert described["state"] == "connected"
     # Each worker is asked which provider it runs the model on when it joins.
-    wait_for(lambda: pool.describe()["providers"] == {"u2netp": "CPUExecutionProvider"})
-    assert all(w["providers"] for w in pool.describe()["per_worker"])
+    wait_for(lambda: pool.status().as_dict()["providers"] == {"u2netp": "CPUExecutionProvider"})
+    assert all(w["providers"] for w in pool.status().as_dict()["per_worker"])
 
     futures = [pool.submit(task(i, photos)) for i in range(len(photos) * 2)]
     wait_all(futures)
@@ -219,7 +233,7 @@ def test_outputs_match_local_processing(
         expected = reference[photo_of(file_id, photos)]
         assert result.data == expected  # byte for byte what the local pool makes
         assert result.width > 0 and set(result.timings) == {"decode", "infer", "encode"}
-    described = pool.describe()
+    described = pool.status().as_dict()
     assert (described["in_cluster"], described["waiting"], described["busy"]) == (0, 0, 0)
 
     # Bad input: InputRejected comes back as itself (not retried by the dispatcher).
@@ -234,7 +248,9 @@ def test_outputs_match_local_processing(
     futures = [pool.submit(task(200 + i, photos)) for i in range(6)]
     for future in futures:
         future.cancel()
-    wait_for(lambda: pool.describe()["in_cluster"] + pool.describe()["waiting"] == 0)
+    wait_for(
+        lambda: pool.status().as_dict()["in_cluster"] + pool.status().as_dict()["waiting"] == 0
+    )
 
 
 def test_dispatch_window_bounds_what_the_cluster_holds(
@@ -254,7 +270,7 @@ def test_dispatch_window_bounds_what_the_cluster_holds(
             futures = [pool.submit(task(i, photos, small)) for i in range(2 * expected + 4)]
             peak_here = peak_scheduler = 0
             while not all(f.done() for f in futures):
-                described = pool.describe()
+                described = pool.status().as_dict()
                 peak_here = max(peak_here, described["in_cluster"])
                 assert described["in_cluster"] + described["waiting"] <= len(futures)
                 on_scheduler = observer.run_on_scheduler(
@@ -287,7 +303,7 @@ def test_file_timeout_fails_the_attempt_and_drops_the_task(
     assert isinstance(failure, AttemptFailed), failure
     assert "file_timeout" in str(failure) and "0.2 s" in str(failure)
     assert time.monotonic() - started < 30
-    described = pool.describe()
+    described = pool.status().as_dict()
     assert (described["in_cluster"], described["waiting"]) == (0, 0)  # the Dask future is released
 
 
@@ -315,8 +331,8 @@ def test_worker_killed_mid_batch_every_file_completes_once(
         expected = reference[photo_of(result.file_id, photos)]
         assert result.data == expected  # byte for byte what the local pool makes
     assert sorted(file_ids) == list(range(10))  # every file exactly once
-    wait_for(lambda: pool.describe()["workers"] == 1, what="the pool to report one worker")
-    assert [w["name"] for w in pool.describe()["per_worker"]] == ["w0"]
+    wait_for(lambda: pool.status().as_dict()["workers"] == 1, what="the pool to report one worker")
+    assert [w["name"] for w in pool.status().as_dict()["per_worker"]] == ["w0"]
 
 
 def test_crashed_worker_costs_an_attempt_when_dask_does_not_retry(
@@ -334,7 +350,7 @@ def test_crashed_worker_costs_an_attempt_when_dask_does_not_retry(
         pids = client.run(os.getpid)
     finally:
         client.close()
-    victim = next(w["address"] for w in pool.describe()["per_worker"] if w["name"] == "w1")
+    victim = next(w["address"] for w in pool.status().as_dict()["per_worker"] if w["name"] == "w1")
 
     # Emulate the dispatcher: an AttemptFailed is retried up to max_attempts, then failed.
     max_attempts = 3
@@ -374,20 +390,22 @@ def test_scheduler_loss_pauses_dispatch_and_resumes(
     cluster = cluster_factory()
     pool = pool_factory(cluster)
     futures = [pool.submit(task(i, photos)) for i in range(8)]
-    wait_for(lambda: pool.describe()["busy"] > 0, what="a file to be processing")
+    wait_for(lambda: pool.status().as_dict()["busy"] > 0, what="a file to be processing")
     cluster.kill_scheduler()
 
-    wait_for(lambda: not pool.available(), timeout=15, what="the pool to notice")
+    wait_for(lambda: not pool.capacity > 0, timeout=15, what="the pool to notice")
     assert pool.capacity == 0  # the dispatcher stops claiming files
-    wait_for(lambda: not pool.describe()["connected"], timeout=15, what="describe() to say so")
+    wait_for(
+        lambda: not pool.status().as_dict()["connected"], timeout=15, what="status() to say so"
+    )
     more = [pool.submit(task(100 + i, photos)) for i in range(4)]
     # A fresh connection attempt runs into connect_timeout: the pool keeps trying, files wait.
     wait_for(
-        lambda: "cannot connect" in str(pool.describe()["error"]),
+        lambda: "cannot connect" in str(pool.status().as_dict()["error"]),
         timeout=30,
         what="a failed reconnection attempt",
     )
-    described = pool.describe()
+    described = pool.status().as_dict()
     assert not described["connected"] and described["state"] == "disconnected", described
     assert described["in_cluster"] == 0
     unfinished = [f for f in futures + more if not f.done()]
@@ -406,7 +424,7 @@ def test_scheduler_loss_pauses_dispatch_and_resumes(
         *range(8),
         *range(100, 104),
     ]
-    assert pool.describe()["connected"]
+    assert pool.status().as_dict()["connected"]
 
 
 def test_tls_scheduler_needs_and_gets_the_client_certificate(
@@ -419,7 +437,7 @@ def test_tls_scheduler_needs_and_gets_the_client_certificate(
     """tls_ca_file, tls_client_cert and tls_client_key reach Dask's TLS: a real tls:// cluster."""
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make test certificates")
-    from watchd.dask_pool import DaskPool, security_from
+    from watchd.pool.dask import DaskPool, security_from
 
     tls = TLSFiles(tmp_path)
     cluster = cluster_factory(workers=1, tls=tls)
@@ -433,9 +451,9 @@ def test_tls_scheduler_needs_and_gets_the_client_certificate(
 
     plain = DaskPool(cluster.address, models=("u2netp",), file_timeout=60, connect_timeout=2)
     try:  # without the certificates the scheduler cannot be reached, and the pool says why
-        wait_for(lambda: plain.describe()["state"] == "disconnected", timeout=30)
-        described = plain.describe()
-        assert not plain.available() and not described["connected"], described
+        wait_for(lambda: plain.status().as_dict()["state"] == "disconnected", timeout=30)
+        described = plain.status().as_dict()
+        assert not plain.capacity > 0 and not described["connected"], described
         assert "cannot connect" in described["error"], described
     finally:
         plain.close(cancel=True)
@@ -447,7 +465,7 @@ def test_worker_setup_passes_memory_arena_to_its_sessions(
     monkeypatch: pytest.MonkeyPatch, model_store: ModelStore, arena: bool
 ) -> None:
     """``--watchd-[no-]memory-arena`` on a worker host is ``[pool] memory_arena`` locally."""
-    from watchd import dask_worker, pipeline
+    from watchd.pool import dask_worker, worker
 
     monkeypatch.setattr(dask_worker, "_providers", {})
     monkeypatch.setattr(dask_worker, "_initialised", False)
@@ -456,5 +474,5 @@ def test_worker_setup_passes_memory_arena_to_its_sessions(
     monkeypatch.setenv("U2NET_HOME", str(folder))  # setup exports it: restored afterwards
     providers = dask_worker.setup(("u2netp",), folder, memory_arena=arena)
     assert providers == {"u2netp": "CPUExecutionProvider"}
-    options = pipeline._session("u2netp").inner_session.get_session_options()
+    options = worker.sessions().get("u2netp").inner_session.get_session_options()
     assert options.enable_cpu_mem_arena is arena

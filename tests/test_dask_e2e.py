@@ -1,6 +1,6 @@
 """The real daemon on a real Dask cluster: ``[pool] backend = "dask"`` end to end.
 
-One ``dask scheduler`` and two ``dask worker --preload watchd.dask_worker``
+One ``dask scheduler`` and two ``dask worker --preload watchd.pool.dask_worker``
 processes (tests/dask_support.py) serve the whole module: starting them costs
 ~15 s on 2 cores. The daemon is the real ``watchd run`` subprocess; photos are
 dropped into its inbox, its status is read with the real ``watchd status``,
@@ -29,7 +29,9 @@ import pytest
 from tests.dask_support import Cluster, need_distributed
 from tests.support import DaemonProcess, wait_for, write_config
 from watchd.models import ModelStore
-from watchd.pipeline import Task, init_worker, process
+from watchd.pool.task import Task
+from watchd.pool.worker import init_worker
+from watchd.pool.worker import run as process
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +54,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -
 
 @pytest.fixture(scope="module")
 def reference(photos: dict[str, Path], model_store: ModelStore) -> dict[str, bytes]:
-    """Each photo's cutout as a local pool worker makes it (``pipeline.process``, here)."""
+    """Each photo's cutout as a local pool worker makes it (``watchd.pool.worker.run``, here)."""
     init_worker(model_store.worker_env(), 1, ("u2netp",))
     return {
         name: process(Task(file_id=0, data=path.read_bytes(), model="u2netp")).data

@@ -235,3 +235,30 @@ def test_https_with_tls_cert_and_key(
         assert client.get("/health").json()["status"] == "ok"
     with pytest.raises(httpx.HTTPError):  # plain HTTP on the same port gets no answer
         httpx.get(url.replace("https://", "http://") + "/health", timeout=10)
+
+
+def test_ready_says_503_while_an_inbox_is_gone_and_recovers_when_it_is_back(
+    made: list[DaemonProcess], tmp_path: Path, model_store: ModelStore, photos: dict[str, Path]
+) -> None:
+    """An unmounted share kills the watch's emitter; /ready must say so, and the daemon watches
+    the inbox again once it is back (event-driven pickup restored without a restart)."""
+    daemon = start(made, http_daemon(tmp_path, model_store, daemon__rescan_interval=1))
+    with httpx.Client(base_url=base_url(daemon), timeout=60) as client:
+        assert client.get("/ready").status_code == 200
+        inbox = tmp_path / "inbox"
+        shutil.rmtree(inbox)
+
+        def not_ready() -> dict[str, Any] | None:
+            answer = client.get("/ready")
+            return answer.json() if answer.status_code == 503 else None
+
+        body = wait_for(not_ready, timeout=30, what="/ready answering 503")
+        assert body["ready"] is False and body["checks"]["watches_live"] is False
+        assert body["checks"]["ledger_open"] is True
+        wait_for(lambda: daemon.events("watch.unavailable"), what="watch.unavailable logged")
+
+        inbox.mkdir()
+        wait_for(lambda: client.get("/ready").status_code == 200, timeout=30, what="ready again")
+        assert daemon.events("watch.revived")
+        shutil.copy(photos["astronaut.jpg"], inbox / "back.jpg")
+        wait_for(lambda: list((tmp_path / "outbox").glob("back*.png")), timeout=120, what="output")

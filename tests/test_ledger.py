@@ -27,8 +27,16 @@ from watchd.ledger import (
     NewJob,
     NotFound,
 )
+from watchd.options import JobOptions
 
-OPTIONS = {"model": "u2netp", "after": "archive", "png_compress_level": 6, "max_file_bytes": 1000}
+#: A job's options as the first releases stored them (no "output": PNG at this level).
+OPTIONS_V1 = {
+    "model": "u2netp",
+    "after": "archive",
+    "png_compress_level": 6,
+    "max_file_bytes": 1000,
+}
+OPTIONS = JobOptions.from_json(OPTIONS_V1)
 
 
 class Clock:
@@ -210,7 +218,7 @@ def test_create_job_records_job_and_files_pending(
             item.archive,
             item.failed,
         )
-        assert dict(record.options) == OPTIONS
+        assert record.options == OPTIONS
         assert record.created_at == 1234.5
     assert raw(db_path, "SELECT size, mtime_ns FROM files ORDER BY id") == [(11, 5), (22, 6)]
     assert ledger.file_counts() == {"pending": 2}
@@ -856,7 +864,7 @@ def make_v1_ledger(db_path: Path) -> None:
         if statement.strip():
             connection.execute(statement)
     connection.execute("PRAGMA user_version=1")
-    options = json.dumps(OPTIONS)
+    options = json.dumps(OPTIONS_V1)
     jobs = [
         (1, "photos", "one", "folder", "done", 2, 10.0, 20.0),
         (2, "photos", "two", "loose", "failed", 2, 11.0, 21.0),
@@ -1082,7 +1090,7 @@ def test_job_detail_counts_options_and_every_file(ledger: Ledger, clock: Clock) 
         1,
     )
     assert (detail.created_at, detail.finished_at, detail.cancelled) == (500.0, None, False)
-    assert dict(detail.options) == OPTIONS
+    assert detail.options == OPTIONS
     assert [(f.id, f.rel, f.state) for f in detail.files] == [
         (a, "a.jpg", "done"),
         (b, "b.jpg", "failed"),

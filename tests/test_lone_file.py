@@ -18,7 +18,11 @@ from tests.support import DaemonProcess, wait_for
 from tests.test_e2e import drop
 from watchd import pipeline
 from watchd.models import ModelStore
-from watchd.pipeline import LocalPool, Task, init_worker, process
+from watchd.pool import worker
+from watchd.pool.local import LocalPool
+from watchd.pool.task import Task
+from watchd.pool.worker import init_worker
+from watchd.pool.worker import run as process
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -49,9 +53,9 @@ def test_the_lone_file_session_has_more_threads_and_the_same_cutout(
     model_store: ModelStore, photos: dict[str, Path]
 ) -> None:
     init_worker(model_store.worker_env(), 1, ("u2netp",), alone_threads=2)
-    usual, wide = (pipeline._session("u2netp", n) for n in (1, 2))
-    assert usual is pipeline._session("u2netp") and wide is not usual  # both preloaded
-    assert pipeline.loaded_models() == ("u2netp",)  # one model, two sessions
+    usual, wide = (worker.sessions().get("u2netp", n) for n in (1, 2))
+    assert usual is worker.sessions().get("u2netp") and wide is not usual  # both preloaded
+    assert worker.sessions().loaded() == ("u2netp",)  # one model, two sessions
     for session, threads, spinning in ((usual, 1, None), (wide, 2, "0")):
         options = session.inner_session.get_session_options()
         assert options.intra_op_num_threads == threads
@@ -69,7 +73,7 @@ def test_the_lone_file_session_has_more_threads_and_the_same_cutout(
 def test_without_the_arena_no_session_shares_one(model_store: ModelStore) -> None:
     init_worker(model_store.worker_env(), 1, ("u2netp",), memory_arena=False, alone_threads=2)
     for threads in (1, 2):
-        options = pipeline._session("u2netp", threads).inner_session.get_session_options()
+        options = worker.sessions().get("u2netp", threads).inner_session.get_session_options()
         assert options.enable_cpu_mem_arena is False
         with pytest.raises(Exception, match="use_env_allocators"):
             options.get_session_config_entry("session.use_env_allocators")
@@ -87,7 +91,7 @@ def test_a_model_that_cannot_run_still_lets_the_worker_start(
 
     monkeypatch.setattr(pipeline, "cut_out", broken)
     init_worker(model_store.worker_env(), 1, ("u2netp",), alone_threads=2)
-    assert pipeline.loaded_models() == ("u2netp",)
+    assert worker.sessions().loaded() == ("u2netp",)
     with pytest.raises(RuntimeError, match="wrong input shape"):
         process(Task(1, photos["coffee.png"].read_bytes(), "u2netp"))
 

@@ -18,12 +18,12 @@ import pytest
 from PIL import Image
 
 from tests.dispatch_support import DispatchRig, ImmediatePool, make_dispatch_rig
-from watchd import pipeline
 from watchd.config import OutputConfig
 from watchd.errors import InputRejected
 from watchd.files import error_note_path
 from watchd.masks import LONE_MASK, compose, decode_mask, mask_stem, pair_masks
-from watchd.pipeline import Result, Task, process
+from watchd.pipeline import process
+from watchd.pool.task import Result, Task
 
 
 def png(image: Image.Image) -> bytes:
@@ -44,12 +44,24 @@ def half_mask(size: tuple[int, int] = (40, 30)) -> Image.Image:
     return mask
 
 
-@pytest.fixture
-def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*_args: object) -> None:
+class NoModel:
+    """A worker's sessions that refuse to load any model: what a task with a hand-edited
+    mask must never ask for."""
+
+    threads = 1
+
+    def get(self, *_args: object) -> None:
         raise AssertionError("a task with a hand-edited mask loaded a model")
 
-    monkeypatch.setattr(pipeline, "_session", refuse)
+
+def run(task: Task) -> Result:
+    """The worker's recipe for one file, with sessions that have no model."""
+    return process(task, NoModel())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def no_model() -> None:
+    """(Kept as a marker of the tests that prove no model is needed: :func:`run`.)"""
 
 
 # --- names and pairs ------------------------------------------------------------------------------
@@ -135,7 +147,7 @@ def test_the_worker_uses_the_mask_without_a_model(no_model: None) -> None:
     image = photo()
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
-    result = process(
+    result = run(
         Task(1, buffer.getvalue(), "u2netp", OutputConfig(), mask=png(half_mask()), mask_name="m")
     )
     out = Image.open(io.BytesIO(result.data))
@@ -148,7 +160,7 @@ def test_the_worker_refuses_a_mask_of_the_wrong_size(no_model: None) -> None:
         1, png(photo()), "u2netp", OutputConfig(), mask=png(half_mask((41, 30))), mask_name="m"
     )
     with pytest.raises(InputRejected, match="41 x 30 pixels but the image is 40 x 30"):
-        process(task)
+        run(task)
 
 
 # --- intake and dispatcher ------------------------------------------------------------------------
@@ -159,7 +171,7 @@ class InlinePool(ImmediatePool):
     without one (which would need the model) gets the stand-in cutout."""
 
     def answer(self, task: Task) -> Result:
-        return super().answer(task) if task.mask is None else process(task)
+        return super().answer(task) if task.mask is None else run(task)
 
 
 class Rig(DispatchRig):
@@ -182,7 +194,7 @@ def test_a_mask_dropped_with_its_original_makes_the_output(rig: Rig, no_model: N
     job = rig.drop_folder({"a.png": png(photo()), "a.mask.png": png(half_mask())})
     detail = rig.ledger.job_detail(job)
     assert [(f.rel, f.state) for f in detail.files] == [("a.png", "done")]  # the mask: no input
-    assert detail.options["masks"] == {"a.png": "a.mask.png"}
+    assert detail.options.masks == {"a.png": "a.mask.png"}
     [task] = rig.pool.tasks
     assert task.mask_name == "a.mask.png"
     out = Image.open(io.BytesIO((rig.root / "outbox" / "shoot" / "a.png").read_bytes()))

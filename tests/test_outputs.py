@@ -22,15 +22,22 @@ import pytest
 from PIL import Image, ImageCms
 
 from tests.support import DaemonProcess, wait_for
-from watchd import files, pipeline
+from watchd import files
 from watchd.config import OutputConfig
-from watchd.dispatcher import Dispatcher
 from watchd.errors import InputRejected
 from watchd.files import NAME_MAX, page_paths, remove_stray_temp, temp_name
+from watchd.finisher import write_outputs
+from watchd.imaging import cutout as cutting
+from watchd.imaging import decode as decoding
+from watchd.imaging.decode import decode_pages
+from watchd.imaging.u2net import U2netSession
 from watchd.ledger import FileRecord
 from watchd.models import ModelStore
-from watchd.pipeline import Result, Task, decode_pages, init_worker, process
-from watchd.u2net import U2netSession
+from watchd.options import JobOptions
+from watchd.pool import worker as pool_worker
+from watchd.pool.task import Result, Task
+from watchd.pool.worker import init_worker
+from watchd.pool.worker import run as process
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 RED = (200, 30, 40)
@@ -175,7 +182,7 @@ def test_alpha_matting_matches_rembg_with_the_thresholds(
     matted = opened(run(encode(photo, "PNG"), alpha_matting=True, **options).data)
     expected = remove(
         photo,
-        session=pipeline._session("u2netp"),
+        session=pool_worker.sessions().get("u2netp"),
         alpha_matting=True,
         **options,
     )
@@ -193,7 +200,7 @@ def test_alpha_matting_on_a_large_image_runs_on_a_bounded_copy(
 ) -> None:
     # The limit is lowered instead of feeding a 12 MP photo (minutes of pymatting): the same
     # code path, the large image being 6x the limit here.
-    monkeypatch.setattr(pipeline, "ALPHA_MATTING_MAX_PIXELS", 10_000)
+    monkeypatch.setattr(cutting, "ALPHA_MATTING_MAX_PIXELS", 10_000)
     photo = small(photos, "astronaut.jpg", 245)  # 60,025 pixels
     calls: list[tuple[int, int]] = []
     import rembg
@@ -334,13 +341,13 @@ def test_thumbnail_pages_are_not_outputs(worker: None, scan_pages: list[Image.Im
 
 
 def test_a_document_over_the_page_cap_is_rejected_before_any_page_runs(worker: None) -> None:
-    pages = [Image.new("L", (8, 8), n % 256) for n in range(pipeline.MAX_PAGES + 1)]
+    pages = [Image.new("L", (8, 8), n % 256) for n in range(decoding.MAX_PAGES + 1)]
     data = tiff(pages)
-    with pytest.raises(InputRejected, match=rf"more than {pipeline.MAX_PAGES} pages.*split"):
+    with pytest.raises(InputRejected, match=rf"more than {decoding.MAX_PAGES} pages.*split"):
         next(decode_pages(data))  # refused before the first page is even decoded
     with pytest.raises(InputRejected, match="split it"):
         run(data)
-    assert len(list(decode_pages(tiff(pages[:-1])))) == pipeline.MAX_PAGES
+    assert len(list(decode_pages(tiff(pages[:-1])))) == decoding.MAX_PAGES
 
 
 def test_a_huge_later_page_is_refused(worker: None) -> None:
@@ -391,7 +398,7 @@ def record(output: Path) -> FileRecord:
         state="running",
         attempts=1,
         error=None,
-        options={},
+        options=JobOptions(model="u2netp", after="archive", max_file_bytes=1 << 20),
         created_at=0.0,
     )
 
@@ -411,8 +418,8 @@ def test_dispatcher_writes_every_page_atomically_and_a_rerun_overwrites_them(
         temps.append(temp_name(file_id, page))
         write(path, data, file_id, page=page, **access)
 
-    monkeypatch.setattr("watchd.dispatcher.atomic_write", watch)
-    Dispatcher._write_outputs(record(out), result)
+    monkeypatch.setattr("watchd.finisher.atomic_write", watch)
+    write_outputs(record(out), result)
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "scan-p1.png",
         "scan-p2.png",
@@ -423,7 +430,7 @@ def test_dispatcher_writes_every_page_atomically_and_a_rerun_overwrites_them(
     # the rerun after a crash between pages 2 and 3: the same paths, nothing beside them
     (out.parent / temp_name(7, 3)).write_bytes(b"half")
     assert remove_stray_temp(out.parent, 7)
-    Dispatcher._write_outputs(record(out), replace(result, pages=(b"1", b"2", b"3")))
+    write_outputs(record(out), replace(result, pages=(b"1", b"2", b"3")))
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "scan-p1.png",
         "scan-p2.png",
@@ -432,7 +439,7 @@ def test_dispatcher_writes_every_page_atomically_and_a_rerun_overwrites_them(
     assert (out.parent / "scan-p3.png").read_bytes() == b"3"
     # a single-page result keeps the assigned path and the plain temp name
     temps.clear()
-    Dispatcher._write_outputs(record(tmp_path / "single.png"), replace(result, pages=(b"x",)))
+    write_outputs(record(tmp_path / "single.png"), replace(result, pages=(b"x",)))
     assert (tmp_path / "single.png").read_bytes() == b"x" and temps == [temp_name(7)]
 
 
@@ -446,13 +453,13 @@ def test_heic_without_the_extra_says_what_to_install(
     worker: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import pillow_heif now fails
-    pipeline._heif_opener.cache_clear()
+    decoding._heif_opener.cache_clear()
     try:
         with pytest.raises(InputRejected, match=r"pip install 'watchd\[heic\]'"):
             run(HEIC_HEADER)
     finally:
-        pipeline._heif_opener.cache_clear()
-    assert {".heic", ".heif"} <= pipeline.IMAGE_SUFFIXES
+        decoding._heif_opener.cache_clear()
+    assert {".heic", ".heif"} <= decoding.IMAGE_SUFFIXES
 
 
 def test_heic_photo_becomes_a_cutout(worker: None, photos: dict[str, Path]) -> None:
@@ -498,20 +505,23 @@ def own_store(
 @pytest.mark.parametrize("arena", [True, False])
 def test_memory_arena_setting_reaches_the_session(own_store: ModelStore, arena: bool) -> None:
     init_worker(own_store.worker_env(), 1, ("copy-a",), model_cache=1, memory_arena=arena)
-    options = pipeline._session("copy-a").inner_session.get_session_options()
+    options = pool_worker.sessions().get("copy-a").inner_session.get_session_options()
     assert options.enable_cpu_mem_arena is arena
     assert options.enable_mem_pattern is False  # either way: no pattern planning
 
 
 def test_model_cache_keeps_the_most_recently_used(own_store: ModelStore) -> None:
     init_worker(own_store.worker_env(), 1, ("u2netp", "copy-a", "copy-b"), model_cache=2)
-    assert pipeline.loaded_models() == ("u2netp", "copy-a")  # only as many as the cache holds
-    first = pipeline._session("u2netp")  # used: now the most recent
-    pipeline._session("copy-b")  # loading a third unloads the least recently used
-    assert pipeline.loaded_models() == ("u2netp", "copy-b")
-    assert pipeline._session("u2netp") is first  # still the same session, not reloaded
-    pipeline._session("copy-a")
-    assert pipeline.loaded_models() == ("u2netp", "copy-a")
+    assert pool_worker.sessions().loaded() == (
+        "u2netp",
+        "copy-a",
+    )  # only as many as the cache holds
+    first = pool_worker.sessions().get("u2netp")  # used: now the most recent
+    pool_worker.sessions().get("copy-b")  # loading a third unloads the least recently used
+    assert pool_worker.sessions().loaded() == ("u2netp", "copy-b")
+    assert pool_worker.sessions().get("u2netp") is first  # still the same session, not reloaded
+    pool_worker.sessions().get("copy-a")
+    assert pool_worker.sessions().loaded() == ("u2netp", "copy-a")
 
 
 def test_imported_model_runs_as_a_u2net(own_store: ModelStore, photos: dict[str, Path]) -> None:
@@ -520,11 +530,11 @@ def test_imported_model_runs_as_a_u2net(own_store: ModelStore, photos: dict[str,
     init_worker(own_store.worker_env(), 1, (), model_cache=2)
     data = encode(small(photos, "coffee.png"), "PNG")
     custom = process(Task(file_id=1, data=data, model="copy-a", output=OutputConfig()))
-    assert isinstance(pipeline._session("copy-a"), U2netSession)
+    assert isinstance(pool_worker.sessions().get("copy-a"), U2netSession)
     builtin = process(Task(file_id=2, data=data, model="u2netp", output=OutputConfig()))
     assert custom.data == builtin.data  # the same weights: the same cutout
     with pytest.raises(Exception, match=r"watchd models import"):
-        pipeline._session("not-imported")
+        pool_worker.sessions().get("not-imported")
 
 
 # --- the real daemon -----------------------------------------------------------------------------

@@ -25,18 +25,14 @@ from pebble import ProcessExpired
 from PIL import EpsImagePlugin, Image, ImageChops, ImageOps
 
 from watchd.config import OutputConfig
-from watchd.errors import InputRejected, UnsafePath
+from watchd.errors import AttemptFailed, InputRejected, UnsafePath
+from watchd.imaging.decode import decode_pages
 from watchd.models import ModelStore
-from watchd.pipeline import (
-    AttemptFailed,
-    LocalPool,
-    Result,
-    Task,
-    decode,
-    init_worker,
-    outcome,
-    process,
-)
+from watchd.pool.local import LocalPool, failure
+from watchd.pool.protocol import outcome
+from watchd.pool.task import Result, Task
+from watchd.pool.worker import init_worker
+from watchd.pool.worker import run as process
 
 EPS = (
     b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
@@ -49,6 +45,11 @@ def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
     return buffer.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    """An input's first page, as a worker decodes it."""
+    return next(decode_pages(data)).image
 
 
 def rejected(data: bytes) -> str:
@@ -386,7 +387,7 @@ def test_outcome_maps_a_timeout() -> None:
 
 def test_outcome_maps_a_dead_worker() -> None:
     died = ProcessExpired("Abnormal termination", code=-9, pid=1234)  # type: ignore[no-untyped-call]
-    failed = outcome(finished(error=died))
+    failed = failure(died)  # the local pool's translation of pebble's error
     assert isinstance(failed, AttemptFailed)
     assert "worker process died" in str(failed)
 

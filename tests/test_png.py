@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from watchd.png import encode_png
+from watchd.imaging.png import encode_png
 
 
 def _photo(mode: str) -> Image.Image:

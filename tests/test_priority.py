@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob
+from watchd.options import JobOptions
 
 AGING = 60.0
 
@@ -57,7 +58,7 @@ def queue_job(ledger: Ledger, name: str, priority: int, files: int = 1) -> list[
             watch="photos",
             name=name,
             kind="folder",
-            options={"model": "u2netp"},
+            options=JobOptions(model="u2netp", after="archive", max_file_bytes=1 << 20),
             files=[new_file(f"{name}/{i}.jpg") for i in range(files)],
             priority=priority,
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from tests.support import DaemonProcess, wait_for
 from watchd.commands import submitted_batch
 from watchd.config import OUTPUT_KEYS, DaemonConfig, WatchConfig, load_config
 from watchd.control import ControlClient
-from watchd.dispatcher import Dispatcher
 from watchd.files import error_note_path
+from watchd.finisher import Finisher
 from watchd.intake import LOOSE_SIDECAR, NESTED_SIDECAR, SIDECAR_MAX_BYTES, Intake
 from watchd.ledger import DEFAULT_PRIORITY_AGING, JobDetail, Ledger
 from watchd.stats import Activity
@@ -40,13 +39,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class UnusedPool:
-    """Intake never dispatches; anything touching the pool here is a bug in the test."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"intake used the pool ({name})")
 
 
 @dataclass
@@ -86,18 +78,15 @@ def make_rig(root: Path, after: str = "archive") -> Rig:
         (root / folder).mkdir(parents=True, exist_ok=True)
     clock = Clock()
     ledger = Ledger.open(root / "state" / "ledger.sqlite3", clock=clock)
-    dispatcher = Dispatcher(
+    finisher = Finisher(
         ledger,
-        UnusedPool(),  # type: ignore[arg-type]
         root / "state" / "spool",
-        max_attempts=3,
-        wake=lambda: None,
-        clock=clock,
-        rng=random.Random(0),
         activity=Activity(),
+        clock=clock,
         monotonic=clock,
+        job_ended=lambda _job: None,
     )
-    return Rig(root, watch, ledger, Intake(ledger, root / "state" / "spool", dispatcher.fail))
+    return Rig(root, watch, ledger, Intake(ledger, root / "state" / "spool", finisher))
 
 
 @pytest.fixture
@@ -131,11 +120,11 @@ def test_a_valid_sidecar_sets_its_jobs_model_output_and_priority(rig: Rig) -> No
     album(rig)
     job = rig.accept("album")
     assert job.priority == 7
-    assert job.options["model"] == "u2net_human_seg"
-    assert job.options["sidecar"] == "album/watchd.toml"
-    output = job.options["output"]
-    assert (output["format"], output["post_process_mask"]) == ("webp", True)
-    assert output["png_compress_level"] == 4  # not in the sidecar: the watch's value
+    assert job.options.model == "u2net_human_seg"
+    assert job.options.sidecar == "album/watchd.toml"
+    output = job.options.output
+    assert (output.format, output.post_process_mask) == ("webp", True)
+    assert output.png_compress_level == 4  # not in the sidecar: the watch's value
     # the sidecar is no input; the images are queued, with outputs in the sidecar's format
     assert [(f.rel, f.state, f.output.name) for f in job.files] == [
         ("a.jpg", "queued", "a.webp"),
@@ -150,20 +139,20 @@ def test_a_valid_sidecar_sets_its_jobs_model_output_and_priority(rig: Rig) -> No
 def test_any_letter_case_of_the_name_counts(rig: Rig) -> None:
     album(rig, b'format = "mask"\n', name="WatchD.TOML")
     job = rig.accept("album")
-    assert job.options["output"]["format"] == "mask"
-    assert job.options["sidecar"] == "album/WatchD.TOML"
+    assert job.options.output.format == "mask"
+    assert job.options.sidecar == "album/WatchD.TOML"
     assert (rig.root / "archive" / "album" / "WatchD.TOML").exists()
 
 
 def test_without_a_sidecar_the_watch_decides(rig: Rig) -> None:
     album(rig, None)
     job = rig.accept("album")
-    assert (job.priority, job.options["model"], job.options["output"]["format"]) == (
+    assert (job.priority, job.options.model, job.options.output.format) == (
         0,
         "u2netp",
         "png",
     )
-    assert "sidecar" not in job.options
+    assert job.options.sidecar is None
 
 
 def test_after_delete_removes_a_used_sidecar(tmp_path: Path) -> None:
@@ -178,7 +167,7 @@ def test_after_keep_leaves_the_sidecar_with_the_originals(tmp_path: Path) -> Non
     rig = make_rig(tmp_path, after="keep")
     folder = album(rig)
     job = rig.accept("album")
-    assert (job.priority, job.options["in_place"]) == (7, True)
+    assert (job.priority, job.options.in_place) == (7, True)
     assert (folder / "watchd.toml").read_bytes() == VALID
     [again] = rig.settle("album")
     assert rig.intake.accept(again, rig.watch) is None  # nothing new: taken before
@@ -221,7 +210,7 @@ def test_submit_of_a_folder_applies_its_sidecar_and_an_explicit_priority_wins(
     job_id = rig.intake.accept(batch, rig.watch, intake="copy", priority=-3)
     assert job_id is not None
     job = rig.ledger.job_detail(job_id)
-    assert (job.priority, job.options["model"]) == (-3, "u2net_human_seg")
+    assert (job.priority, job.options.model) == (-3, "u2net_human_seg")
     assert (source / "watchd.toml").read_bytes() == VALID  # a copy leaves the source alone
 
 
@@ -453,7 +442,7 @@ def test_a_sidecar_model_the_pool_cannot_load_is_refused_at_intake(tmp_path: Pat
         checked.append(model)
         raise ModelError(f"model {model!r} is not installed")
 
-    rig.intake = Intake(rig.ledger, tmp_path / "state" / "spool", rig.intake._fail, check)
+    rig.intake = Intake(rig.ledger, tmp_path / "state" / "spool", rig.intake._finisher, check)
     album(rig, b'model = "isnet-anime"\n')
     detail = rig.accept("album")
     assert checked == ["isnet-anime"]

@@ -1,7 +1,7 @@
 """watchd's own copy of rembg's U²-Net steps gives rembg's pixels, and keeps rembg out of workers.
 
 Real u2netp, real photos from scikit-image, rembg itself as the reference: the point of
-watchd/u2net.py is to be the same to the bit, so every comparison here is exact.
+watchd/imaging/u2net.py is to be the same to the bit, so every comparison here is exact.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, _imaging
 
+from watchd.imaging.u2net import PILLOW_BLOCK_SIZE, U2netSession, naive_cutout
 from watchd.models import ModelStore
-from watchd.u2net import PILLOW_BLOCK_SIZE, U2netSession, naive_cutout
 
 
 def _options() -> object:
@@ -153,15 +153,16 @@ def test_rembgs_remove_accepts_our_session_for_what_still_needs_rembg(
 _WORKER = """
 import json, sys
 from pathlib import Path
-from watchd import pipeline
 from watchd.config import OutputConfig
-pipeline.init_worker({}, 1, ("u2netp",))
+from watchd.pool import worker
+from watchd.pool.task import Task
+worker.init_worker({}, 1, ("u2netp",))
 data = Path(sys.argv[1]).read_bytes()
 before = "rembg" in sys.modules
 for output in (OutputConfig(), OutputConfig(format="mask"), OutputConfig(format="webp")):
-    pipeline.process(pipeline.Task(1, data, "u2netp", output))
+    worker.run(Task(1, data, "u2netp", output))
 plain = "rembg" in sys.modules
-pipeline.process(pipeline.Task(2, data, "u2netp", OutputConfig(post_process_mask=True)))
+worker.run(Task(2, data, "u2netp", OutputConfig(post_process_mask=True)))
 print(json.dumps([before, plain, "rembg" in sys.modules]))
 """
 

@@ -675,3 +675,24 @@ def test_a_settled_file_waiting_for_its_group_is_not_stuck(inbox: Path) -> None:
         (inbox / "b.jpg").write_bytes(b"b" * step)  # keeps changing: a.jpg waits for it
         tracker.tick(step * 0.5)
     assert set(tracker.unsettled_since(19.5, older_than=10.0)) == {"b.jpg"}
+
+
+def test_a_vanished_inbox_is_not_alive_and_revives_when_it_is_back(
+    watcher: tuple[InboxWatcher, Wakes], inbox: Path
+) -> None:
+    w, wakes = watcher
+    assert w.alive and not w.revive()  # a live watch is left alone
+    for entry in inbox.iterdir():
+        entry.unlink()
+    inbox.rmdir()
+    deadline = time.monotonic() + 10
+    while w.alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not w.alive  # the emitter ended with the folder, though the observer thread lives
+    assert not w.revive()  # nothing to watch yet
+    inbox.mkdir()
+    assert w.revive() and w.alive
+    before = wakes.count
+    (inbox / "back.jpg").write_bytes(b"x")
+    assert rels(wait_for_batch(w)) == ["back.jpg"]  # found by its events: no scan ran
+    assert wakes.count > before

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -26,6 +26,10 @@ from watchd.intake import Intake
 from watchd.ledger import Conflict, Ledger, NotFound
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
+if TYPE_CHECKING:
+    from watchd.dispatcher import Pause
+    from watchd.finisher import Finisher
+
 log = structlog.get_logger()
 
 DAY = 86400.0
@@ -33,8 +37,6 @@ DAY = 86400.0
 
 class DaemonControls(Protocol):
     """The parts of the daemon a command may read or steer."""
-
-    paused: bool
 
     def snapshot(self) -> dict[str, Any]: ...
 
@@ -59,15 +61,17 @@ class Commands:
         daemon: DaemonControls,
         ledger: Ledger,
         intake: Intake,
-        dispose_failed: Callable[[Any, str], None],
         spool_dir: Path,
         *,
+        finisher: Finisher,
+        pause: Pause,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._daemon = daemon
         self._ledger = ledger
         self._intake = intake
-        self._dispose_failed = dispose_failed
+        self._finisher = finisher
+        self._pause = pause
         self._spool = spool_dir
         self._clock = clock
 
@@ -129,13 +133,11 @@ class Commands:
     # --- steering ---
 
     def _cmd_pause(self, _args: Mapping[str, Any]) -> dict[str, Any]:
-        self._daemon.paused = True
-        self._ledger.set_setting("paused", "1")
+        self._pause.set(True)
         return {"paused": True}
 
     def _cmd_resume(self, _args: Mapping[str, Any]) -> dict[str, Any]:
-        self._daemon.paused = False
-        self._ledger.set_setting("paused", "0")
+        self._pause.set(False)
         return {"paused": False}
 
     def _cmd_reload(self, _args: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,7 +146,7 @@ class Commands:
     def _cmd_cancel(self, args: Mapping[str, Any]) -> dict[str, Any]:
         records = self._ledger.cancel_job(int(args["id"]))
         for record in records:
-            self._dispose_failed(record, "cancelled")
+            self._finisher.dispose_failed(record, "cancelled")
         return {"id": int(args["id"]), "cancelled_files": len(records)}
 
     def _cmd_retry(self, args: Mapping[str, Any]) -> dict[str, Any]:

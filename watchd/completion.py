@@ -143,13 +143,11 @@ def job_facts(detail: JobDetail, outbox: Path) -> dict[str, Any]:
 
 def build_manifest(detail: JobDetail, outbox: Path) -> dict[str, Any]:
     """The manifest of an ended job (layout version :data:`MANIFEST_VERSION`)."""
-    options = detail.options
-    output = options.get("output")
     return {
         "version": MANIFEST_VERSION,
         **job_facts(detail, outbox),
-        "model": options.get("model"),
-        "format": output.get("format") if isinstance(output, Mapping) else None,
+        "model": detail.options.model,
+        "format": detail.options.output.format,
         "inputs": [file_entry(f, outbox) for f in detail.files],
     }
 
@@ -170,8 +168,9 @@ def write_manifest(path: Path, data: bytes, job_id: int) -> None:
     write_via_temp(path, data, manifest_temp_name(job_id))
 
 
-#: Manifest entries written per pass of the daemon's loop (docs/performance.md: a page of
-#: 500 costs a few tens of milliseconds, so ``status`` is answered well within 100 ms).
+#: Manifest entries written per pass of the daemon's loop: a page costs little enough that
+#: ``status`` is still answered at once meanwhile (docs/performance.md, "Big jobs off the
+#: main loop").
 MANIFEST_PAGE = 500
 
 
@@ -294,6 +293,15 @@ class _Open:
     deferred: bool = False  # a hook found its queue full: the job stays unreported for now
 
 
+class HookSettings(Protocol):
+    """Where :class:`Completion` reads a watch's hooks (``watchd.daemon.LiveConfig``)."""
+
+    def hooks_of(self, watch: str) -> tuple[Path, HooksConfig] | None:
+        """That watch's outbox and hooks in the *current* config (None when a reload
+        removed it: the manifest is still written, no hooks run)."""
+        ...
+
+
 class Completion:
     """Writes manifests and starts hooks for ended jobs; runs in the daemon's main thread.
 
@@ -306,11 +314,10 @@ class Completion:
         self,
         ledger: Ledger,
         hooks: HookSink,
-        settings: Callable[[str], tuple[Path, HooksConfig] | None],
+        settings: HookSettings,
         wake: Callable[[], None],
     ) -> None:
-        """``settings(watch)``: that watch's outbox and hooks in the *current* config
-        (None when a reload removed it: the manifest is still written, no hooks run)."""
+        """``settings``: each watch's outbox and hooks as configured now."""
         self._ledger = ledger
         self._hooks = hooks
         self._settings = settings
@@ -348,7 +355,7 @@ class Completion:
             return  # pruned meanwhile
         if detail.state == "active":
             return  # a failed file was retried meanwhile: it will end again
-        settings = self._settings(detail.watch)
+        settings = self._settings.hooks_of(detail.watch)
         outbox = settings[0] if settings else _outbox_of(detail)
         if detail.manifest is None:
             self._hand_over(detail, outbox, settings)

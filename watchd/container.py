@@ -31,6 +31,7 @@ from watchd.config import Config
 from watchd.envconfig import Layout, load_from_env
 from watchd.errors import ConfigError, ModelError
 from watchd.models import ModelStore
+from watchd.pool.factory import models_on_this_machine
 
 EXIT_USAGE = 2
 
@@ -142,7 +143,7 @@ def check_models(config: Config, environ: Mapping[str, str]) -> None:
     The daemon checks this too (preflight), but only here can the message name the
     variable, which is what a compose-file user has to change.
     """
-    if config.pool.backend == "dask":
+    if not models_on_this_machine(config):
         return  # the models live on the worker hosts
     store = ModelStore(config.daemon.models_dir)
     chosen = environ.get("WATCHD_MODEL", "").strip()

@@ -18,7 +18,6 @@ import signal
 import socket
 import sqlite3
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
@@ -32,16 +31,18 @@ from watchd.completion import Completion
 from watchd.config import Config, HooksConfig, WatchConfig, load_config
 from watchd.content_cache import ContentCache
 from watchd.control import ControlServer, ProtocolError, Request
-from watchd.dispatcher import Dispatcher
+from watchd.dispatcher import Dispatcher, Pause
 from watchd.errors import ConfigError, LedgerError, ModelError, WatchdError
 from watchd.files import ensure_dir, prune_taken_folder
+from watchd.finisher import Finisher
 from watchd.fsinfo import filesystem_type, is_network
 from watchd.hooks import Hooks
 from watchd.intake import Intake, is_litter
 from watchd.ledger import Ledger
-from watchd.models import ModelStore, check_name
+from watchd.models import ModelStore
 from watchd.notify import Notifier
-from watchd.pipeline import LocalPool, Pool
+from watchd.pool.factory import models_of, new_pool
+from watchd.pool.protocol import ModelCheck, Pool
 from watchd.stats import (
     Activity,
     DaemonInfo,
@@ -72,13 +73,32 @@ MODEL_LOAD_TIMEOUT = 300.0
 HOOK_GRACE = 5.0
 
 
+class LiveConfig:
+    """The configuration in force now, replaced whole by a reload.
+
+    The one owner of "the current config": parts that must follow a reload (the hooks of
+    a job that ends after it) are handed this object, never a copy of what it held.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def hooks_of(self, watch: str) -> tuple[Path, HooksConfig] | None:
+        """A watch's outbox and hooks as configured *now* (a reload applies to jobs ending
+        after it); None for a watch a reload removed."""
+        try:
+            config = self.config.watch(watch)
+        except KeyError:
+            return None
+        return config.outbox, config.hooks
+
+
 class Daemon:
     """The long-running process for one configuration."""
 
     def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
-        self.config = config
+        self.live = LiveConfig(config)
         self.notifier = notifier or Notifier()
-        self.paused = False
         self._wakeups: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._requests: queue.SimpleQueue[tuple[Request, Future[dict[str, Any]]]] = (
             queue.SimpleQueue()
@@ -97,6 +117,19 @@ class Daemon:
         self._control: ControlServer | None = None
         self._http: HttpServer | None = None
         self._retired_pools: list[Pool] = []
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force now (:class:`LiveConfig`)."""
+        return self.live.config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self.live.config = config
+
+    @property
+    def paused(self) -> bool:
+        return self.pause.paused
 
     # --- the runbook ------------------------------------------------------------------------------
 
@@ -117,13 +150,26 @@ class Daemon:
         )
         log.info("ledger.opened", path=str(self._state_dir / "ledger.sqlite3"))
         self.pool = new_pool(config, store, wake=self._wake)
+        self.pause = Pause(self.ledger)
         self.cache = ContentCache(
             self.ledger, self._state_dir / "cache", config.daemon.cache_max_bytes
+        )
+        # Manifest, then hooks, then "reported": see watchd/completion.py for the order.
+        self.hooks = Hooks(os.environ)  # the commands' base environment, read once here
+        self.completion = Completion(self.ledger, self.hooks, self.live, self._wake)
+        self.finisher = Finisher(
+            self.ledger,
+            self._spool_dir,
+            activity=self._activity,
+            clock=time.time,
+            monotonic=time.monotonic,
+            job_ended=self._job_finished,
         )
         self.dispatcher = Dispatcher(
             self.ledger,
             self.pool,
-            self._spool_dir,
+            self.finisher,
+            self.pause,
             max_attempts=config.pool.max_attempts,
             wake=self._wake,
             clock=time.time,
@@ -132,37 +178,37 @@ class Daemon:
             monotonic=time.monotonic,
             cache=self.cache,
         )
-        self._store = store
         self.intake = Intake(
-            self.ledger, self._spool_dir, fail=self.dispatcher.fail, check_model=self._check_model
+            self.ledger, self._spool_dir, self.finisher, check_model=self._check_model
         )
-        # Manifest, then hooks, then "reported": see watchd/completion.py for the order.
-        self.hooks = Hooks(os.environ)  # the commands' base environment, read once here
-        self.completion = Completion(self.ledger, self.hooks, self._hook_settings, self._wake)
-        self.dispatcher.on_job_finished = self._job_finished
         self.commands = Commands(
-            self, self.ledger, self.intake, self.dispatcher.dispose_failed, self._spool_dir
+            self,
+            self.ledger,
+            self.intake,
+            self._spool_dir,
+            finisher=self.finisher,
+            pause=self.pause,
         )
         try:
             self._install_signal_handlers()
             self.hooks.start()
             self._recover()
-            self.paused = self.dispatcher.paused = self.ledger.get_setting("paused") == "1"
             for model in models:
-                self._providers[model] = load_in_worker(self.pool, model)
-                self._check_provider(model, self._providers[model])
+                check = load_in_worker(self.pool, model)
+                self._providers[model] = check.provider
+                self._check_provider(model, check)
             self._start_watchers()
             self._start_control()
             self._start_http()
             self._write_stats()
-            pool = self.pool.describe()
+            pool = self.pool.status()
             log.info(
                 "daemon.ready",
                 pid=os.getpid(),
-                backend=pool["backend"],
-                workers=pool["workers"],  # local: processes; dask: workers connected right now
-                scheduler=pool.get("scheduler"),
-                cluster=pool.get("state"),
+                backend=pool.backend,
+                workers=pool.workers,  # local: processes; dask: workers connected right now
+                scheduler=pool.scheduler,
+                cluster=pool.state,
                 paused=self.paused,
                 socket=str(config.daemon.socket),
                 watches=[
@@ -178,7 +224,7 @@ class Daemon:
 
     def _recover(self) -> None:
         recovery = self.ledger.recover()
-        self.dispatcher.finish_interrupted(recovery)
+        self.finisher.finish_interrupted(recovery)
         self.intake.finish_pending(list(recovery.pending))
         self._remove_emptied_folders()
         reported = self.completion.report_unreported()  # jobs that ended just before a crash
@@ -206,20 +252,18 @@ class Daemon:
                 log.info("recovery.folder_removed", watch=watch, folder=str(root))
 
     def _check_model(self, model: str) -> None:
-        """A model a sidecar names must be one the pool can load (installed and intact, or,
-        on a Dask cluster whose workers hold the models, at least a valid name)."""
-        if self.config.pool.backend == "dask":
-            check_name(model)
-        else:
-            self._store.verify(model)
+        """A model a sidecar names must be one the pool can load (the pool decides what it
+        can check: installed and intact here, or a valid name for workers elsewhere)."""
+        self.pool.verify_model(model)
 
-    def _check_provider(self, model: str, active: str) -> None:
+    def _check_provider(self, model: str, check: ModelCheck) -> None:
         """Say which provider runs; loudly if not the one asked for (rembg's top complaint)."""
         wanted = self.config.pool.providers[0]
+        active = check.provider
         if active == wanted:
             log.info("model.loaded", model=model, provider=active)
             return
-        if active.startswith("unknown"):  # DaskPool: no worker to ask yet; each is asked on joining
+        if check.deferred:  # no worker to ask yet; the pool asks each as it joins
             if self.config.pool.require_accelerator:
                 raise ModelError(
                     f"model {model!r} cannot be checked ({active}); refusing to start "
@@ -292,7 +336,7 @@ class Daemon:
         return {
             "ledger_open": True,
             "recovery_done": True,
-            "model_loaded": bool(self._providers) or self.pool.describe()["backend"] == "dask",
+            "model_loaded": bool(self._providers),  # checked, or deferred to the workers
             "watches_live": len(self._watchers) == len(self.config.watches)
             and all(w.alive for w in self._watchers),
         }
@@ -310,7 +354,7 @@ class Daemon:
         next_prune = now
         next_ping = now
         ping_interval = self.notifier.watchdog_interval
-        jobs_seen = self.dispatcher.jobs_finished
+        jobs_seen = self.finisher.jobs_finished
         while self._stop_signal is None:
             timers = [next_rescan, next_stats, next_prune]
             if ping_interval is not None:
@@ -339,8 +383,8 @@ class Daemon:
             if now >= next_prune:
                 self._prune()
                 next_prune = now + PRUNE_INTERVAL
-            if now >= next_stats or self.dispatcher.jobs_finished != jobs_seen:
-                jobs_seen = self.dispatcher.jobs_finished
+            if now >= next_stats or self.finisher.jobs_finished != jobs_seen:
+                jobs_seen = self.finisher.jobs_finished
                 self._write_stats()
                 next_stats = now + self.config.daemon.stats_interval
 
@@ -400,18 +444,9 @@ class Daemon:
         """Retry side effects that failed with an I/O error earlier (files left written/failing)."""
         recovery = self.ledger.stuck()
         if recovery.pending or recovery.written or recovery.failing:
-            self.dispatcher.finish_interrupted(recovery)
+            self.finisher.finish_interrupted(recovery)
             self.intake.finish_pending(list(recovery.pending))
         self.completion.report_unreported()  # a manifest that could not be written before
-
-    def _hook_settings(self, watch: str) -> tuple[Path, HooksConfig] | None:
-        """A watch's outbox and hooks as configured *now* (a reload applies to jobs ending
-        after it); None for a watch a reload removed."""
-        try:
-            config = self.config.watch(watch)
-        except KeyError:
-            return None
-        return config.outbox, config.hooks
 
     def _prune(self) -> None:
         """Retention: forget finished jobs older than keep_days, a bounded slice at a time."""
@@ -441,7 +476,6 @@ class Daemon:
 
     def _serve_requests(self) -> None:
         while True:
-            self.dispatcher.paused = self.paused  # pause/resume take effect in this same pass
             try:
                 request, future = self._requests.get_nowait()
             except queue.Empty:
@@ -459,23 +493,19 @@ class Daemon:
     def snapshot(self) -> dict[str, Any]:
         """Everything ``watchd status`` and the stats file show (cheap: no table scans)."""
         config = self.config
-        pool = self.pool.describe()
-        if pool["backend"] == "dask":  # worker threads of the cluster, and those running our files
-            total, busy = int(pool["threads"]), int(pool["busy"])
-        else:
-            total, busy = self.pool.size, min(self.pool.size, len(self.dispatcher.in_flight))
+        pool = self.pool.status()
         info = DaemonInfo(
             version=__version__,
             pid=os.getpid(),
             started_at=self._started_at,
             paused=self.paused,
-            workers_total=total,
-            workers_busy=busy,
-            backend=str(pool["backend"]),
-            pool=pool,
+            workers_total=pool.threads,
+            workers_busy=pool.busy,
+            backend=pool.backend,
+            pool=pool.as_dict(),
             models=tuple(sorted({w.model for w in config.watches})),
-            # A Dask cluster's workers report their own providers as they join.
-            providers={**self._providers, **pool.get("providers", {})},
+            # A cluster's workers report their own providers as they join.
+            providers={**self._providers, **pool.providers},
             watches={
                 w.name: {"inbox": str(w.inbox), "outbox": str(w.outbox), "model": w.model}
                 for w in config.watches
@@ -487,7 +517,7 @@ class Daemon:
             self.ledger.counts(),
             self.ledger.totals(),
             self._activity,
-            self.dispatcher.last_error,
+            self.finisher.last_error,
             now_wall=time.time(),
             now_mono=time.monotonic(),
             hooks={"manifest": self.completion.counters(), **self.hooks.counters.snapshot()},
@@ -549,7 +579,6 @@ class Daemon:
             self.config = new
             self._start_watchers()
         self.config = new
-        self._store = store  # sidecars' models are checked where the new config looks
         self.ledger.priority_aging = new.daemon.priority_aging
         self.cache.max_bytes = new.daemon.cache_max_bytes
         self.dispatcher.use_pool(self.pool, new.pool.max_attempts)
@@ -559,7 +588,7 @@ class Daemon:
     def _replace_pool(self, config: Config, store: ModelStore) -> None:
         pool = new_pool(config, store, wake=self._wake)
         try:
-            providers = {m: load_in_worker(pool, m) for m in models_of(config)}
+            providers = {m: load_in_worker(pool, m).provider for m in models_of(config)}
         except WatchdError as exc:
             pool.close(cancel=True)
             log.error("reload.rejected", error=str(exc), message="the running configuration stays")
@@ -576,9 +605,7 @@ class Daemon:
         """One line for ``systemctl status``."""
         names = ", ".join(f"{w.name}: {w.inbox}" for w in self.config.watches)
         paused = "paused; " if self.paused else ""
-        pool = self.pool.describe()
-        cluster = f" on {pool['scheduler']} ({pool['state']})" if pool.get("scheduler") else ""
-        return f"{paused}{pool['workers']} workers{cluster}; watching {names}"
+        return f"{paused}{self.pool.status().summary()}; watching {names}"
 
     # --- signals and shutdown ---------------------------------------------------------------------
 
@@ -710,39 +737,7 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     return sorted(changes)
 
 
-def new_pool(config: Config, store: ModelStore, wake: Callable[[], None] | None = None) -> Pool:
-    pool = config.pool
-    if pool.backend == "dask":
-        assert pool.scheduler is not None  # config validation
-        from watchd.dask_pool import DaskPool, security_from  # only with backend = "dask"
-
-        return DaskPool(
-            pool.scheduler,
-            models=models_of(config),
-            file_timeout=pool.file_timeout,
-            dispatch_window=pool.dispatch_window,
-            security=security_from(pool.tls_ca_file, pool.tls_client_cert, pool.tls_client_key),
-            on_capacity=wake,  # dispatch as soon as the cluster can take work
-        )
-    return LocalPool(
-        workers=config.pool.workers,
-        threads_per_worker=config.pool.threads_per_worker,
-        env=store.worker_env(),
-        models=models_of(config),
-        file_timeout=config.pool.file_timeout,
-        providers=config.pool.providers,
-        model_cache=config.pool.model_cache,
-        memory_arena=config.pool.memory_arena,
-        lone_file_uses_all_cores=config.pool.lone_file_uses_all_cores,
-        max_files_per_worker=config.pool.max_files_per_worker,
-    )
-
-
-def models_of(config: Config) -> tuple[str, ...]:
-    return tuple(sorted({watch.model for watch in config.watches}))
-
-
-def load_in_worker(pool: Pool, model: str) -> str:
+def load_in_worker(pool: Pool, model: str) -> ModelCheck:
     """Load ``model`` in a real worker before declaring the daemon ready."""
     try:
         return pool.check_model(model, MODEL_LOAD_TIMEOUT)
@@ -755,6 +750,8 @@ def load_in_worker(pool: Pool, model: str) -> str:
 def rescan(watcher: InboxWatcher, name: str, now: float) -> None:
     """The periodic safety scan; an inbox that vanished (unmounted share) is logged, not fatal."""
     try:
+        if watcher.revive():
+            log.info("watch.revived", watch=name, message="the inbox is back; watching it again")
         watcher.scan(now)
     except OSError as exc:
         log.error("watch.unavailable", watch=name, error=str(exc))

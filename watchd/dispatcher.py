@@ -1,43 +1,30 @@
-"""The dispatch loop's body: claim queued files, keep the pool busy, finish what comes back.
+"""The dispatch loop's body: claim queued files, keep the pool busy, collect what comes back.
 
-In-flight work is capped (``capacity``), so 100,000 queued files are 100,000
-ledger rows, not 100,000 images in memory. Every outcome ends in exactly one
-of three places: the output written and the original disposed of; the
-original in the failed folder with its reason; or the file back in the queue
-(a lost attempt below ``max_attempts``, or a transient write error, retried
-with exponential backoff and jitter). A write error that no wait can cure (a name
-too long or invalid for the file system, a folder where the output goes:
-:data:`watchd.files.PERMANENT_ERRNOS`) fails the file with the reason instead.
+In-flight work is capped (the pool's ``capacity``), so 100,000 queued files are
+100,000 ledger rows, not 100,000 images in memory. The dispatcher only claims, sends,
+collects and retries; what happens to a file whose fate is known (outputs written,
+original archived or failed) is the :class:`~watchd.finisher.Finisher`'s. Every
+outcome ends in exactly one of three places: finished (done or failed, by the
+finisher), or back in the queue: a lost attempt below ``max_attempts``, a file the pool
+lost without running it, or a transient write error, the last two retried with
+exponential backoff and jitter and without costing an attempt.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import stat
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
-from typing import Any
 
 import structlog
 
 from watchd.content_cache import ContentCache, Hit, cache_key
-from watchd.errors import InputRejected
-from watchd.files import (
-    atomic_write,
-    is_permanent,
-    move_file,
-    page_paths,
-    read_input,
-    remove_file,
-    remove_stray_temp,
-    write_error_note,
-)
-from watchd.intake import mask_of, output_config, spool_mask_path, spool_path
-from watchd.ledger import CANCELLED_REASON, CacheEntry, FileRecord, FinishedJob, Ledger, Recovery
-from watchd.pipeline import AttemptFailed, Pool, Result, Task, outcome
+from watchd.errors import AttemptFailed, InputRejected
+from watchd.files import read_input
+from watchd.finisher import Finisher
+from watchd.ledger import CacheEntry, FileRecord, Ledger
+from watchd.pool.protocol import Pool, outcome, pool_broke
+from watchd.pool.task import Result, Task
 from watchd.stats import Activity
 
 log = structlog.get_logger()
@@ -52,6 +39,22 @@ BACKOFF_BASE = 1.0
 BACKOFF_MAX = 300.0
 
 
+class Pause:
+    """Whether dispatch is paused (``watchd pause``/``resume``): one owner of that state.
+
+    Kept in the ledger too, so a restart stays paused. The dispatcher reads it on every
+    claim; the control commands and the status read and set it here.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self.paused = ledger.get_setting("paused") == "1"
+
+    def set(self, paused: bool) -> None:
+        self._ledger.set_setting("paused", "1" if paused else "0")
+        self.paused = paused
+
+
 class Dispatcher:
     """Owns the in-flight set; runs in the daemon's main thread only."""
 
@@ -59,7 +62,8 @@ class Dispatcher:
         self,
         ledger: Ledger,
         pool: Pool,
-        spool_dir: Path,
+        finisher: Finisher,
+        pause: Pause,
         *,
         max_attempts: int,
         wake: Callable[[], None],
@@ -71,26 +75,22 @@ class Dispatcher:
     ) -> None:
         self._ledger = ledger
         self._cache = cache
-        #: the cache key of each file being made under duplicates = reuse|skip (by file id)
-        self._keys: dict[int, str] = {}
+        #: the cache key of each attempt whose outputs the content cache is to keep
+        self._keys: dict[Future[Result], str] = {}
         self._pool = pool
-        self._spool = spool_dir
+        self._finisher = finisher
+        self._pause = pause
         self._max_attempts = max_attempts
         self._wake = wake
         self._clock = clock
         self._rng = rng
         self._activity = activity
         self._monotonic = monotonic
-        self.paused = False
-        self.jobs_finished = 0
-        self.last_error: dict[str, Any] | None = None
         self.in_flight: dict[Future[Result], FileRecord] = {}
         #: when each in-flight attempt was handed to the pool: (unix, monotonic) seconds
         self._handed: dict[Future[Result], tuple[float, float]] = {}
         self._write_failures = 0
         self._pool_breaks = 0
-        #: Called in the main thread when a job's last file ends (manifest, hooks).
-        self.on_job_finished: Callable[[FinishedJob], None] = lambda _job: None
 
     def use_pool(self, pool: Pool, max_attempts: int) -> None:
         """Send new work to ``pool`` (after a reload); running files finish where they are."""
@@ -112,7 +112,7 @@ class Dispatcher:
         """
         started = 0
         claimed = 0
-        while not self.paused and len(self.in_flight) < self.capacity:
+        while not self._pause.paused and len(self.in_flight) < self.capacity:
             if claimed - started >= FILL_BUDGET:
                 self._wake()
                 break
@@ -132,77 +132,72 @@ class Dispatcher:
 
     def _start(self, record: FileRecord, threads: int = 0) -> bool:
         """Hand one claimed file to the pool; False when it was finished here instead."""
+        options = record.options
         try:
-            limit = int(record.options["max_file_bytes"])
-            data = read_input(self.original(record), limit)
+            data = read_input(self._finisher.original(record), options.max_file_bytes)
         except InputRejected as exc:
-            self.fail(record, str(exc))
+            self._finisher.fail(record, str(exc))
             return False
-        output = output_config(record.options)
-        mask_name = mask_of(record)
+        mask_name = options.mask_for(record.rel)
         mask = None
+        key: str | None = None
         if mask_name is not None:  # a hand-edited mask (watchd/masks.py): no cache, no model
             try:
-                mask = read_input(spool_mask_path(self._spool, record.id), limit)
+                mask = read_input(self._finisher.mask_copy(record), options.max_file_bytes)
             except InputRejected as exc:
-                self.fail(record, f"the hand-edited mask {mask_name} could not be used: {exc}")
+                reason = f"the hand-edited mask {mask_name} could not be used: {exc}"
+                self._finisher.fail(record, reason)
                 return False
-        elif self._is_duplicate(record, data, output):
-            return False
+        else:
+            finished, key = self._known(record, data)
+            if finished:
+                return False
         task = Task(
             file_id=record.id,
             data=data,
-            model=str(record.options["model"]),
-            output=output,
+            model=options.model,
+            output=options.output,
             threads=threads,
             mask=mask,
             mask_name=mask_name or "",
         )
         future = self._pool.submit(task)
+        if key is not None:
+            self._keys[future] = key
         self.in_flight[future] = record
         self._handed[future] = (self._clock(), self._monotonic())
         future.add_done_callback(lambda _f: self._wake())
         return True
 
-    def _is_duplicate(self, record: FileRecord, data: bytes, output: object) -> bool:
-        """Under ``duplicates = "reuse"`` or ``"skip"``: whether the content cache knows this
-        input (and then it is finished here, without the pool); else its key is kept so
-        that its outputs are stored when they come (watchd/content_cache.py)."""
-        policy = record.options.get("duplicates", "reprocess")
-        if self._cache is None or policy == "reprocess":
-            return False
-        key = cache_key(data, str(record.options["model"]), output)
+    def _known(self, record: FileRecord, data: bytes) -> tuple[bool, str | None]:
+        """Under ``duplicates = "reuse"`` or ``"skip"``: (True, key) when the content cache
+        knows this input, which is then finished here, without the pool; (False, key) when
+        it does not, and its outputs are to be kept under that key (content_cache.py)."""
+        options = record.options
+        if self._cache is None or options.duplicates == "reprocess":
+            return False, None
+        key = cache_key(data, options.model, options.output)
         hit = self._cache.lookup(key, self._clock())
         if hit is None:
-            self._keys[record.id] = key
-            return False
-        if policy == "skip":
-            self.fail(record, skip_reason(hit.entry))
+            return False, key
+        if options.duplicates == "skip":
+            self._finisher.fail(record, skip_reason(hit.entry))
         else:
             self._reuse(record, hit)
-        return True
+        return True, key
 
     def _reuse(self, record: FileRecord, hit: Hit) -> None:
         """Write the cached outputs of an earlier file as this file's outputs."""
-        self._complete(
-            record,
-            Result(
-                file_id=record.id,
-                pages=hit.pages,
-                width=hit.entry.width,
-                height=hit.entry.height,
-                threads=0,
-            ),
-            reused=hit.entry,
+        result = Result(
+            file_id=record.id,
+            pages=hit.pages,
+            width=hit.entry.width,
+            height=hit.entry.height,
+            threads=0,
         )
+        self._complete(record, result, reused=hit.entry)
 
-    def original(self, record: FileRecord) -> Path:
-        """Where the input is while it waits: the spool, or the inbox with ``after = "keep"``."""
-        if record.options.get("in_place"):
-            return record.source
-        return spool_path(self._spool, record.id)
-
-    # --- finishing --------------------------------------------------------------------------------
+    # --- collecting -------------------------------------------------------------------------------
 
     def collect(self) -> int:
         """Finish every in-flight file whose future is done."""
@@ -213,8 +208,9 @@ class Dispatcher:
         if broke:
             self._pool_broke([self.in_flight.pop(future) for future in broke])
         for future in done:
+            key = self._keys.pop(future, None)
             if future in self.in_flight:
-                self._finish(self.in_flight.pop(future), outcome(future))
+                self._finish(self.in_flight.pop(future), outcome(future), key)
         return len(done)
 
     def _time_attempts(self, done: list[Future[Result]]) -> None:
@@ -228,6 +224,45 @@ class Dispatcher:
             self._activity.record_attempt(
                 record.watch, waited=handed[0] - record.created_at, ran=now - handed[1]
             )
+
+    def _finish(
+        self,
+        record: FileRecord,
+        result: Result | InputRejected | AttemptFailed,
+        key: str | None = None,
+    ) -> None:
+        if isinstance(result, InputRejected):
+            self._finisher.fail(record, str(result))
+        elif isinstance(result, AttemptFailed):
+            self._retry_or_fail(record, str(result))
+        else:
+            self._pool_breaks = 0  # a worker finished a file: the pool works again
+            self._complete(record, result, key=key)
+
+    def _complete(
+        self,
+        record: FileRecord,
+        result: Result,
+        *,
+        reused: CacheEntry | None = None,
+        key: str | None = None,
+    ) -> None:
+        """The finisher writes the outputs; then, under duplicates = reuse|skip, the cache
+        keeps a copy of outputs the model made (``key``)."""
+        try:
+            written = self._finisher.complete(record, result, reused)
+        except OSError as exc:  # a wait may cure it: the file waits, with backoff
+            self._write_failed(
+                record, f"cannot write the output {record.output}: {exc.strerror or exc}"
+            )
+            return
+        if written:
+            self._write_failures = 0
+            if key is not None and reused is None and self._cache is not None:
+                made = (result.width, result.height)
+                self._cache.store(key, record.id, result.pages, made, self._clock())
+
+    # --- retrying ---------------------------------------------------------------------------------
 
     def _pool_broke(self, records: list[FileRecord]) -> None:
         """The pool failed these files without a worker dying *with* them.
@@ -243,7 +278,7 @@ class Dispatcher:
         for record in records:
             delay = self._backoff(self._pool_breaks)
             self._activity.record_retry(record.watch, "pool_broke")
-            self._note_error(record, f"{reason}; retrying in {delay:.0f} s")
+            self._finisher.note_error(record, f"{reason}; retrying in {delay:.0f} s")
             log.warning(
                 "file.retry",
                 file=record.id,
@@ -252,233 +287,53 @@ class Dispatcher:
                 error=reason,
                 retry_in=round(delay, 1),
             )
-            state = self._ledger.requeue(
-                record.id, reason, retry_at=self._clock() + delay, refund=True
-            )
-            if state == "failing":  # its job was cancelled meanwhile
-                self.dispose_failed(record, "cancelled")
+            self._requeue(record, reason, retry_at=self._clock() + delay, refund=True)
+
+    def _write_failed(self, record: FileRecord, reason: str) -> None:
+        """The output could not be written for a reason a wait may cure (full disk, an
+        unwritable outbox): the file waits with backoff, without costing an attempt."""
+        self._write_failures += 1
+        delay = self._backoff(self._write_failures)
+        self._finisher.note_error(record, f"{reason} (retrying in {delay:.0f} s)")
+        self._activity.record_retry(record.watch, "write_error")
+        log.error(
+            "file.write_failed",
+            file=record.id,
+            job=record.job_id,
+            error=reason,
+            retry_in=round(delay, 1),
+        )
+        self._requeue(record, reason, retry_at=self._clock() + delay, refund=True)
 
     def _backoff(self, failures: int) -> float:
         """Exponential backoff with jitter, so that many files do not retry in lockstep."""
         delay: float = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** min(failures, 16))
         return delay * (0.5 + self._rng.random())
 
-    def _finish(self, record: FileRecord, result: Result | InputRejected | AttemptFailed) -> None:
-        if isinstance(result, InputRejected):
-            self.fail(record, str(result))
-        elif isinstance(result, AttemptFailed):
-            self._retry_or_fail(record, str(result))
-        else:
-            self._pool_breaks = 0  # a worker finished a file: the pool works again
-            self._complete(record, result)
-
     def _retry_or_fail(self, record: FileRecord, reason: str) -> None:
         if record.attempts >= self._max_attempts:
-            self.fail(record, f"{reason} (gave up after {record.attempts} attempts)")
+            self._finisher.fail(record, f"{reason} (gave up after {record.attempts} attempts)")
             return
         self._activity.record_retry(record.watch, retry_reason(reason))
         log.warning(
             "file.retry", file=record.id, job=record.job_id, attempt=record.attempts, error=reason
         )
-        if self._ledger.requeue(record.id, reason) == "failing":  # its job was cancelled
-            self.dispose_failed(record, "cancelled")
+        self._requeue(record, reason)
 
-    def _complete(
-        self, record: FileRecord, result: Result, reused: CacheEntry | None = None
-    ) -> None:
-        key = self._keys.pop(record.id, None)
-        pages = len(result.pages)
-        if pages > 1 and record.pages != pages:  # the first time its page names are known
-            taken = [p for p in page_paths(record.output, pages) if os.path.lexists(p)]
-            if taken:
-                more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
-                self.fail(
-                    record,
-                    f"the {pages} pages of this document would be written over "
-                    f"{taken[0].name}{more}, already in {taken[0].parent}, which watchd "
-                    "did not make from it: move those files away and drop the document again",
-                )
-                return
-            self._ledger.set_pages(record.id, pages)
-        try:
-            self._write_outputs(record, result, *self._output_access(record))
-        except OSError as exc:
-            if is_permanent(exc):
-                self.fail(record, f"cannot write the output {record.output}: {exc.strerror or exc}")
-                return
-            self._write_failures += 1
-            delay = self._backoff(self._write_failures)
-            reason = f"cannot write the output {record.output}: {exc.strerror or exc}"
-            self._note_error(record, f"{reason} (retrying in {delay:.0f} s)")
-            self._activity.record_retry(record.watch, "write_error")
-            log.error(
-                "file.write_failed",
-                file=record.id,
-                job=record.job_id,
-                error=reason,
-                retry_in=round(delay, 1),
-            )
-            state = self._ledger.requeue(
-                record.id, reason, retry_at=self._clock() + delay, refund=True
-            )
-            if state == "failing":
-                self.dispose_failed(record, "cancelled")
-            return
-        self._write_failures = 0
-        reused_from = reused.file_id if reused else None
-        self._ledger.mark_written(record.id, result.output_bytes, pages, reused_from)
-        if key is not None and self._cache is not None:
-            self._cache.store(
-                key, record.id, result.pages, (result.width, result.height), self._clock()
-            )
-        latency = self._clock() - record.created_at
-        self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())
-        log.info(
-            "file.done",
-            file=record.id,
-            job=record.job_id,
-            watch=record.watch,
-            output=str(record.output),
-            pages=pages,
-            bytes=result.output_bytes,
-            width=result.width,
-            height=result.height,
-            attempt=record.attempts,
-            threads=result.threads or None,
-            worker_pid=result.worker_pid or None,
-            **({"reused_from": reused.file_id, "reused_job": reused.job_id} if reused else {}),
-            **{f"{k}_s": round(v, 3) for k, v in result.timings.items()},
-            latency_s=round(latency, 3),
-        )
-        self.dispose_done(record)
-
-    def _output_access(self, record: FileRecord) -> tuple[int, tuple[int, int] | None]:
-        """An output's permission bits and owner: its input's, so a private photo (0600)
-        never gives a cutout everyone may read, and (where the daemon may chown: root) its
-        owner can still read it; 0666 less the umask when the input cannot be asked."""
-        try:
-            info = os.stat(self.original(record))
-        except OSError:
-            return 0o666, None
-        return stat.S_IMODE(info.st_mode) & 0o666, (info.st_uid, info.st_gid)
-
-    @staticmethod
-    def _write_outputs(
+    def _requeue(
+        self,
         record: FileRecord,
-        result: Result,
-        mode: int = 0o666,
-        owner: tuple[int, int] | None = None,
+        reason: str,
+        *,
+        retry_at: float | None = None,
+        refund: bool = False,
     ) -> None:
-        """Write each output atomically: one, or one per page (:func:`page_paths`).
+        """Back in the queue; a file whose job was cancelled meanwhile goes to failed."""
+        state = self._ledger.requeue(record.id, reason, retry_at=retry_at, refund=refund)
+        if state == "failing":
+            self._finisher.dispose_failed(record, "cancelled")
 
-        Page paths depend only on the assigned output and the page count, so a rerun
-        after a crash between two pages overwrites the same files; the file becomes
-        ``written`` only when its last page is complete.
-        """
-        paths = page_paths(record.output, len(result.pages))
-        if len(paths) == 1:
-            atomic_write(paths[0], result.pages[0], record.id, mode=mode, owner=owner)
-            return
-        for number, (path, data) in enumerate(zip(paths, result.pages, strict=True), start=1):
-            atomic_write(path, data, record.id, page=number, mode=mode, owner=owner)
-
-    def dispose_done(self, record: FileRecord) -> None:
-        """written -> done: archive, delete or keep the original (idempotent)."""
-        after = record.options["after"]
-        original = self.original(record)
-        try:
-            if record.options.get("in_place"):
-                pass  # after = "keep" on an inbox: the original stays where it was dropped
-            elif after == "delete" or (after == "keep" and record.options.get("intake") == "copy"):
-                remove_file(original)  # (a submitted copy: the original was never touched)
-            elif os.path.lexists(original):
-                move_file(original, record.archive, record.id)
-            if mask_of(record) is not None:
-                remove_file(spool_mask_path(self._spool, record.id))
-        except OSError as exc:
-            log.error("file.archive_failed", file=record.id, path=str(original), error=str(exc))
-            return  # stays 'written'; the periodic finishing pass tries again
-        self._job_finished(self._ledger.mark_done(record.id))
-
-    def fail(self, record: FileRecord, reason: str) -> None:
-        """Record the reason, then put the original and a readable note in the failed folder."""
-        self._keys.pop(record.id, None)
-        self._ledger.mark_failing(record.id, reason)
-        if reason != CANCELLED_REASON:
-            self._note_error(record, reason)
-        log.error(
-            "file.failed",
-            file=record.id,
-            job=record.job_id,
-            watch=record.watch,
-            source=str(record.source),
-            error=reason,
-        )
-        self.dispose_failed(record, reason)
-
-    def _note_error(self, record: FileRecord, message: str) -> None:
-        """What ``status`` shows as the last error: failures, and transient write errors too
-        (while the outbox is full or unwritable, nothing else tells an operator why files wait).
-        """
-        self.last_error = {
-            "at": self._clock(),
-            "watch": record.watch,
-            "job": record.job_id,
-            "file": record.id,
-            "message": f"{record.rel}: {message}",
-        }
-
-    def dispose_failed(self, record: FileRecord, reason: str) -> None:
-        """failing -> failed (idempotent, for recovery too)."""
-        original = self.original(record)
-        try:
-            keep = bool(record.options.get("in_place"))
-            write_error_note(record.failed, reason, record.rel, record.id, left_in_inbox=keep)
-            if os.path.lexists(original) and not keep:
-                move_file(original, record.failed, record.id)
-            if mask_of(record) is not None:
-                remove_file(spool_mask_path(self._spool, record.id))
-        except OSError as exc:
-            log.error("file.quarantine_failed", file=record.id, error=str(exc))
-            return  # stays 'failing'; the periodic finishing pass tries again
-        latency = self._clock() - record.created_at
-        self._activity.record(record.watch, ok=False, latency=latency, now=self._monotonic())
-        self._job_finished(self._ledger.mark_failed(record.id))
-
-    def _job_finished(self, job: FinishedJob | None) -> None:
-        if job is not None:
-            self.jobs_finished += 1
-            log.info(
-                "job.done",
-                job=job.id,
-                watch=job.watch,
-                name=job.name,
-                state=job.state,
-                files=job.total,
-                failed=job.failed,
-                seconds=round(job.seconds, 3),
-            )
-            self.on_job_finished(job)
-
-    # --- recovery and shutdown --------------------------------------------------------------------
-
-    def finish_interrupted(self, recovery: Recovery) -> None:
-        """Finish side effects a crash or an I/O error interrupted."""
-        # Temp names are derived from the file id, so exactly these can be stray.
-        for record in recovery.requeued:
-            self._remove_temp(record, record.output.parent)
-        for record in recovery.written:
-            self._remove_temp(record, record.archive.parent)
-            self.dispose_done(record)
-        for record in recovery.failing:
-            self._remove_temp(record, record.failed.parent)
-            self.dispose_failed(record, record.error or "unknown error")
-        for record in recovery.pending:
-            self._remove_temp(record, self._spool)
-
-    def _remove_temp(self, record: FileRecord, folder: Path) -> None:
-        if remove_stray_temp(folder, record.id):
-            log.info("recovery.temp_removed", file=record.id, folder=str(folder))
+    # --- shutdown ---------------------------------------------------------------------------------
 
     def abandon_in_flight(self) -> int:
         """Put files that were still running back in the queue (shutdown past the drain limit)."""
@@ -488,6 +343,7 @@ class Dispatcher:
             self._ledger.requeue(record.id, "interrupted by shutdown", refund=True)  # or failing
             count += 1
         self.in_flight.clear()
+        self._keys.clear()
         return count
 
 
@@ -499,11 +355,6 @@ def skip_reason(earlier: CacheEntry) -> str:
         f'{earlier.output.name}); this watch has duplicates = "skip". To make it again, '
         'drop it in a folder whose watchd.toml says duplicates = "reprocess"'
     )
-
-
-def pool_broke(future: Future[Result]) -> bool:
-    """Whether the pool failed this file without running it to the end in a worker."""
-    return not future.cancelled() and isinstance(future.exception(), BrokenProcessPool)
 
 
 def retry_reason(message: str) -> str:

@@ -29,3 +29,21 @@ class InputRejected(WatchdError):
 
 class UnsafePath(InputRejected):
     """An entry in the inbox is not a plain file that the daemon may read (symlink, device, ...)."""
+
+
+class AttemptFailed(WatchdError):
+    """This attempt was lost (worker crash, time limit, unexpected error): the file may be retried.
+
+    Retries are bounded by ``max_attempts``, so an input that kills its worker
+    every time still ends in the failed folder with this reason.
+    """
+
+
+class PoolBroken(AttemptFailed):
+    """The pool failed this file without a worker running it to the end.
+
+    Not the file's fault (a worker died while idle or starting, or a retired pool can no
+    longer reach its cluster): the dispatcher gives the attempt back and queues the file
+    again. Every backend raises this one, so the dispatcher never asks which backend it
+    has; it is an :class:`AttemptFailed`, so code that only knows that still retries.
+    """

@@ -26,18 +26,18 @@ aside the same way, unread, with a note saying why (:meth:`Intake.set_aside`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import structlog
 
-from watchd.config import JobOverrides, OutputConfig, WatchConfig, sidecar_overrides
+from watchd.config import JobOverrides, WatchConfig, sidecar_overrides
 from watchd.errors import ConfigError, InputRejected, LedgerError, UnsafePath, WatchdError
 from watchd.files import (
     OS_LITTER,
@@ -58,10 +58,12 @@ from watchd.files import (
 )
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob, name_key
 from watchd.masks import LONE_MASK, MASK_IN_PLACE, mask_stem, pair_masks
+from watchd.options import IntakeMode, JobOptions, job_options
+from watchd.spool import spool_mask_path, spool_path
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
-#: The file suffix of each output format (a mask is a greyscale PNG).
-OUTPUT_SUFFIXES = {"png": ".png", "mask": ".png", "webp": ".webp", "jpeg": ".jpg"}
+if TYPE_CHECKING:
+    from watchd.finisher import Finisher
 
 log = structlog.get_logger()
 
@@ -77,23 +79,6 @@ MULTI_PAGE_SUFFIXES = frozenset({".tif", ".tiff"})
 
 def _may_have_pages(rel: str) -> bool:
     return Path(rel).suffix.lower() in MULTI_PAGE_SUFFIXES
-
-
-def spool_path(spool_dir: Path, file_id: int) -> Path:
-    """Where an accepted input waits while it is processed (named by id: no user text)."""
-    return spool_dir / str(file_id)
-
-
-def spool_mask_path(spool_dir: Path, file_id: int) -> Path:
-    """Where the copy of an input's hand-edited mask waits (watchd/masks.py)."""
-    return spool_dir / f"{file_id}.mask"
-
-
-def mask_of(record: FileRecord) -> str | None:
-    """The relative path of the hand-edited mask paired with this input at intake, if any."""
-    masks = record.options.get("masks")
-    mask = masks.get(record.rel) if isinstance(masks, dict) else None
-    return mask if isinstance(mask, str) else None
 
 
 #: A job's manifest is named after its output folder (or first output) with this suffix.
@@ -115,8 +100,6 @@ LOOSE_SIDECAR = (
     "together with the images, and drop that folder"
 )
 
-IntakeMode = Literal["inbox", "copy", "move"]
-
 #: What the person who dropped an entry the watcher never takes reads in its note.
 SET_ASIDE_REASONS = {
     "symlink": (
@@ -133,40 +116,6 @@ SET_ASIDE_REASONS = {
 }
 _MOVED_ASIDE = "It was moved here as it was, without being opened or followed.\n"
 _LEFT_IN_INBOX = "It could not be moved out of the inbox and was left there.\n"
-
-
-def job_options(
-    watch: WatchConfig, intake: IntakeMode = "inbox", overrides: JobOverrides | None = None
-) -> dict[str, object]:
-    """The options a job is processed with, frozen when it is accepted.
-
-    A reload or an edited sidecar never changes a job already recorded. ``in_place``
-    marks inputs that are never moved (``after = "keep"`` on an inbox): they are read
-    where they were dropped. Every other input waits in the spool: moved there from
-    the inbox, or copied/moved there by ``submit``.
-    """
-    output = overrides.output if overrides else watch.output
-    return {
-        "model": overrides.model if overrides else watch.model,
-        "after": watch.after,
-        "output": asdict(output),
-        "max_file_bytes": watch.max_file_bytes,
-        "intake": intake,
-        "in_place": intake == "inbox" and watch.after == "keep",
-        "duplicates": overrides.duplicates if overrides else watch.duplicates,
-    }
-
-
-def output_config(options: dict[str, object] | object) -> OutputConfig:
-    """The output options recorded with a job (jobs from before they existed: PNG)."""
-    if isinstance(options, dict):
-        recorded = options.get("output")
-        if isinstance(recorded, dict):
-            return OutputConfig(**recorded)
-        level = options.get("png_compress_level")
-        if isinstance(level, int):
-            return OutputConfig(png_compress_level=level)
-    return OutputConfig()
 
 
 def _folded_names(listings: dict[Path, set[bytes]], folder: Path) -> set[bytes]:
@@ -188,12 +137,13 @@ class Intake:
         self,
         ledger: Ledger,
         spool_dir: Path,
-        fail: Callable[[FileRecord, str], None],
+        finisher: Finisher,
         check_model: Callable[[str], None] | None = None,
     ):
+        """``finisher`` fails what cannot be taken (an invalid sidecar, a vanished input)."""
         self._ledger = ledger
         self._spool = spool_dir
-        self._fail = fail
+        self._finisher = finisher
         #: Raises (ModelError, with a fix) if the pool cannot load a model a sidecar names.
         self._check_model = check_model
         self._recorded: int | None = None  # the job the batch being taken became, once recorded
@@ -334,20 +284,23 @@ class Intake:
         self, batch: Batch, watch: WatchConfig, intake: IntakeMode, priority: int | None
     ) -> int | None:
         overrides, problem = read_sidecar(batch, watch, self._check_model)
-        options = job_options(watch, intake, overrides)
-        if overrides is not None:
-            options["sidecar"] = sidecar_label(batch, batch.sidecars[0])
+        label = None if overrides is None else sidecar_label(batch, batch.sidecars[0])
+        options = job_options(watch, intake, overrides, label)
         if priority is None:
             priority = overrides.priority if overrides else watch.priority
-        suffix = OUTPUT_SUFFIXES[output_config(options).format]
+        suffix = options.suffix
         files = batch.files
-        if options["in_place"]:
+        if options.in_place:
             files = tuple(
                 c for c in files if not self._ledger.is_known_source(c.path, c.size, c.mtime_ns)
             )
         if not files:
             return None
-        files, masks = _split_masks(files, options)
+        files, masks = _split_masks(files, options.in_place)
+        if masks:
+            options = dataclasses.replace(
+                options, masks={rel: mask.rel for rel, mask in masks.items()}
+            )
         taken, claim, output_taken = self._name_checker(fold=not watch.case_sensitive_names)
         if batch.kind == "folder":
             out_root = claim(unique_path(watch.outbox / batch.name, taken, folder=True))
@@ -375,7 +328,7 @@ class Intake:
                 failed=claim(unique_path(failed_root / c.rel, taken)),
                 size=c.size,
                 mtime_ns=c.mtime_ns,
-                reject=_rejection(batch, c, problem, in_place=bool(options["in_place"])),
+                reject=_rejection(batch, c, problem, options),
             )
             for c in files
         ]
@@ -412,15 +365,15 @@ class Intake:
             files=len(file_ids),
             bytes=sum(f.size for f in new_files),
             priority=priority,
-            **({"sidecar": options["sidecar"]} if "sidecar" in options else {}),
+            **({"sidecar": options.sidecar} if options.sidecar is not None else {}),
         )
         if problem is not None:
             log.warning("job.sidecar_invalid", job=job_id, watch=watch.name, error=problem)
         # Each mask is copied into the spool with its input (_to_spool) before it moves.
         self.finish_pending(self._ledger.job_files(job_id))
-        if not options["in_place"] and intake != "copy":
+        if not options.in_place and intake != "copy":
             _dispose_sidecars(sidecar_targets, file_ids[0])
-        if batch.kind == "folder" and intake != "copy" and not options["in_place"]:
+        if batch.kind == "folder" and intake != "copy" and not options.in_place:
             prune_taken_folder(batch.root, is_litter)
         return job_id
 
@@ -500,7 +453,7 @@ class Intake:
         for record in records:
             if record.state != "pending":
                 continue
-            if record.options.get("in_place"):
+            if record.options.in_place:
                 taken = os.path.lexists(record.source)
                 if not taken:
                     self._disappeared(record)
@@ -523,24 +476,24 @@ class Intake:
                 log.warning("intake.sync_failed", folder=str(folder), error=str(exc))
         self._ledger.mark_queued(queued)
         for record in rejected:
-            self._fail(record, record.error or "rejected")
+            self._finisher.fail(record, record.error or "rejected")
 
     def _to_spool(self, record: FileRecord, touched: set[Path]) -> bool:
         """Take one recorded input into the spool; False if it is not there now."""
         target = spool_path(self._spool, record.id)
-        mask = mask_of(record)
+        mask = record.options.mask_for(record.rel)
         if mask is not None and record.error is None:
             self._spool_mask(record, mask)
         if os.path.lexists(target):
             return True
         try:
             expect = self._expected.get(record.source)
-            if record.options.get("intake") == "copy":
+            if record.options.copied:
                 copy_file(record.source, target, record.id, expect=expect)
             else:
                 # From an inbox on another file system (a share) this is a copy: it must
                 # not read through a link swapped in since the entry settled.
-                plain = record.options.get("intake", "inbox") == "inbox"
+                plain = record.options.intake == "inbox"
                 move_file(
                     record.source, target, record.id, plain_only=plain, sync=False, expect=expect
                 )
@@ -552,7 +505,7 @@ class Intake:
             # Nothing was read or moved: the entry stays in the inbox, where the watcher
             # reports it (intake.skipped) and never takes it while it is a link.
             log.warning("intake.skipped", file=record.id, path=str(record.source), reason=str(exc))
-            self._fail(record, str(exc))
+            self._finisher.fail(record, str(exc))
             return False
         except OSError as exc:
             log.error(
@@ -576,7 +529,9 @@ class Intake:
 
     def _disappeared(self, record: FileRecord) -> None:
         log.warning("intake.disappeared", file=record.id, path=str(record.source))
-        self._fail(record, "the file was removed from the inbox before watchd could take it")
+        self._finisher.fail(
+            record, "the file was removed from the inbox before watchd could take it"
+        )
 
 
 # --- sidecars ---------------------------------------------------------------------------------
@@ -634,28 +589,25 @@ def read_sidecar(
 
 
 def _split_masks(
-    files: tuple[Candidate, ...], options: dict[str, object]
+    files: tuple[Candidate, ...], in_place: bool
 ) -> tuple[tuple[Candidate, ...], dict[str, Candidate]]:
     """Hand-edited masks (watchd/masks.py) out of a batch's inputs: (the inputs, with lone
-    masks last, which are failed with the reason; {input's rel: its mask}). The pairs are
-    recorded in the job's options (``masks``). Not on a watch that keeps its originals in
-    the inbox: there every mask is failed with the reason (MASK_IN_PLACE)."""
-    if options["in_place"]:
+    masks last, which are failed with the reason; {input's rel: its mask}). Not on a watch
+    that keeps its originals in the inbox: there every mask is failed (MASK_IN_PLACE)."""
+    if in_place:
         return files, {}
     inputs, masks, lone = pair_masks(files, {id(c): c.rel for c in files})
-    if masks:
-        options["masks"] = {rel: mask.rel for rel, mask in masks.items()}
     return (*inputs, *lone), masks
 
 
 def _rejection(
-    batch: Batch, candidate: Candidate, problem: str | None, *, in_place: bool
+    batch: Batch, candidate: Candidate, problem: str | None, options: JobOptions
 ) -> str | None:
     """Why an input is failed at intake instead of processed (None: it is processed)."""
     if problem is not None:
         return f"not processed, because this job's options file is invalid: {problem}"
     if mask_stem(candidate.rel) is not None:  # one that pair_masks left: no original beside it
-        return MASK_IN_PLACE if in_place else LONE_MASK
+        return MASK_IN_PLACE if options.in_place else LONE_MASK
     if is_sidecar_name(PurePosixPath(candidate.rel).name):
         return NESTED_SIDECAR if batch.kind == "folder" else LOOSE_SIDECAR
     return None

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from watchd.errors import LedgerError
+from watchd.options import JobOptions
 
 
 class NotFound(LedgerError):
@@ -115,7 +116,7 @@ class NewJob:
     watch: str
     name: str
     kind: str
-    options: Mapping[str, Any]
+    options: JobOptions
     files: Sequence[NewFile]
     priority: int = 0  # higher first; see Ledger.claim
     manifest: Path | None = None  # where the job's manifest goes when it ends
@@ -134,7 +135,7 @@ class FileRecord:
     state: str
     attempts: int
     error: str | None
-    options: Mapping[str, Any]
+    options: JobOptions
     created_at: float
     pages: int = 1  # outputs it makes, once known (set_pages, mark_written)
 
@@ -225,7 +226,7 @@ class JobDetail(JobSummary):
 
     queued: int
     running: int
-    options: Mapping[str, Any]
+    options: JobOptions
     files: tuple[FileDetail, ...]
     manifest: Path | None = None
 
@@ -531,7 +532,7 @@ def _file_record(row: sqlite3.Row) -> FileRecord:
         state=row[8],
         attempts=row[9],
         error=row[10],
-        options=json.loads(row[11]),
+        options=JobOptions.from_json(json.loads(row[11])),
         created_at=row[12],
         pages=row[13],
     )
@@ -686,7 +687,7 @@ class Ledger:
                     job.watch,
                     _text(job.name),
                     job.kind,
-                    json.dumps(dict(job.options)),
+                    json.dumps(job.options.to_json()),
                     len(job.files),
                     now,
                     job.priority,
@@ -1345,7 +1346,7 @@ class Ledger:
             **{field.name: getattr(summary, field.name) for field in fields(JobSummary)},
             queued=by_state.get(FileState.QUEUED.value, 0),
             running=by_state.get(FileState.RUNNING.value, 0),
-            options=json.loads(row[10]),
+            options=JobOptions.from_json(json.loads(row[10])),
             manifest=None if row[11] is None else _path(row[11]),
             files=tuple(_file_detail(f) for f in files),
         )
@@ -1506,8 +1507,8 @@ class Ledger:
         ).fetchall()
         roots = []
         for watch, options, source, rel in rows:
-            opts = json.loads(options)
-            if opts.get("intake", "inbox") != "inbox" or opts.get("in_place"):
+            opts = JobOptions.from_json(json.loads(options))
+            if opts.intake != "inbox" or opts.in_place:
                 continue
             root = _path(source)
             for _part in Path(os.fsdecode(rel)).parts:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 from PIL import Image, UnidentifiedImageError
 
 from watchd.errors import InputRejected
-from watchd.u2net import naive_cutout
+from watchd.imaging.u2net import naive_cutout
 
 if TYPE_CHECKING:
     from watchd.config import OutputConfig

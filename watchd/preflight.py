@@ -21,6 +21,7 @@ from watchd.errors import ModelError
 from watchd.files import ensure_dir
 from watchd.fsinfo import filesystem_type, is_network
 from watchd.models import ModelStore
+from watchd.pool.factory import models_on_this_machine
 
 Missing = Literal["error", "create", "ignore"]
 
@@ -49,7 +50,7 @@ def check(config: Config, *, missing: Missing = "error") -> list[Problem]:
         for key in ("outbox", "archive", "failed"):
             problems += _folder(f"{prefix}.{key}", getattr(watch, key), missing)
     problems += _tls_files(config)
-    if config.pool.backend == "dask":
+    if not models_on_this_machine(config):
         return problems  # the models live on the worker hosts; the daemon checks them there
     store = ModelStore(config.daemon.models_dir)
     seen: set[str] = set()

@@ -304,7 +304,7 @@ class DaemonInfo:
     models: tuple[str, ...]
     providers: Mapping[str, str]  # model -> onnxruntime provider in use
     watches: Mapping[str, Mapping[str, str]]  # name -> {"inbox", "outbox", "model"}
-    pool: Mapping[str, Any] = field(default_factory=dict)  # the pool's describe()
+    pool: Mapping[str, Any] = field(default_factory=dict)  # the pool's status().as_dict()
     host: str = ""  # this machine's name (the local pool's workers run here)
 
 

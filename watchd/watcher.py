@@ -540,8 +540,29 @@ class InboxWatcher:
 
     @property
     def alive(self) -> bool:
-        """Started and its observer thread still running (GET /ready)."""
-        return self._observer is not None and self._observer.is_alive()
+        """Started, and both the observer thread and its emitter still run (GET /ready).
+
+        The emitter is what reads inotify (or polls); it ends when the inbox goes away (an
+        unmounted share, a deleted folder) while the observer thread lives on, so the observer
+        alone would report a dead watch as live.
+        """
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        emitters = observer.emitters
+        return bool(emitters) and all(emitter.is_alive() for emitter in emitters)
+
+    def revive(self) -> bool:
+        """Start watching again after the inbox came back (a share remounted); True if it did.
+
+        Until then files are still found by the periodic rescan, only later; this restores
+        the event-driven pickup without a restart.
+        """
+        if self._observer is None or self.alive or not self._inbox.is_dir():
+            return False
+        self.stop()
+        self.start()
+        return True
 
     def stop(self) -> None:
         """Stop and join the observer thread; safe to call twice (shutdown paths overlap)."""

@@ -2,28 +2,28 @@
 
 The daemon stays the only owner of the ledger and of every folder (docs/design.md,
 invariant 5). :class:`DaskPool` sends each file's bytes and options to a Dask
-cluster (``dask worker ... --preload watchd.dask_worker`` on each host, see
+cluster (``dask worker ... --preload watchd.pool.dask_worker`` on each host, see
 docs/scale-out.md) and hands back a :class:`concurrent.futures.Future` that
-completes with the returned bytes, so the dispatcher uses it exactly like
-:class:`~watchd.pipeline.LocalPool`.
+completes with the returned bytes, as every :class:`~watchd.pool.protocol.Pool` does,
+so the dispatcher uses it exactly like :class:`~watchd.pool.local.LocalPool`.
 
 How faults map onto the dispatcher's rules:
 
 * **A worker dies mid-file.** The scheduler reruns the task on another worker
   (up to its ``allowed-failures``); past that, :class:`distributed.KilledWorker`
-  becomes :class:`~watchd.pipeline.AttemptFailed` (one attempt, retried up to
+  becomes :class:`~watchd.errors.AttemptFailed` (one attempt, retried up to
   ``max_attempts``). Our future completes at most once, so a task that Dask
   ran twice still gives one output.
 * **The scheduler is not there yet.** The constructor never waits: a background
-  thread connects, :meth:`describe` says ``connecting`` (then ``disconnected``
+  thread connects, :meth:`status` says ``connecting`` (then ``disconnected``
   with the reason) and :attr:`capacity` is 0, so the dispatcher claims nothing
   until workers are connected. :meth:`check_model` waits only
   :data:`MODEL_CHECK_WAIT` for the cluster; without one it defers the check to
   each worker as it joins, because a reload into ``backend = "dask"`` runs in the
   daemon's main loop and must not stall it for minutes.
 * **The scheduler goes away.** Nothing fails: files sent to it go back into
-  this pool's own queue (without costing an attempt), dispatch pauses,
-  :meth:`available` is false and :meth:`describe` says why. When the
+  this pool's own queue (without costing an attempt), dispatch pauses
+  (:attr:`capacity` is 0) and :meth:`status` says why. When the
   scheduler is back (the client reconnects, or a new one is made every
   second) the queue is sent again.
 * **file_timeout.** A running Dask task cannot be stopped. The clock starts when
@@ -33,14 +33,14 @@ How faults map onto the dispatcher's rules:
   never starts (the cluster is saturated) gives up after twice the time.
 * **Retired by a reload.** Files already in the cluster finish. Files this pool
   holds but cannot send (its cluster is gone) fail as a broken pool
-  (:class:`~concurrent.futures.process.BrokenProcessPool`): the dispatcher gives
+  (:class:`~watchd.errors.PoolBroken`): the dispatcher gives
   their attempt back and queues them for the new pool, instead of leaving them
   waiting for a cluster nobody uses any more.
 * **Bounded.** At most :attr:`dispatch_window` files are in the cluster (by
   default two per worker thread, at least one); the rest wait here, and the
   dispatcher's own cap bounds those.
 
-``distributed`` is imported here and in :mod:`watchd.dask_worker` only: the local
+``distributed`` is imported here and in :mod:`watchd.pool.dask_worker` only: the local
 pool never needs it.
 """
 
@@ -55,7 +55,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -66,9 +65,11 @@ import distributed
 import structlog
 from distributed import KilledWorker
 
-from watchd import dask_worker
-from watchd.errors import InputRejected
-from watchd.pipeline import AttemptFailed, Result, Task
+from watchd.errors import AttemptFailed, InputRejected, PoolBroken
+from watchd.models import check_name
+from watchd.pool import dask_worker
+from watchd.pool.protocol import ModelCheck, PoolStatus, WorkerStatus, as_failure
+from watchd.pool.task import Result, Task
 
 log = structlog.get_logger()
 
@@ -180,12 +181,10 @@ class _Entry:
 
 
 class DaskPool:
-    """A worker pool on a Dask cluster, the same duck type as :class:`~watchd.pipeline.LocalPool`.
+    """A :class:`~watchd.pool.protocol.Pool` on a Dask cluster.
 
     It is the daemon's only client of the scheduler; a monitor thread keeps it connected.
     """
-
-    backend = "dask"
 
     def __init__(
         self,
@@ -261,7 +260,7 @@ class DaskPool:
         with self._cond:
             return self._window() if not self._closed and self._can_send() else 0
 
-    def available(self) -> bool:
+    def _available(self) -> bool:
         """The scheduler is reachable and at least one worker is connected to it."""
         with self._cond:
             return not self._closed and self._can_send()
@@ -278,7 +277,7 @@ class DaskPool:
         self._pump()
         return future
 
-    def check_model(self, model: str, timeout: float) -> str:
+    def check_model(self, model: str, timeout: float) -> ModelCheck:
         """Load ``model`` on every connected worker; returns the execution provider in use.
 
         Workers that disagree (one on a GPU, one on the CPU) give ``"A on worker, B on
@@ -288,13 +287,14 @@ class DaskPool:
         The daemon calls this in its main loop, at start-up and on every reload that
         makes a new pool. So it waits at most :data:`MODEL_CHECK_WAIT` seconds (or
         ``timeout``, if shorter) for the scheduler and a first worker. Without them it
-        returns :data:`UNCHECKED` at once and leaves the check to the monitor, which asks
-        each worker as it joins (:meth:`describe` shows the answers); dispatch waits for
-        the cluster meanwhile. Waiting here instead (for ``timeout``: minutes) would stop
-        the daemon from taking files, answering ``watchd status`` and pinging systemd.
+        returns a deferred check (:data:`UNCHECKED`) at once and leaves the check to the
+        monitor, which asks each worker as it joins (:meth:`status` shows the answers);
+        dispatch waits for the cluster meanwhile. Waiting here instead (for ``timeout``:
+        minutes) would stop the daemon from taking files, answering ``watchd status`` and
+        pinging systemd.
         """
         if not self._wait_for_cluster(model, min(timeout, MODEL_CHECK_WAIT)):
-            return UNCHECKED
+            return ModelCheck(UNCHECKED, deferred=True)
         deadline = time.monotonic() + timeout
         with self._cond:
             client, workers = self._client, sorted(self._workers)
@@ -333,12 +333,18 @@ class DaskPool:
         with self._cond:
             for address, provider in providers.items():
                 self._providers.setdefault(address, {})[model] = provider
-        return _summary(providers)
+        return ModelCheck(_summary(providers))
+
+    def verify_model(self, model: str) -> None:
+        """Only the name: the workers hold the models, and each checks its own files
+        (the preload refuses to join without them; a file for a model a worker lacks fails
+        there with the command that installs it)."""
+        check_name(model)
 
     def _wait_for_cluster(self, model: str, wait: float) -> bool:
         """Whether a worker is there within ``wait`` s (False at once if connecting failed)."""
         deadline = time.monotonic() + wait
-        while not self.available():
+        while not self._available():
             with self._cond:
                 closed, tried = self._closed, self._tried
                 why = self._error or "no dask worker is connected"
@@ -376,7 +382,7 @@ class DaskPool:
     def check(self) -> None:
         """Nothing to do: lost dask futures are resolved by the pool's own callbacks."""
 
-    def describe(self) -> dict[str, Any]:
+    def status(self) -> PoolStatus:
         """The pool for ``watchd status`` and the stats file (cached: never waits for a reply)."""
         with self._cond:
             client = self._client
@@ -385,7 +391,7 @@ class DaskPool:
             for entry in self._sent.values():
                 if entry.started_at is not None and entry.worker is not None:
                     executing[entry.worker] = executing.get(entry.worker, 0) + 1
-            per_worker: list[dict[str, Any]] = []
+            per_worker: list[WorkerStatus] = []
             providers: dict[str, dict[str, str]] = {}  # model -> worker name -> provider
             for address, info in sorted(self._workers.items()):
                 for model, provider in self._providers.get(address, {}).items():
@@ -393,36 +399,33 @@ class DaskPool:
                 threads = int(info.get("nthreads") or 0)
                 busy = executing.get(address, 0)  # our files it started and has not finished
                 per_worker.append(
-                    {
-                        "address": address,
-                        "name": str(info.get("name", address)),
-                        "host": info.get("host"),
-                        "threads": threads,
-                        "busy": min(threads, busy),
-                        "memory_limit": info.get("memory_limit"),
-                        "status": info.get("status"),
-                        "providers": dict(self._providers.get(address, {})),
-                    }
+                    WorkerStatus(
+                        address=address,
+                        name=str(info.get("name", address)),
+                        host=info.get("host"),
+                        threads=threads,
+                        busy=min(threads, busy),
+                        memory_limit=info.get("memory_limit"),
+                        status=info.get("status"),
+                        providers=dict(self._providers.get(address, {})),
+                    )
                 )
-            threads = sum(int(w["threads"] or 0) for w in per_worker)
-            busy = sum(int(w["busy"] or 0) for w in per_worker)
-            return {
-                "backend": "dask",
-                "scheduler": self.scheduler,
-                "state": self._state(connected),
-                "connected": connected,
-                "error": None if connected and self._workers else self._error,
-                "since": self._since,
-                "workers": len(per_worker),
-                "threads": threads,
-                "busy": busy,
-                "idle": max(0, threads - busy),
-                "dispatch_window": self._window(),
-                "in_cluster": len(self._sent),
-                "waiting": len(self._waiting),
-                "per_worker": per_worker,
-                "providers": {model: _summary(by) for model, by in providers.items()},
-            }
+            return PoolStatus(
+                backend="dask",
+                scheduler=self.scheduler,
+                state=self._state(connected),
+                connected=connected,
+                error=None if connected and self._workers else self._error,
+                since=self._since,
+                workers=len(per_worker),
+                threads=sum(w.threads for w in per_worker),
+                busy=sum(w.busy for w in per_worker),
+                dispatch_window=self._window(),
+                in_cluster=len(self._sent),
+                waiting=len(self._waiting),
+                per_worker=tuple(per_worker),
+                providers={model: _summary(by) for model, by in providers.items()},
+            )
 
     # --- state helpers (call with the lock held) --------------------------------------------------
 
@@ -541,7 +544,7 @@ class DaskPool:
             reason = "cancelled in the dask cluster"
             self._settle(entry, error=AttemptFailed(f"processing was {reason} ({self.scheduler})"))
         elif isinstance(error, Exception):
-            self._settle(entry, error=error)  # outcome(): "processing failed: <type>: <message>"
+            self._settle(entry, error=as_failure(error))  # "processing failed: <type>: <msg>"
         else:
             self._settle(entry, error=AttemptFailed(f"processing failed: {error!r}"))
 
@@ -708,7 +711,7 @@ class DaskPool:
         """Ask each newly joined worker which provider runs each model (loading it if needed).
 
         The preload has loaded the models already, so this costs a worker a moment.
-        It keeps :meth:`describe` true as workers come and go (a GPU host next to CPU
+        It keeps :meth:`status` true as workers come and go (a GPU host next to CPU
         hosts), and it is the model check when :meth:`check_model` had no cluster to ask.
         The keys do not start with ``watchd-``: these are not files.
         """
@@ -767,7 +770,7 @@ class DaskPool:
         for entry in stranded:
             self._settle(
                 entry,
-                error=BrokenProcessPool(
+                error=PoolBroken(
                     f"the retired dask pool cannot reach {self.scheduler}; sent back to the queue"
                 ),
             )

@@ -1,8 +1,8 @@
 """U²-Net models run on onnxruntime directly: rembg's exact steps, without importing rembg.
 
-Why: importing rembg in a worker costs about 2.4 s and 175 MiB (it brings pymatting,
+Why: importing rembg in a worker costs seconds and a lot of memory (it brings pymatting,
 numba, scipy and scikit-image, for alpha matting), which is what kept a worker above
-600 MiB on 12 MP photos (docs/performance.md). The U²-Net family (``u2net``,
+the memory target on 12 MP photos (docs/performance.md). The U²-Net family (``u2net``,
 ``u2netp``, ``u2net_human_seg``, ``silueta``) and models imported with
 ``watchd models import`` (rembg's ``u2net_custom``) share one set of steps, written
 out here from rembg 2.0's ``U2netpSession.predict`` and ``naive_cutout``;
@@ -10,7 +10,7 @@ tests/test_u2net.py compares the results with rembg's own, pixel for pixel, on r
 photos, so a rembg release that changes them is noticed.
 
 Other model families (isnet, birefnet, ...), alpha matting and mask post-processing
-still go through rembg (imported on first use, see watchd/pipeline.py). A
+still go through rembg (imported on first use, see watchd/imaging/cutout.py). A
 :class:`U2netSession` has rembg's ``predict`` method, so rembg's ``remove`` accepts it.
 """
 

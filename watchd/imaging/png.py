@@ -2,8 +2,8 @@
 
 Pillow's PNG encoder tries every filter on every row and keeps the best; at 12 MP that
 search alone costs more than the model's inference. libpng (through imagecodecs) with
-one fixed filter, "Up", makes files of about the same size (within ~2 % on cutouts)
-in less than half the time (measured in docs/performance.md). The pixels are the
+one fixed filter, "Up", makes files of about the same size in less than half the
+time (measured in docs/performance.md). The pixels are the
 same whatever the filter: PNG is lossless.
 
 imagecodecs writes no metadata, so the two chunks watchd carries from the input, the
