@@ -249,8 +249,16 @@ class Dispatcher:
     ) -> None:
         """The finisher writes the outputs; then, under duplicates = reuse|skip, the cache
         keeps a copy of outputs the model made (``key``)."""
+        cache = self._cache
+        keep = None
+        if key is not None and reused is None and cache is not None:
+
+            def keep() -> None:
+                made = (result.width, result.height)
+                cache.store(key, record.id, result.pages, made, self._clock())
+
         try:
-            written = self._finisher.complete(record, result, reused)
+            written = self._finisher.complete(record, result, reused, keep)
         except OSError as exc:  # a wait may cure it: the file waits, with backoff
             self._write_failed(
                 record, f"cannot write the output {record.output}: {exc.strerror or exc}"
@@ -258,9 +266,6 @@ class Dispatcher:
             return
         if written:
             self._write_failures = 0
-            if key is not None and reused is None and self._cache is not None:
-                made = (result.width, result.height)
-                self._cache.store(key, record.id, result.pages, made, self._clock())
 
     # --- retrying ---------------------------------------------------------------------------------
 

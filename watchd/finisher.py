@@ -80,12 +80,18 @@ class Finisher:
     # --- a result -------------------------------------------------------------------------------
 
     def complete(
-        self, record: FileRecord, result: Result, reused: CacheEntry | None = None
+        self,
+        record: FileRecord,
+        result: Result,
+        reused: CacheEntry | None = None,
+        written: Callable[[], None] | None = None,
     ) -> bool:
         """Write a file's outputs, mark it written, dispose of its original; True if written.
 
         ``reused``: the outputs are an earlier file's, from the content cache (recorded as
-        the file's ``reused_from``, said in the log and the manifest).
+        the file's ``reused_from``, said in the log and the manifest). ``written``: called
+        once the file is ``written``, before its original is disposed of and its job can
+        end (the content cache keeps its copy there, so a job's end means it is kept).
 
         Fails the file (False) when its pages would overwrite files watchd did not make, or
         when the output cannot be written for a reason no wait cures
@@ -114,6 +120,8 @@ class Finisher:
             return False
         reused_from = reused.file_id if reused else None
         self._ledger.mark_written(record.id, result.output_bytes, pages, reused_from)
+        if written is not None:
+            written()
         latency = self._clock() - record.created_at
         self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())
         log.info(
