@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.dispatch_support import Clock, DispatchRig, ImmediatePool, make_dispatch_rig
+from tests.test_ledger import new_file
 from watchd.commands import submitted_batch
 from watchd.completion import file_entry
 from watchd.config import OutputConfig, load_config
@@ -23,7 +24,7 @@ from watchd.content_cache import CACHE_VERSION, ContentCache, cache_key
 from watchd.dispatcher import FILL_BUDGET
 from watchd.errors import ConfigError
 from watchd.files import error_note_path
-from watchd.ledger import Ledger, NewFile, NewJob
+from watchd.ledger import Ledger, NewJob
 from watchd.options import JobOptions
 
 # --- the key --------------------------------------------------------------------------------------
@@ -73,17 +74,7 @@ def recorded_file(ledger: Ledger, rel: str = "a.jpg") -> int:
             name=rel,
             kind="file",
             options=JobOptions(model="u2netp", after="archive", max_file_bytes=1000),
-            files=[
-                NewFile(
-                    rel=rel,
-                    source=Path("/in") / rel,
-                    output=Path("/out") / rel,
-                    archive=Path("/archive") / rel,
-                    failed=Path("/failed") / rel,
-                    size=1,
-                    mtime_ns=1,
-                )
-            ],
+            files=[new_file(rel)],
         )
     )
     return file_id
