@@ -171,7 +171,7 @@ def write_manifest(path: Path, data: bytes, job_id: int) -> None:
 #: Manifest entries written per pass of the daemon's loop: a page costs little enough that
 #: ``status`` is still answered at once meanwhile (docs/performance.md, "Big jobs off the
 #: main loop").
-MANIFEST_PAGE = 500
+MANIFEST_PAGE = 100
 
 
 class _ManifestWriter:
