@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from tests.support import DaemonProcess, jobs_ended, wait_for, write_config
+from tests.test_e2e_operators import cli, cli_json
 from watchd.files import error_note_path
 from watchd.models import ModelStore
 
@@ -79,6 +80,10 @@ def test_reuse_and_skip_after_a_restart(
     assert "infer_s" not in again  # no worker saw it
     manifest = json.loads((outbox / "again.manifest.json").read_text())
     assert manifest["inputs"][0]["reused_from"] == first["file"]
+    shown = cli(daemon, "job", str(again["job"]))  # and `watchd job` says so
+    assert f"again.png (reused from file {first['file']})" in shown.stdout, shown.stderr
+    [file] = cli_json(daemon, "job", str(again["job"]))["files"]
+    assert file["reused_from"] == first["file"]
     assert (root / "archive" / "again.jpg").exists()
     # another photo is new work, and the same photo with other options too (a sidecar)
     drop_folder(

@@ -285,6 +285,8 @@ def _print_job(job: Mapping[str, Any], out: TextIO) -> None:
     table = [("FILE", "STATE", "TRIES", "INPUT", "OUTPUT / ERROR")]
     for f in job["files"]:
         detail = f.get("error") if f["state"] in ("failed", "failing") else f.get("output")
+        if f.get("reused_from") and detail:  # the content cache's outputs of an earlier file
+            detail = f"{detail} (reused from file {f['reused_from']})"
         table.append((str(f["id"]), f["state"], str(f["attempts"]), f["rel"], str(detail or "")))
     _print_table(table, out)
 
