@@ -7,6 +7,8 @@ list, so an option added later is part of the key without anyone remembering to 
 only routing and limit options (model, priority, ``duplicates``, folders, ``after``,
 ``max_file_bytes``) live outside that value. :data:`CACHE_VERSION` is part of the key too:
 raise it when the same options start to give other pixels (a new encoder, a fixed bug).
+An option whose value names a file (a background image) is keyed by the name only: its
+file's SHA-256 must be added to the key by whoever adds such an option.
 
 What a watch does with an input whose key is known is its ``duplicates`` option:
 ``reprocess`` (the default: nothing changes, nothing is stored), ``reuse`` (the earlier
