@@ -222,3 +222,19 @@ def test_a_mask_without_its_original_is_failed_with_the_reason(rig: Rig, no_mode
     note = error_note_path(rig.root / "failed" / "shoot" / "a.mask.png").read_text()
     assert LONE_MASK in note
     assert [t.mask for t in rig.pool.tasks] == [None]  # b.png went to the (here: no) model
+
+
+def test_a_mask_larger_than_max_file_bytes_fails_its_original(tmp_path: Path) -> None:
+    inner = make_dispatch_rig(tmp_path, InlinePool(), "max_file_bytes = 1000")
+    rig = Rig(**{f.name: getattr(inner, f.name) for f in dataclasses.fields(inner)})
+    small = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(small, "JPEG")
+    noise = Image.fromarray(np.random.default_rng(2).integers(0, 255, (30, 40), dtype=np.uint8))
+    assert len(small.getvalue()) < 1000 < len(png(noise))
+    job = rig.drop_folder({"a.jpg": small.getvalue(), "a.mask.png": png(noise)})
+    [file] = rig.ledger.job_detail(job).files
+    assert file.state == "failed"
+    note = error_note_path(tmp_path / "failed" / "shoot" / "a.jpg").read_text()
+    assert "the hand-edited mask a.mask.png could not be used" in note
+    assert rig.pool.tasks == []
+    inner.ledger.close()
