@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: run test lint typecheck unit model install clean wheelhouse image test-container image-arm64
+.PHONY: run test lint typecheck deadcode unit model install clean wheelhouse image test-container image-arm64
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+## deadcode: functions, methods and fields nothing uses (vulture; [tool.vulture] in
+## pyproject.toml, library-called names in vulture_whitelist.py)
+deadcode: $(STAMP)
+	$(BIN)/vulture
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

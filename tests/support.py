@@ -1,9 +1,10 @@
-"""Test helpers: deadline polling and the real daemon as a subprocess."""
+"""Test helpers: deadline polls, a fake clock, dropping files, the real daemon as a subprocess."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,41 @@ def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
         time.sleep(0.05)
+
+
+def drop(content: Path | bytes, inbox: Path, name: str | None = None) -> Path:
+    """Drop a file into ``inbox`` as careful uploaders (and rsync) do: written under a hidden
+    temp name beside its place, then renamed, so the watcher never sees it half-written.
+
+    ``content``: a file to copy, or the bytes. ``name`` (default: the source file's name)
+    may name a path below ``inbox`` whose folders exist. Returns where the file now is.
+    """
+    if name is None:
+        if not isinstance(content, Path):
+            raise TypeError("drop(bytes, ...) needs a name")
+        name = content.name
+    target = inbox / name
+    temp = target.with_name(f".{target.name}.partial")
+    if isinstance(content, Path):
+        shutil.copyfile(content, temp)
+    else:
+        temp.write_bytes(content)
+    os.rename(temp, target)
+    return target
+
+
+class Clock:
+    """A settable fake clock: pass it where code takes ``clock`` (``Ledger.open``, intake,
+    completion); a test moves time by setting ``now`` or calling :meth:`advance`."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def jobs_ended(root: Path) -> bool:

@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 
-from tests.support import DaemonProcess, is_output, wait_for
-from tests.test_intake_faults import drop, files_by_state, job_json, ledger_rows, small_photo
-from watchd.control import ControlClient, ProtocolError
+from tests.support import DaemonProcess, drop, is_output, wait_for
+from tests.test_intake_faults import files_by_state, job_json, ledger_rows, small_photo
+from watchd.control import ControlClient
+from watchd.errors import ProtocolError
 from watchd.files import error_note_path
 from watchd.ledger import Ledger, NewFile, NewJob
 
@@ -91,7 +92,7 @@ def test_a_deeply_nested_sidecar_costs_its_job_not_the_daemon(
     assert (root / "failed" / "deep" / "a.jpg").read_bytes() == small_photo()
     assert (root / "failed" / "deep" / "watchd.toml").exists()
     assert not (root / "inbox" / "deep").exists()
-    drop(root / "inbox", "after.jpg", small_photo())  # and it carries on
+    drop(small_photo(), root / "inbox", "after.jpg")  # and it carries on
     wait_for(lambda: outputs(root) == ["after.png"], what="the next file processed")
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.log_text()
@@ -276,7 +277,7 @@ def test_an_emptied_ledger_is_refused_not_taken_as_new(
 ) -> None:
     daemon = daemon_factory(watch__after="keep").start()
     root = daemon.root
-    drop(root / "inbox", "k0.jpg", small_photo())
+    drop(small_photo(), root / "inbox", "k0.jpg")
     wait_for(lambda: outputs(root) == ["k0.png"], what="first output")
     wait_for(lambda: daemon.count("job.done") == 1, what="job done")
     assert daemon.stop() == 0
@@ -364,7 +365,7 @@ def test_a_permanent_write_error_fails_the_file_instead_of_retrying(
     daemon = daemon_factory().start()
     root = daemon.root
     assert client(root).call("pause")["paused"] is True
-    drop(root / "inbox", "a.jpg", small_photo())
+    drop(small_photo(), root / "inbox", "a.jpg")
     wait_for(lambda: files_by_state(root) == {"queued": 1}, what="accepted while paused")
     (root / "outbox" / "a.png").mkdir()  # someone's folder at the output's name: EISDIR
     client(root).call("resume")
@@ -502,7 +503,7 @@ def test_an_image_too_large_for_memory_fails_once_with_a_reason_in_words(
 ) -> None:
     daemon = daemon_factory().start()
     root = daemon.root
-    drop(root / "inbox", "line.png", png_bytes(80_000_000, 1))
+    drop(png_bytes(80_000_000, 1), root / "inbox", "line.png")
     wait_for(lambda: files_by_state(root) == {"failed": 1}, timeout=300, what="failed")
     [(attempts, error)] = ledger_rows(root, "SELECT attempts, error FROM files")
     assert attempts == 1

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import DaemonProcess, Received, WebhookReceiver, is_output, wait_for
+from tests.support import Clock, DaemonProcess, Received, WebhookReceiver, is_output, wait_for
 from watchd.completion import (
     MANIFEST_PAGE,
     MANIFEST_VERSION,
@@ -41,14 +41,6 @@ from watchd.options import JobOptions
 
 OPTIONS = JobOptions(model="u2netp", after="archive", max_file_bytes=1000)
 T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class RecordingHooks:
@@ -78,7 +70,7 @@ class RecordingHooks:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

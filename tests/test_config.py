@@ -102,7 +102,7 @@ def test_default_is_rooted_at_the_cwd(tmp_path: Path, monkeypatch: pytest.Monkey
     assert watch.settle_seconds == 2.0
     assert watch.after == "archive"
     assert watch.method == "auto"
-    assert watch.png_compress_level == 1
+    assert watch.output.png_compress_level == 1
     assert config.watch("default") is watch
     with pytest.raises(KeyError):
         config.watch("nope")
@@ -162,7 +162,7 @@ def test_full_file_parses_to_typed_values(tmp_path: Path, monkeypatch: pytest.Mo
     assert photos.after == "delete"
     assert photos.method == "poll"
     assert photos.poll_interval == 1.5
-    assert photos.png_compress_level == 9
+    assert photos.output.png_compress_level == 9
     assert photos.max_file_bytes == 1048576
 
     # Unset archive/failed sit beside the inbox; everything else takes its default.
@@ -176,7 +176,7 @@ def test_full_file_parses_to_typed_values(tmp_path: Path, monkeypatch: pytest.Mo
     assert scans.after == "archive"
     assert scans.method == "auto"
     assert scans.poll_interval == 5.0
-    assert scans.png_compress_level == 1
+    assert scans.output.png_compress_level == 1
     assert scans.max_file_bytes == 200 * 1024 * 1024
     assert config.watch("scans.2024_a-b") is scans
 

@@ -27,8 +27,7 @@ from tests.docker_support import (
     session,
     unprivileged_user,
 )
-from tests.support import is_output, wait_for
-from tests.test_e2e import drop
+from tests.support import drop, is_output, wait_for
 
 pytestmark = [
     pytest.mark.container,

@@ -31,11 +31,9 @@ from watchd.control import (
     ERROR_CODES,
     ControlClient,
     ControlServer,
-    ControlSocketError,
-    DaemonUnreachable,
-    ProtocolError,
     Request,
 )
+from watchd.errors import ControlSocketError, DaemonUnreachable, ProtocolError
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -314,6 +312,8 @@ BAD_ARGS = [
     ("prune", {"older_than_days": True}, "a boolean"),
     ("prune", {"older_than_days": "7"}, "a string"),
     ("prune", {"older_than_days": 1e400}, "got inf"),
+    # an integer too large for a float: refused like any out-of-range number (watchd/validate.py)
+    ("prune", {"older_than_days": 10**400}, "a number from 0 to"),
 ]
 
 

@@ -413,7 +413,7 @@ def test_scheduler_loss_pauses_dispatch_and_resumes(
     assert all(isinstance(outcome(f), Result) for f in futures + more if f.done())
 
     cluster.start_scheduler()  # same port; the supervisor restarts the workers, which rejoin
-    wait_for(pool.available, what="the pool to reconnect")
+    wait_for(lambda: pool.capacity > 0, what="the pool to reconnect")
     wait_all(futures + more)
     for future in futures + more:
         result = outcome(future)

@@ -14,8 +14,6 @@ The last test stops and restarts the scheduler, so it stays last.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.dask_support import Cluster, need_distributed
-from tests.support import DaemonProcess, wait_for, write_config
+from tests.support import DaemonProcess, drop, wait_for, write_config
 from watchd.models import ModelStore
 from watchd.pool.task import Task
 from watchd.pool.worker import init_worker
@@ -78,13 +76,6 @@ def status(daemon: DaemonProcess) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     answer: dict[str, Any] = json.loads(result.stdout)
     return answer
-
-
-def drop(src: Path, inbox: Path, name: str) -> None:
-    """Copy to a hidden temp name, then rename, as careful uploaders do."""
-    temp = inbox / f".{name}.part"
-    shutil.copyfile(src, temp)
-    os.rename(temp, inbox / name)
 
 
 def outputs(root: Path) -> dict[str, bytes]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import DaemonProcess, is_output, jobs_ended, wait_for
+from tests.support import DaemonProcess, drop, is_output, jobs_ended, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -41,15 +41,6 @@ def files_by_state(root: Path) -> dict[str, int]:
 def size_of(path: Path) -> tuple[int, int]:
     with Image.open(path) as image:
         return image.size
-
-
-def drop(src: Path, inbox: Path, name: str | None = None) -> Path:
-    """Copy into a hidden temp name, then rename: how careful uploaders (and rsync) do it."""
-    target = inbox / (name or src.name)
-    temp = inbox / f".{target.name}.partial"
-    shutil.copyfile(src, temp)
-    os.rename(temp, target)
-    return target
 
 
 def test_loose_files_become_rgba_cutouts_and_originals_are_archived(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import DaemonProcess, is_output, wait_for
+from tests.support import DaemonProcess, drop, is_output, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -40,12 +40,6 @@ def cli_json(daemon: DaemonProcess, *args: str) -> Any:
 def outputs(root: Path) -> list[str]:
     base = root / "outbox"
     return sorted(str(p.relative_to(base)) for p in base.rglob("*") if is_output(p))
-
-
-def drop(src: Path, inbox: Path, name: str) -> None:
-    temp = inbox / f".{name}.part"
-    shutil.copyfile(src, temp)
-    os.rename(temp, inbox / name)
 
 
 def test_status_jobs_job_and_follow(
@@ -237,7 +231,8 @@ def test_submit_priority_orders_the_queue_and_is_shown(
     daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path], tmp_path: Path
 ) -> None:
     """Three jobs submitted while paused run highest priority first, whatever their order."""
-    from watchd.control import ControlClient, ProtocolError
+    from watchd.control import ControlClient
+    from watchd.errors import ProtocolError
 
     daemon = daemon_factory().start()
     root = daemon.root

@@ -48,7 +48,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import DEADLINE, DaemonProcess, is_manifest, is_output, wait_for
+from tests.support import DEADLINE, DaemonProcess, drop, is_manifest, is_output, wait_for
 from watchd.control import ControlClient
 
 pytestmark = pytest.mark.e2e
@@ -256,14 +256,6 @@ def big_photo(path: Path, size: tuple[int, int], source: str = "astronaut") -> P
     pixels = np.asarray(getattr(data, source)())
     Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC).save(path, "JPEG", quality=90)
     return path
-
-
-def drop(src: Path, inbox: Path, rel: str) -> None:
-    """Copy to a hidden name, then rename into place: how careful uploaders do it."""
-    target = inbox / rel
-    temp = target.with_name(f".{target.name}.partial")
-    shutil.copyfile(src, temp)
-    os.rename(temp, target)
 
 
 def drop_folder(sources: dict[str, Path], root: Path, name: str) -> None:

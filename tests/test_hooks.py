@@ -29,7 +29,6 @@ from watchd.hooks import (
     HookCounters,
     Hooks,
     WebhookSender,
-    backoff_delay,
     child_environment,
     command_environment,
     run_command,
@@ -270,33 +269,6 @@ def test_shutdown_delivers_what_is_due_within_the_grace(
     assert sender.close(time.monotonic() + 10) == 0
     assert done.calls == 5
     assert not sender.submit(Delivery(9, receiver.url, SECRET, FACTS, done))  # closed
-
-
-def test_backoff_is_exponential_capped_and_jittered() -> None:
-    class Fixed(random.Random):
-        def __init__(self, value: float) -> None:
-            super().__init__()
-            self.value = value
-
-        def random(self) -> float:
-            return self.value
-
-    middle = Fixed(0.5)
-    assert [backoff_delay(n, middle, 1.0, 300.0) for n in range(1, 11)] == [
-        1,
-        2,
-        4,
-        8,
-        16,
-        32,
-        64,
-        128,
-        256,
-        300,
-    ]
-    assert backoff_delay(3, Fixed(0.0), 1.0, 300.0) == 2.0  # x0.5
-    assert backoff_delay(3, Fixed(0.999), 1.0, 300.0) == pytest.approx(5.996)  # x1.5
-    assert backoff_delay(1000, middle, 1.0, 300.0) == 300
 
 
 def test_sign_is_hmac_sha256_of_the_body() -> None:

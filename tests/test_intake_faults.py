@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import DaemonProcess, is_output, wait_for
-from watchd.control import ControlClient, DaemonUnreachable
-from watchd.errors import UnsafePath
+from tests.support import DaemonProcess, drop, is_output, wait_for
+from watchd.control import ControlClient
+from watchd.errors import DaemonUnreachable, UnsafePath
 from watchd.files import (
     NAME_MAX,
     error_note_path,
@@ -139,14 +139,6 @@ def write_file(path: Path | bytes, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
-
-
-def drop(inbox: Path, name: str, data: bytes) -> Path:
-    """Write under a hidden name, then rename: how careful uploaders drop files."""
-    temp = inbox / f".{name}.part"
-    temp.write_bytes(data)
-    os.rename(temp, inbox / name)
-    return inbox / name
 
 
 def regular_files_with(content: bytes, *folders: Path) -> list[Path]:
@@ -540,7 +532,7 @@ def test_bad_input_costs_one_file_with_a_reason_in_the_note_and_the_ledger(
     }
     assert len(bad["bomb.png"][0]) < 200_000
     for name, (content, _reason) in bad.items():
-        drop(root / "inbox", name, content)
+        drop(content, root / "inbox", name)
 
     wait_for(lambda: files_by_state(root) == {"failed": len(bad)}, what="every bad file failed")
     assert daemon.proc is not None and daemon.proc.poll() is None
@@ -554,7 +546,7 @@ def test_bad_input_costs_one_file_with_a_reason_in_the_note_and_the_ledger(
     assert outputs(root) == []
     assert os.listdir(root / "inbox") == []
 
-    drop(root / "inbox", "after.jpg", photo)  # the daemon carries on
+    drop(photo, root / "inbox", "after.jpg")  # the daemon carries on
     wait_for(lambda: outputs(root) == ["after.png"], what="a good file after the bad ones")
     wait_for(lambda: files_by_state(root) == {"failed": len(bad), "done": 1}, what="ledger")
     retries = daemon.events("file.retry")
@@ -620,7 +612,7 @@ def test_every_kind_of_image_people_drop_becomes_an_upright_rgba_cutout(
     with Image.open(io.BytesIO(inputs["cmyk.jpg"])) as check:
         assert check.mode == "CMYK"
     for name, content in inputs.items():
-        drop(root / "inbox", name, content)
+        drop(content, root / "inbox", name)
 
     expected = sorted(f"{Path(name).stem}.png" for name in inputs)
     wait_for(lambda: outputs(root) == expected, what="every cutout")
@@ -689,7 +681,7 @@ def test_links_out_of_the_inbox_are_never_read_through(
     (album / "inner-link.jpg").symlink_to(outside / "secret.jpg")
     os.link(outside / "folder-hard.jpg", album / "inner-hard.jpg")
     os.rename(album, inbox / "album")
-    drop(inbox, "good.jpg", small_photo())
+    drop(small_photo(), inbox, "good.jpg")
 
     wait_for(lambda: outputs(root) == ["album/real.png", "good.png"], what="the real files")
     wait_for(lambda: daemon.count("job.done") == 2, what="both jobs done")

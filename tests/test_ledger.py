@@ -15,19 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from watchd.errors import LedgerError
+from tests.support import Clock
+from watchd.errors import Conflict, LedgerError, NotFound
 from watchd.ledger import (
     MIGRATIONS,
     SCHEMA_VERSION,
-    Conflict,
     FileRecord,
-    JobState,
     Ledger,
     NewFile,
     NewJob,
-    NotFound,
 )
 from watchd.options import JobOptions
+from watchd.states import JobState
 
 #: A job's options as the first releases stored them (no "output": PNG at this level).
 OPTIONS_V1 = {
@@ -39,19 +38,9 @@ OPTIONS_V1 = {
 OPTIONS = JobOptions.from_json(OPTIONS_V1)
 
 
-class Clock:
-    """A settable clock for ``Ledger.open(..., clock=...)``."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1000.0)
 
 
 @pytest.fixture
@@ -101,6 +90,14 @@ def raw(db_path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[
         connection.close()
 
 
+def file_counts(ledger: Ledger) -> dict[str, int]:
+    """Files by state, all watches together (states with no files absent), from the counters."""
+    total: Counter[str] = Counter()
+    for by_state in ledger.counts()["files"].values():
+        total.update(by_state)
+    return {state: n for state, n in total.items() if n}
+
+
 def states(ledger: Ledger, ids: Sequence[int]) -> list[str]:
     return [ledger.file(file_id).state for file_id in ids]
 
@@ -134,7 +131,7 @@ def test_open_sets_wal_full_sync_busy_timeout_and_schema(ledger: Ledger, db_path
     # WAL is a property of the file: a fresh connection sees it too.
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
     assert raw(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
-    assert ledger.integrity_check() == "ok"
+    assert raw(db_path, "PRAGMA integrity_check") == [("ok",)]
 
 
 def test_reopening_is_idempotent_and_keeps_data(db_path: Path, clock: Clock) -> None:
@@ -221,9 +218,9 @@ def test_create_job_records_job_and_files_pending(
         assert record.options == OPTIONS
         assert record.created_at == 1234.5
     assert raw(db_path, "SELECT size, mtime_ns FROM files ORDER BY id") == [(11, 5), (22, 6)]
-    assert ledger.file_counts() == {"pending": 2}
+    assert file_counts(ledger) == {"pending": 2}
     assert ledger.unfinished() == 2
-    assert [j.id for j in ledger.jobs()] == [job_id]
+    assert [j.id for j in ledger.list_jobs()] == [job_id]
 
 
 def test_create_job_is_one_transaction(ledger: Ledger, db_path: Path) -> None:
@@ -515,7 +512,7 @@ def test_job_done_returned_only_by_the_last_file(ledger: Ledger, clock: Clock) -
     job = ledger.job(job_id)
     assert (job.state, job.finished_at) == ("done", 142.5)
     assert ledger.unfinished() == 0
-    assert ledger.file_counts() == {"done": 3}
+    assert file_counts(ledger) == {"done": 3}
 
 
 def test_job_failed_when_any_file_failed(ledger: Ledger, clock: Clock) -> None:
@@ -803,7 +800,7 @@ def test_counters_match_group_by_after_random_transitions(
     flat: Counter[str] = Counter()
     for by_state in grouped_counts(db_path)["files"].values():
         flat.update(by_state)
-    assert ledger.file_counts() == {state: n for state, n in flat.items() if n}
+    assert file_counts(ledger) == {state: n for state, n in flat.items() if n}
     assert ledger.unfinished() == sum(n for s, n in flat.items() if s not in ("done", "failed"))
     # The walk really went everywhere (a change of seed or weights must not hollow it out).
     for what in ("create", "queue", "claim", "write", "requeue", "done", "failed", "retry"):
@@ -919,7 +916,7 @@ def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: 
         # the job's priority, 0 like every old job's); migration 6 (content_cache) one:
         # reused_from, NULL (every old file's outputs were made by the model)
         assert raw(db_path, "SELECT * FROM files ORDER BY id") == [(*r, 1, 0, None) for r in before]
-        assert ledger.integrity_check() == "ok"
+        assert raw(db_path, "PRAGMA integrity_check") == [("ok",)]
         assert ledger.counts() == grouped_counts(db_path)
         assert ledger.counts()["files"] == {
             "photos": {"done": 3, "failed": 1},
@@ -1340,33 +1337,6 @@ def test_prune_limit_takes_the_oldest_first(ledger: Ledger, clock: Clock) -> Non
     assert ledger.prune(1000.0) == 3
 
 
-# --- ETA inputs -----------------------------------------------------------------------------------
-
-
-def test_oldest_unfinished_and_finished_since(ledger: Ledger, clock: Clock) -> None:
-    assert ledger.oldest_unfinished_created_at() is None
-    assert ledger.finished_since(0.0) == 0
-    clock.now = 100.0
-    _, [a] = ledger.create_job(new_job([new_file("a.jpg")]))
-    clock.now = 200.0
-    _, [b, c] = ledger.create_job(new_job([new_file("b.jpg"), new_file("c.jpg")]))
-    assert ledger.oldest_unfinished_created_at() == 100.0
-    clock.now = 300.0
-    finish_files(ledger, [a])
-    assert ledger.oldest_unfinished_created_at() == 200.0
-    assert (ledger.finished_since(300.0), ledger.finished_since(300.5)) == (1, 0)
-    ledger.mark_queued([b])
-    ledger.claim(1)  # b runs, c waits: both unfinished
-    assert ledger.oldest_unfinished_created_at() == 200.0
-    clock.now = 400.0
-    ledger.mark_failing(b, "x")
-    ledger.mark_failed(b)
-    ledger.mark_failing(c, "y")
-    ledger.mark_failed(c)
-    assert ledger.oldest_unfinished_created_at() is None
-    assert (ledger.finished_since(0.0), ledger.finished_since(350.0)) == (3, 2)
-
-
 # --- costs stay flat ------------------------------------------------------------------------------
 
 
@@ -1389,10 +1359,7 @@ def test_status_queries_never_scan_files_or_jobs(ledger: Ledger) -> None:
     def status() -> None:
         ledger.counts()
         ledger.totals()
-        ledger.file_counts()
         ledger.unfinished()
-        ledger.oldest_unfinished_created_at()
-        ledger.finished_since(0.0)
         ledger.list_jobs(limit=20)
         ledger.list_jobs(state="done", limit=20)
         ledger.list_jobs(watch="photos", limit=20, before_id=3)

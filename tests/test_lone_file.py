@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import DaemonProcess, wait_for
-from tests.test_e2e import drop
+from tests.support import DaemonProcess, drop, wait_for
 from watchd import pipeline
 from watchd.models import ModelStore
 from watchd.pool import worker

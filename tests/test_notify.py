@@ -90,15 +90,11 @@ def test_messages_arrive_exactly_as_systemd_expects(
     assert systemd.receive() == (b"READY=1", os.getpid())
     notifier.ready("watching 2 inboxes, 2 workers")
     assert systemd.receive()[0] == b"READY=1\nSTATUS=watching 2 inboxes, 2 workers"
-    notifier.status("draining 3 files")
-    assert systemd.receive()[0] == b"STATUS=draining 3 files"
     notifier.stopping()
     assert systemd.receive()[0] == b"STOPPING=1"
-    notifier.extend_timeout(1.5)
-    assert systemd.receive()[0] == b"EXTEND_TIMEOUT_USEC=1500000"
     notifier.close()
-    notifier.status("reopened after close")
-    assert systemd.receive()[0] == b"STATUS=reopened after close"
+    notifier.ready("reopened after close")
+    assert systemd.receive()[0] == b"READY=1\nSTATUS=reopened after close"
     systemd.assert_nothing_pending()
 
 
@@ -127,8 +123,8 @@ def test_abstract_socket(abstract_systemd: FakeSystemd, notifiers: list[Notifier
 def test_status_text_stays_one_assignment(systemd: FakeSystemd, notifiers: list[Notifier]) -> None:
     """A newline in a status text must not smuggle in a second assignment (READY=1)."""
     notifier = make(notifiers, {"NOTIFY_SOCKET": systemd.address})
-    notifier.status("job 7 failed:\nREADY=1\r\nbad file")
-    assert systemd.receive()[0] == b"STATUS=job 7 failed: READY=1 bad file"
+    notifier.ready("job 7 failed:\nREADY=1\r\nbad file")
+    assert systemd.receive()[0] == b"READY=1\nSTATUS=job 7 failed: READY=1 bad file"
 
 
 def test_disabled_without_notify_socket() -> None:
@@ -139,7 +135,6 @@ def test_disabled_without_notify_socket() -> None:
             assert notifier.watchdog_interval is None
             notifier.ready("up")
             notifier.reloading()
-            notifier.status("x")
             notifier.watchdog()
             notifier.stopping()
             notifier.close()
@@ -196,7 +191,6 @@ def test_vanished_socket_never_raises_and_is_logged_once(
 
     with capture_logs() as logs:
         notifier.watchdog()
-        notifier.status("still here")
         notifier.reloading()
         notifier.stopping()
     assert [entry["event"] for entry in logs] == ["notify.failed"]

@@ -480,7 +480,7 @@ def small_task(photos: dict[str, Path], file_id: int = 1) -> Task:
 
 
 def test_pool_check_model_and_process(pool: LocalPool, photos: dict[str, Path]) -> None:
-    assert pool.check_model("u2netp", 120) == "CPUExecutionProvider"
+    assert pool.check_model("u2netp", 120).provider == "CPUExecutionProvider"
     result = outcome(pool.submit(small_task(photos, file_id=11)))
     assert isinstance(result, Result)
     assert result.file_id == 11
@@ -533,7 +533,7 @@ def test_pool_survives_a_worker_killed_while_idle(pool: LocalPool, photos: dict[
     second = outcome(pool.submit(small_task(photos, file_id=22)))
     assert isinstance(second, Result), second
     assert second.file_id == 22
-    assert pool.check_model("u2netp", 120) == "CPUExecutionProvider"
+    assert pool.check_model("u2netp", 120).provider == "CPUExecutionProvider"
     assert victim.pid not in {child.pid for child in pool_workers()}
 
 

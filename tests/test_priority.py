@@ -13,18 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import Clock
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob
 from watchd.options import JobOptions
 
 AGING = 60.0
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

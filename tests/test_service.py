@@ -285,7 +285,8 @@ def test_reload_with_jobs_in_flight_loses_and_duplicates_nothing(
 def test_reload_command_reports_changes_or_the_reason_it_was_refused(
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    from watchd.control import ControlClient, ProtocolError
+    from watchd.control import ControlClient
+    from watchd.errors import ProtocolError
 
     daemon = daemon_factory()
     daemon.start()

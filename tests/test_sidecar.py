@@ -9,6 +9,7 @@ intake never touches. The last test runs the real daemon with the real model.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import shutil
 from collections.abc import Callable
@@ -18,27 +19,19 @@ from typing import Any
 
 import pytest
 
-from tests.support import DaemonProcess, wait_for
+from tests.support import Clock, DaemonProcess, wait_for
 from watchd.commands import submitted_batch
 from watchd.config import OUTPUT_KEYS, DaemonConfig, WatchConfig, load_config
 from watchd.control import ControlClient
 from watchd.files import error_note_path
 from watchd.finisher import Finisher
 from watchd.intake import LOOSE_SIDECAR, NESTED_SIDECAR, SIDECAR_MAX_BYTES, Intake
-from watchd.ledger import DEFAULT_PRIORITY_AGING, JobDetail, Ledger
+from watchd.ledger import JobDetail, Ledger
 from watchd.stats import Activity
 from watchd.watcher import Batch, StabilityTracker
 
 SETTLE = 1.0
 VALID = b'model = "u2net_human_seg"\nformat = "webp"\npriority = 7\npost_process_mask = true\n'
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -317,7 +310,8 @@ def test_routing_doc_lists_every_sidecar_key_and_the_limits() -> None:
         assert f"| `{key}` |" in text, key
     assert f"**{SIDECAR_MAX_BYTES // 1024} KiB**" in text
     [aging] = [f.default for f in dataclasses.fields(DaemonConfig) if f.name == "priority_aging"]
-    assert aging == DEFAULT_PRIORITY_AGING  # the ledger's default is the config's
+    ledger_default = inspect.signature(Ledger.open).parameters["priority_aging"].default
+    assert aging == ledger_default  # the ledger's default is the config's
     assert f"default **{aging:g}** seconds" in text
 
 
@@ -383,7 +377,7 @@ def test_an_unexpected_error_while_taking_a_batch_quarantines_that_batch(
         note = error_note_path(failed / name).read_text()
         assert "RuntimeError: a bug" in note and "intake.batch_failed" in note
     assert not (rig.inbox / "album").exists()  # the folder went, as a taken folder does
-    assert rig.ledger.jobs() == []  # nothing recorded: nothing for recovery to redo
+    assert rig.ledger.list_jobs() == []  # nothing recorded: nothing for recovery to redo
 
 
 def test_an_io_error_while_taking_a_batch_leaves_it_for_the_next_scan(

@@ -18,9 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from watchd import stats
+from watchd.states import FILE_STATES, JOB_STATES
 from watchd.stats import (
-    FILE_STATES,
-    JOB_STATES,
     LATENCY_BUCKETS,
     TOTAL_KEYS,
     Activity,

@@ -31,16 +31,14 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from watchd.errors import AccessDenied
+
 READ = 4
 WRITE = 2
 SEARCH = 1
 
 _WALK_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _ACL_XATTR = "system.posix_acl_access"
-
-
-class AccessDenied(Exception):
-    """The caller could not do this themselves; the message says which path and why."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from watchd.config import Config
+from watchd.states import FINISHED_JOB_STATES, JOB_STATES
+from watchd.validate import MAX_PRIORITY, MIN_PRIORITY
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -27,7 +29,6 @@ EXIT_UNREACHABLE = 3
 
 #: How often ``--follow`` / ``--wait`` ask the daemon for progress (seconds).
 FOLLOW_INTERVAL = 0.5
-FINISHED = ("done", "failed", "cancelled")
 
 
 def add_operator_commands(
@@ -44,7 +45,7 @@ def add_operator_commands(
 
     command("status", "what the daemon is doing")
     jobs = command("jobs", "list jobs, newest first")
-    jobs.add_argument("--state", choices=("active", "done", "failed", "cancelled"))
+    jobs.add_argument("--state", choices=JOB_STATES)
     jobs.add_argument("--watch", metavar="NAME")
     jobs.add_argument("--limit", type=_positive_int, default=20)
     jobs.add_argument("--before", type=_positive_int, metavar="ID", help="page: jobs older than ID")
@@ -85,8 +86,6 @@ def _positive_int(text: str) -> int:
 
 def _priority(text: str) -> int:
     """A job priority, checked here so that a typo is a usage error before anything is sent."""
-    from watchd.control import MAX_PRIORITY, MIN_PRIORITY
-
     try:
         value = int(text)
     except ValueError:
@@ -116,7 +115,8 @@ def socket_path(args: argparse.Namespace, config: Config) -> Path:
 
 def run_operator_command(args: argparse.Namespace, config: Config, out: TextIO = sys.stdout) -> int:
     """Run one operator command; maps daemon errors to exit codes with a clear message."""
-    from watchd.control import ControlClient, DaemonUnreachable, ProtocolError
+    from watchd.control import ControlClient
+    from watchd.errors import DaemonUnreachable, ProtocolError
 
     if args.command == "stats":
         return _stats(args, config, out)
@@ -323,7 +323,7 @@ def follow(
             bar.update(processed - seen)
             seen = processed
             bar.set_postfix(failed=job["progress"]["failed"], refresh=False)
-            if job["state"] in FINISHED:
+            if job["state"] in FINISHED_JOB_STATES:
                 break
             sleep(FOLLOW_INTERVAL)
             job = client.call("job", id=job_id)

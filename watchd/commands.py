@@ -2,7 +2,7 @@
 
 :mod:`watchd.control` has already checked the request's shape and types; here
 the request meets the daemon's state. Errors a client can act on are raised as
-:class:`~watchd.control.ProtocolError` (``not_found``, ``conflict``,
+:class:`~watchd.errors.ProtocolError` (``not_found``, ``conflict``,
 ``bad_request``); they never stop the daemon.
 """
 
@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from watchd.access import AccessDenied, Caller, check_access
+from watchd.access import Caller, check_access
 from watchd.config import WatchConfig
-from watchd.control import ProtocolError, Request
+from watchd.control import Request
+from watchd.errors import AccessDenied, Conflict, NotFound, ProtocolError
 from watchd.files import error_note_path, remove_file
 from watchd.intake import Intake
-from watchd.ledger import Conflict, Ledger, NotFound
+from watchd.ledger import Ledger
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ is what ``make run`` in a fresh clone wants.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import math
 import os
 import re
 import sys
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from watchd.errors import ConfigError
+from watchd import validate
+from watchd.errors import BadValue, ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -143,10 +144,6 @@ class WatchConfig:
     #: an input seen before with the same options (watchd/content_cache.py)
     duplicates: Duplicates = "reprocess"
 
-    @property
-    def png_compress_level(self) -> int:
-        return self.output.png_compress_level
-
 
 @dataclass(frozen=True)
 class HttpConfig:
@@ -189,11 +186,10 @@ class Config:
 
 
 # --- key tables: name -> (parser, default) ------------------------------------------------------
-# A parser takes (value, context) and returns the typed value or raises _Bad with a message.
-
-
-class _Bad(Exception):
-    """A value is wrong; the message says what was expected."""
+# A key whose dataclass field declares a default takes it from there (``PoolConfig.model_cache``),
+# so each default is written once.
+# A parser takes the value and returns the typed value or raises BadValue with a message.
+# The kinds of value every door checks alike (numbers, choices, ...) are watchd/validate.py's.
 
 
 def _default_workers() -> int:
@@ -201,53 +197,21 @@ def _default_workers() -> int:
 
 
 def _number(minimum: float, maximum: float | None = None) -> Callable[[Any], float]:
-    def parse(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Bad(f"expected a number, got {_describe(value)}")
-        try:
-            finite = math.isfinite(value)  # nan passes every range check; inf overflows waits
-        except OverflowError:  # an integer too large for a float: out of any range
-            finite = False
-        if not finite:
-            raise _Bad(f"expected a finite number, got {_shown(value)}")
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" and at most {maximum:g}" if maximum is not None else ""
-            raise _Bad(f"must be at least {minimum:g}{upper}, got {_shown(value)}")
-        return float(value)
-
-    return parse
+    return functools.partial(validate.number, minimum=minimum, maximum=maximum)
 
 
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Bad(f"expected an integer, got {_describe(value)}")
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" and at most {maximum}" if maximum is not None else ""
-            raise _Bad(f"must be at least {minimum}{upper}, got {_shown(value)}")
-        return value
-
-    return parse
+    return functools.partial(validate.integer, minimum=minimum, maximum=maximum)
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        if not isinstance(value, str) or value not in options:
-            raise _Bad(f"must be one of {', '.join(repr(o) for o in options)}, got {_shown(value)}")
-        return value
-
-    return parse
+    return functools.partial(validate.choice, options=options)
 
 
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _Bad(f"expected a non-empty string, got {_describe(value)}")
-    return value
+_string = validate.string
+_boolean = validate.boolean
+_describe = validate.described
 
-
-#: A model name: what :class:`watchd.models.ModelStore` accepts (no path, no suffix), so a
-#: sidecar's ``model = "/etc/passwd"`` or ``"../../x"`` is refused with the key's name.
-_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 #: Why a TOML file nested thousands of levels deep is refused (tomllib recurses per level).
 TOO_DEEP = "tables or arrays are nested too deeply"
@@ -257,8 +221,8 @@ TOO_LONG = "a number has too many digits"
 
 def _model_name(value: Any) -> str:
     name = _string(value)
-    if not _MODEL_RE.fullmatch(name) or name.endswith(".onnx"):
-        raise _Bad(
+    if not validate.is_model_name(name):
+        raise BadValue(
             f"{name!r} is not a model name: use letters, digits, '.', '_', '+' or '-', "
             "without a path and without the .onnx suffix (see: watchd models list)"
         )
@@ -268,26 +232,20 @@ def _model_name(value: Any) -> str:
 def _watch_name(value: Any) -> str:
     name = _string(value)
     if not _NAME_RE.fullmatch(name):  # match() with "$" would accept a trailing newline
-        raise _Bad(
+        raise BadValue(
             f"{name!r} is not a usable name: use letters, digits, '_', '-' or '.', "
             "starting with a letter or digit, at most 64 characters"
         )
     return name
 
 
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"expected true or false, got {_describe(value)}")
-    return value
-
-
-_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
+_COLOR_RE = re.compile(validate.COLOR_PATTERN)
 
 
 def _color(value: Any) -> str:
     """A colour as "#rrggbb" (lower-cased)."""
     if not isinstance(value, str) or not _COLOR_RE.fullmatch(value):
-        raise _Bad(f'expected a colour like "#ffffff", got {_describe(value)}')
+        raise BadValue(f'expected a colour like "#ffffff", got {_describe(value)}')
     return value.lower()
 
 
@@ -298,12 +256,12 @@ def _argv(value: Any) -> tuple[str, ...]:
         or not value
         or not all(isinstance(v, str) and v and "\0" not in v for v in value)
     ):
-        raise _Bad(
+        raise BadValue(
             'expected a non-empty list of arguments such as ["/usr/local/bin/publish", '
             f'"--quiet"] (no shell is used), got {_describe(value)}'
         )
     if not os.path.isabs(value[0]):
-        raise _Bad(f"the program must be an absolute path, got {value[0]!r}")
+        raise BadValue(f"the program must be an absolute path, got {value[0]!r}")
     return tuple(value)
 
 
@@ -311,7 +269,7 @@ def _url(value: Any) -> str:
     """An http:// or https:// URL."""
     url = _string(value)
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", url):
-        raise _Bad(f"expected an http:// or https:// URL, got {url!r}")
+        raise BadValue(f"expected an http:// or https:// URL, got {url!r}")
     return url
 
 
@@ -322,7 +280,7 @@ def _providers(value: Any) -> tuple[str, ...]:
         or not value
         or not all(isinstance(v, str) and v.endswith("ExecutionProvider") for v in value)
     ):
-        raise _Bad(
+        raise BadValue(
             'expected a non-empty list of provider names such as ["CUDAExecutionProvider", '
             f'"CPUExecutionProvider"], got {_describe(value)}'
         )
@@ -332,7 +290,7 @@ def _providers(value: Any) -> tuple[str, ...]:
 def _octal_mode(value: Any) -> int:
     """A file mode written as an octal string ("0660"), as in chmod; 0..0777."""
     if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
-        raise _Bad(f'expected an octal mode like "0660", got {_describe(value)}')
+        raise BadValue(f'expected an octal mode like "0660", got {_describe(value)}')
     return int(value, 8)
 
 
@@ -344,21 +302,21 @@ def _ignore_patterns(value: Any) -> tuple[str, ...]:
     """Glob patterns (``*``, ``?``, ``[abc]``) each matched against one name, a file's or a
     folder's, case-insensitively; a trailing ``/`` is allowed and dropped (``"Proofs/"``)."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Bad(
+        raise BadValue(
             f'expected a list of patterns such as ["*.bak", "Drafts/"], got {_describe(value)}'
         )
     patterns: list[str] = []
     for raw in value:
         pattern = raw[:-1] if raw.endswith("/") else raw
         if not pattern or "\0" in pattern:
-            raise _Bad(f"{raw!r} is not a pattern: it must name something")
+            raise BadValue(f"{raw!r} is not a pattern: it must name something")
         if "/" in pattern:
-            raise _Bad(
+            raise BadValue(
                 f"{raw!r}: a pattern matches one name (a file or a folder), not a path; "
                 f"use {pattern.rsplit('/', 1)[-1]!r} to ignore that name at any depth"
             )
         if pattern.strip("*") == "":
-            raise _Bad(f"{raw!r} would ignore every file, so nothing would ever be taken")
+            raise BadValue(f"{raw!r} would ignore every file, so nothing would ever be taken")
         patterns.append(pattern)
     return tuple(patterns)
 
@@ -370,21 +328,8 @@ def _scheduler_address(value: Any) -> str:
     """A Dask scheduler address: tcp://HOST:PORT or tls://HOST:PORT."""
     address = _string(value)
     if not _SCHEDULER_RE.fullmatch(address):
-        raise _Bad(f'expected an address like "tcp://scheduler-host:8786", got {address!r}')
+        raise BadValue(f'expected an address like "tcp://scheduler-host:8786", got {address!r}')
     return address
-
-
-def _shown(value: Any) -> str:
-    """``repr(value)`` cut short, whatever it is (a sidecar may hold an integer of 4,000
-    digits, which Python will not even turn into text, or a string of 60 KiB)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {_shown(value)}"
 
 
 _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -401,8 +346,8 @@ _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "stats_interval": (_number(1, 86400), 10.0),
     "metrics_file": (_path, None),
     "keep_days": (_number(0), 90.0),
-    "priority_aging": (_number(1, 86400 * 365), 60.0),
-    "cache_max_bytes": (_integer(0), 2 << 30),
+    "priority_aging": (_number(1, 86400 * 365), DaemonConfig.priority_aging),
+    "cache_max_bytes": (_integer(0), DaemonConfig.cache_max_bytes),
 }
 
 _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -412,15 +357,15 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "file_timeout": (_number(1), 300.0),
     "providers": (_providers, ("CPUExecutionProvider",)),
     "require_accelerator": (_boolean, False),
-    "backend": (_choice("local", "dask"), "local"),
+    "backend": (_choice("local", "dask"), PoolConfig.backend),
     "scheduler": (_scheduler_address, None),
     "dispatch_window": (_integer(1, 1_000_000), None),
     "tls_ca_file": (_path, None),
     "tls_client_cert": (_path, None),
     "tls_client_key": (_path, None),
-    "model_cache": (_integer(1, 64), 2),
-    "memory_arena": (_boolean, True),
-    "lone_file_uses_all_cores": (_boolean, True),
+    "model_cache": (_integer(1, 64), PoolConfig.model_cache),
+    "memory_arena": (_boolean, PoolConfig.memory_arena),
+    "lone_file_uses_all_cores": (_boolean, PoolConfig.lone_file_uses_all_cores),
     "max_files_per_worker": (_integer(1, 1_000_000_000), None),
 }
 
@@ -428,19 +373,25 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 #: the defaults of a watch. Everything else (folders, hooks) belongs to the operator.
 OUTPUT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "model": (_model_name, "u2netp"),
-    "format": (_choice("png", "webp", "jpeg", "mask"), "png"),
-    "png_compress_level": (_integer(0, 9), 1),
-    "jpeg_quality": (_integer(1, 100), 90),
+    "format": (_choice("png", "webp", "jpeg", "mask"), OutputConfig.format),
+    "png_compress_level": (_integer(0, 9), OutputConfig.png_compress_level),
+    "jpeg_quality": (_integer(1, 100), OutputConfig.jpeg_quality),
     "background": (_color, None),
-    "alpha_matting": (_boolean, False),
-    "alpha_matting_foreground_threshold": (_integer(0, 255), 240),
-    "alpha_matting_background_threshold": (_integer(0, 255), 10),
-    "alpha_matting_erode_size": (_integer(0, 255), 10),
-    "post_process_mask": (_boolean, False),
-    "only_mask": (_boolean, False),
-    "priority": (_integer(-100, 100), 0),
+    "alpha_matting": (_boolean, OutputConfig.alpha_matting),
+    "alpha_matting_foreground_threshold": (
+        _integer(0, 255),
+        OutputConfig.alpha_matting_foreground_threshold,
+    ),
+    "alpha_matting_background_threshold": (
+        _integer(0, 255),
+        OutputConfig.alpha_matting_background_threshold,
+    ),
+    "alpha_matting_erode_size": (_integer(0, 255), OutputConfig.alpha_matting_erode_size),
+    "post_process_mask": (_boolean, OutputConfig.post_process_mask),
+    "only_mask": (_boolean, OutputConfig.only_mask),
+    "priority": (_integer(validate.MIN_PRIORITY, validate.MAX_PRIORITY), WatchConfig.priority),
     # issue 18, part B: what to do with an input seen before (watchd/content_cache.py)
-    "duplicates": (_choice("reprocess", "reuse", "skip"), "reprocess"),
+    "duplicates": (_choice("reprocess", "reuse", "skip"), WatchConfig.duplicates),
 }
 
 #: Sidecar keys that say how a job is routed, not how its outputs look: every other key of
@@ -459,15 +410,15 @@ _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "method": (_choice("auto", "inotify", "poll"), "auto"),
     "poll_interval": (_number(0.1, 3600), 5.0),
     "max_file_bytes": (_integer(1), 200 * 1024 * 1024),
-    "manifest": (_boolean, True),
+    "manifest": (_boolean, HooksConfig.manifest),
     "on_complete": (_argv, None),
-    "on_complete_timeout": (_number(1, 86400), 60.0),
+    "on_complete_timeout": (_number(1, 86400), HooksConfig.on_complete_timeout),
     "webhook_url": (_url, None),
     "webhook_secret": (_string, None),
-    "ignore": (_ignore_patterns, ()),
-    "case_sensitive_names": (_boolean, False),
-    "stuck_after": (_number(1, 86400 * 365), 600.0),
-    "stuck_note_after": (_number(0, 86400 * 365), 3600.0),
+    "ignore": (_ignore_patterns, WatchConfig.ignore),
+    "case_sensitive_names": (_boolean, WatchConfig.case_sensitive_names),
+    "stuck_after": (_number(1, 86400 * 365), WatchConfig.stuck_after),
+    "stuck_note_after": (_number(0, 86400 * 365), WatchConfig.stuck_note_after),
 }
 
 
@@ -475,12 +426,12 @@ def _listen(value: Any) -> tuple[tuple[str, int], ...]:
     """One "host:port" or a list of them; IPv6 hosts in brackets ("[::1]:8765")."""
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
-        raise _Bad(f'expected "host:port" or a list of them, got {_describe(value)}')
+        raise BadValue(f'expected "host:port" or a list of them, got {_describe(value)}')
     result = []
     for item in items:
         match = _LISTEN_RE.fullmatch(item) if isinstance(item, str) else None
         if match is None or int(match["port"]) > 65535:
-            raise _Bad(f'expected "host:port" such as "127.0.0.1:8765", got {_describe(item)}')
+            raise BadValue(f'expected "host:port" such as "127.0.0.1:8765", got {_describe(item)}')
         host = match["host"].strip("[]")
         result.append((host, int(match["port"])))
     return tuple(result)
@@ -494,7 +445,7 @@ def _origins(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(
         isinstance(v, str) and (v == "*" or re.fullmatch(r"https?://[^\s/]+", v)) for v in value
     ):
-        raise _Bad(
+        raise BadValue(
             'expected a list of origins such as ["https://shop.example"] (scheme and host, '
             f"no path), got {_describe(value)}"
         )
@@ -569,7 +520,7 @@ class _Reader:
             if key in raw:
                 try:
                     values[key] = parse(raw[key])
-                except _Bad as exc:
+                except BadValue as exc:
                     raise self.error(f"{prefix}.{key}" if prefix else key, str(exc)) from None
             else:
                 values[key] = defaults[key] if defaults and key in defaults else default

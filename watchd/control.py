@@ -18,7 +18,6 @@ import contextlib
 import errno
 import grp
 import json
-import math
 import os
 import socket
 import stat
@@ -27,11 +26,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
-from watchd.errors import WatchdError
+from watchd import validate
+from watchd.errors import BadValue, ControlSocketError, DaemonUnreachable
+
+# Re-exported for watchd/daemon.py, which imports it from here until the issue-13 merge
+# switches it to watchd.errors (then this line goes and ProtocolError joins the import above).
+from watchd.errors import ProtocolError as ProtocolError  # noqa: PLC0414
+from watchd.states import JOB_STATES
 
 if TYPE_CHECKING:
     import asyncio
@@ -76,13 +82,8 @@ MUTATING_COMMANDS: Final = frozenset(
     {"cancel", "retry", "pause", "resume", "submit", "reload", "prune"}
 )
 
-JOB_STATES: Final = ("active", "done", "failed", "cancelled")
-
 #: Largest integer accepted anywhere (SQLite's INTEGER is a signed 64-bit number).
 MAX_INT: Final = 2**63 - 1
-#: The range of ``submit``'s ``priority``: the same as a watch's or a sidecar's ``priority``.
-MIN_PRIORITY: Final = -100
-MAX_PRIORITY: Final = 100
 #: Largest ``older_than_days`` accepted by ``prune`` (about 270 years).
 MAX_PRUNE_DAYS: Final = 100_000
 #: The longest path a unix socket address may hold (``sun_path`` is 108 bytes with its NUL).
@@ -92,31 +93,6 @@ MAX_RESPONSE: Final = 64 * 1024 * 1024
 
 _REQUEST_FIELDS: Final = frozenset({"version", "command", "args", "id"})
 _NO_ID: Final = object()
-
-
-class ProtocolError(WatchdError):
-    """A request failed with one of :data:`ERROR_CODES`.
-
-    Raised by the server's checks, by the daemon's handler (through its future:
-    ``not_found``, ``conflict``, ``unavailable``) and by :meth:`ControlClient.call`
-    when the daemon answers ``ok: false``.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.code})"
-
-
-class DaemonUnreachable(WatchdError):
-    """The client cannot talk to the daemon; the message names the socket path and the reason."""
-
-
-class ControlSocketError(WatchdError):
-    """The server cannot listen on its socket (in use, not a socket, unknown group, ...)."""
 
 
 @dataclass(frozen=True)
@@ -185,33 +161,30 @@ def _bad_arg(command: str, name: str, expected: str, value: Any) -> ProtocolErro
     return _bad(f"argument '{name}' of '{command}'", expected, value)
 
 
+def _checked(expected: str, parse: Callable[[Any], Any]) -> ArgSpec:
+    """An argument checked by one of watchd/validate.py's checks (the same as a config key's),
+    refused in the protocol's words: "argument 'x' of 'y' must be <expected>, got ..."."""
+
+    def check(command: str, name: str, value: Any) -> Any:
+        try:
+            return parse(value)
+        except BadValue:
+            raise _bad_arg(command, name, expected, value) from None
+
+    return ArgSpec(expected, check)
+
+
 def _integer(minimum: int, maximum: int = MAX_INT) -> ArgSpec:
     if maximum == MAX_INT:
         expected = f"an integer >= {minimum}"
     else:
         expected = f"an integer from {minimum} to {maximum}"
-
-    def check(command: str, name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad_arg(command, name, expected, value)
-        if not minimum <= value <= maximum:
-            raise _bad_arg(command, name, expected, value)
-        return value
-
-    return ArgSpec(expected, check)
+    return _checked(expected, partial(validate.integer, minimum=minimum, maximum=maximum))
 
 
 def _number(minimum: float, maximum: float) -> ArgSpec:
     expected = f"a number from {minimum:g} to {maximum:g}"
-
-    def check(command: str, name: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _bad_arg(command, name, expected, value)
-        if not math.isfinite(value) or not minimum <= value <= maximum:
-            raise _bad_arg(command, name, expected, value)
-        return float(value)
-
-    return ArgSpec(expected, check)
+    return _checked(expected, partial(validate.number, minimum=minimum, maximum=maximum))
 
 
 def _text(expected: str = "a non-empty string without NUL characters") -> ArgSpec:
@@ -245,24 +218,11 @@ def _name() -> ArgSpec:
 
 def _choice(*choices: str) -> ArgSpec:
     expected = "one of " + ", ".join(f'"{c}"' for c in choices)
-
-    def check(command: str, name: str, value: Any) -> str:
-        if not isinstance(value, str) or value not in choices:
-            raise _bad_arg(command, name, expected, value)
-        return value
-
-    return ArgSpec(expected, check)
+    return _checked(expected, partial(validate.choice, options=choices))
 
 
 def _boolean() -> ArgSpec:
-    expected = "true or false"
-
-    def check(command: str, name: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise _bad_arg(command, name, expected, value)
-        return value
-
-    return ArgSpec(expected, check)
+    return _checked("true or false", validate.boolean)
 
 
 def _absolute_paths() -> ArgSpec:
@@ -311,7 +271,7 @@ COMMANDS: Final[Mapping[str, Mapping[str, ArgSpec]]] = MappingProxyType(
             "watch": _text(),
             "move": _default(_boolean(), False),
             "name": _name(),
-            "priority": _integer(MIN_PRIORITY, MAX_PRIORITY),
+            "priority": _integer(validate.MIN_PRIORITY, validate.MAX_PRIORITY),
         },
         "reload": {},
         "prune": {"older_than_days": _required(_number(0, MAX_PRUNE_DAYS))},

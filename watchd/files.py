@@ -86,8 +86,20 @@ def read_input(path: Path, max_bytes: int) -> bytes:
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """Make a rename or a new entry in ``path`` durable: the entry lives in the folder's inode.
+
+    The one folder fsync of watchd (outputs, moves, the ledger's creation, models, stats).
+    """
+    _fsync(path, os.O_DIRECTORY)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush the contents of the file at ``path`` (never through a symlink) to disk."""
+    _fsync(path, os.O_NOFOLLOW)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
@@ -164,7 +176,11 @@ def write_via_temp(
     mode: int = 0o666,
     owner: tuple[int, int] | None = None,
 ) -> None:
-    """:func:`atomic_write` with a temp name of the caller's (hidden, beside ``path``)."""
+    """:func:`atomic_write` with a temp name of the caller's (hidden, beside ``path``).
+
+    The one write-temp-fsync-rename of watchd: outputs, error notes, manifests, stuck
+    notes and the stats and metrics files all come through here.
+    """
     ensure_dir(path.parent)
     temp = path.parent / temp_name
     # A leftover (or planted) entry at the temp name is removed, never written through.
@@ -276,16 +292,9 @@ def _copy_across(src: Path, dst: Path, file_id: int, *, plain_only: bool) -> Non
             raise _refusal(_SPECIAL_REASON, plain_only)
         if plain_only and info.st_nlink > 1:
             raise UnsafePath(_HARDLINK_REASON)
-        with open(fd, "rb", closefd=False) as reader, open(temp, "wb", opener=_open_new) as writer:
-            give_to(writer.fileno(), (info.st_uid, info.st_gid))  # as a rename keeps it
-            shutil.copyfileobj(reader, writer, _CHUNK)
-            writer.flush()
-            os.fsync(writer.fileno())
-        shutil.copystat(src, temp, follow_symlinks=False)
-        os.replace(temp, dst)
-    except BaseException:
-        _unlink_quiet(temp)
-        raise
+        # a leftover temp is written over (a link planted there refuses the move); owner,
+        # group, mode and times are kept, as a rename keeps them
+        _copy_into(dst, fd, info, temp, open_as="wb", times_from=src)
     finally:
         os.close(fd)
 
@@ -296,6 +305,39 @@ def _copy_symlink(src: Path, dst: Path, file_id: int) -> None:
     _unlink_quiet(temp)
     os.symlink(os.readlink(src), temp)
     try:
+        os.replace(temp, dst)
+    except BaseException:
+        _unlink_quiet(temp)
+        raise
+
+
+def _copy_into(
+    dst: Path,
+    fd: int,
+    info: os.stat_result,
+    temp: Path,
+    *,
+    mode: int = 0o666,
+    open_as: str = "xb",
+    times_from: Path | None = None,
+) -> None:
+    """Copy the open file ``fd`` (``info``: its fstat) to ``dst`` durably, through ``temp``.
+
+    ``temp`` is opened with ``open_as`` ("xb": must be new; "wb": a leftover is written
+    over), never through a link planted at the name, with ``mode`` (the umask still
+    applies); it gets the source's owner and group where the daemon may, is fsynced, gets
+    ``times_from``'s mode and times (``copystat``) if set, and is renamed to ``dst``. On
+    any failure it is removed. The caller fsyncs the folder.
+    """
+    try:
+        opener = partial(_open_new, mode=mode)
+        with open(fd, "rb", closefd=False) as reader, open(temp, open_as, opener=opener) as writer:
+            give_to(writer.fileno(), (info.st_uid, info.st_gid))
+            shutil.copyfileobj(reader, writer, _CHUNK)
+            writer.flush()
+            os.fsync(writer.fileno())
+        if times_from is not None:
+            shutil.copystat(times_from, temp, follow_symlinks=False)
         os.replace(temp, dst)
     except BaseException:
         _unlink_quiet(temp)
@@ -329,16 +371,7 @@ def copy_file(src: Path, dst: Path, file_id: int, *, expect: tuple[int, int] | N
             raise UnsafePath("not a regular file")
         if expect is not None:
             _check_identity(info, expect)
-        opener = partial(_open_new, mode=stat.S_IMODE(info.st_mode) & 0o666)
-        with open(fd, "rb", closefd=False) as reader, open(temp, "xb", opener=opener) as writer:
-            give_to(writer.fileno(), (info.st_uid, info.st_gid))
-            shutil.copyfileobj(reader, writer, _CHUNK)
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.replace(temp, dst)
-    except BaseException:
-        _unlink_quiet(temp)
-        raise
+        _copy_into(dst, fd, info, temp, mode=stat.S_IMODE(info.st_mode) & 0o666)
     finally:
         os.close(fd)
     fsync_dir(dst.parent)

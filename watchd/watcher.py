@@ -44,6 +44,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from watchd.logs import StdlibBridge, bridge_stdlib_logs
+
 log = structlog.get_logger()
 
 # Names that are never content: hidden files (also rsync's ".name.XXXXXX" temp files),
@@ -439,37 +441,24 @@ class StabilityTracker:
         self._logged.discard(path)
 
 
-class _WatchdogLog(logging.Handler):
-    """watchdog's own log records, re-emitted as structlog events (JSON lines in the log).
-
-    watchdog logs through the stdlib ``logging`` module, which the daemon does not format:
-    its records would be plain-text lines in a JSON log. One record matters to intake: a
-    kernel inotify queue overflow (a burst of thousands of files) means events were lost,
-    and watchdog says so only in a log record. Every running watcher then scans its inbox
-    on its next poll (and logs ``watch.overflow``), instead of waiting for the periodic
-    rescan to notice the names whose events were lost.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.watchers: weakref.WeakSet[InboxWatcher] = weakref.WeakSet()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string in a library must not break its thread
-            message = str(record.msg)
-        if "queue overflowed" in message:
-            for watcher in list(self.watchers):
-                watcher._overflowed()
-            return
-        fields: dict[str, str] = {"logger": record.name, "message": message}
-        if record.exc_info:
-            fields["exception"] = logging.Formatter().formatException(record.exc_info)
-        log.log(record.levelno, "watchdog.log", **fields)
+#: The running watchers: each is told when watchdog reports a kernel queue overflow.
+_RUNNING: weakref.WeakSet[InboxWatcher] = weakref.WeakSet()
 
 
-_WATCHDOG_LOG = _WatchdogLog()
+def _on_watchdog_record(record: logging.LogRecord, message: str) -> bool:
+    """One of watchdog's log records matters to intake: a kernel inotify queue overflow (a
+    burst of thousands of files) means events were lost, and watchdog says so only in a log
+    record. Every running watcher then scans its inbox on its next poll (and logs
+    ``watch.overflow``), instead of waiting for the periodic rescan to notice the names
+    whose events were lost. Every other record is logged as a ``watchdog.log`` event."""
+    if "queue overflowed" not in message:
+        return False
+    for watcher in list(_RUNNING):
+        watcher._overflowed()
+    return True
+
+
+_WATCHDOG_LOG = StdlibBridge("watchdog.log", tracebacks=True, intercept=_on_watchdog_record)
 #: watchdog warns when a new folder's watch is registered twice (its own creation event
 #: racing its recursive walk) and then keeps one: harmless, and as a warning it would be a
 #: plain-text line in the log (or, under ``-W error``, kill the observer thread).
@@ -522,11 +511,8 @@ class InboxWatcher:
         Call :meth:`scan` after this, so nothing dropped in between is missed."""
         if self._observer is not None:
             return
-        watchdog_log = logging.getLogger("watchdog")
-        if _WATCHDOG_LOG not in watchdog_log.handlers:
-            watchdog_log.addHandler(_WATCHDOG_LOG)
-            watchdog_log.propagate = False  # this handler is its one way out
-        _WATCHDOG_LOG.watchers.add(self)
+        bridge_stdlib_logs(("watchdog",), _WATCHDOG_LOG)
+        _RUNNING.add(self)
         warnings.filterwarnings("ignore", _DOUBLE_WATCH_WARNING, RuntimeWarning)
         if self._method == "poll":
             observer: BaseObserver = PollingObserver(timeout=self._poll_interval)
@@ -567,7 +553,7 @@ class InboxWatcher:
     def stop(self) -> None:
         """Stop and join the observer thread; safe to call twice (shutdown paths overlap)."""
         observer, self._observer = self._observer, None
-        _WATCHDOG_LOG.watchers.discard(self)
+        _RUNNING.discard(self)
         if observer is not None:
             observer.stop()
             observer.join()

@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from watchd import __version__
 from watchd.config import HttpConfig, WatchConfig
+from watchd.errors import OutputMissing, UploadError
 from watchd.http.bridge import Bridge
 from watchd.http.options import (
     REMOVE_FIELDS,
@@ -40,13 +41,12 @@ from watchd.http.options import (
 )
 from watchd.http.results import stream_zip
 from watchd.http.tokens import ANONYMOUS, Token, Tokens
-from watchd.http.uploads import Limits, Staged, UploadError, new_staging, receive
+from watchd.http.uploads import Limits, Staged, new_staging, receive
 from watchd.http.views import (
     MEDIA_TYPES,
     STATUS_STATES,
     JobsPage,
     JobView,
-    OutputMissing,
     Submitted,
     job_view,
     open_output,

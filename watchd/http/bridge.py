@@ -3,7 +3,7 @@
 A request becomes a :class:`watchd.control.Request` (arguments checked by the same
 :func:`watchd.control.validate_args` the socket uses) and is handed to the daemon's
 handler, which queues it for the main thread and returns a future; the answer or the
-:class:`~watchd.control.ProtocolError` comes back through it. Changing requests are
+:class:`~watchd.errors.ProtocolError` comes back through it. Changing requests are
 logged with the name of the token that made them (``http.command``), as the socket
 logs its caller's uid.
 
@@ -25,7 +25,8 @@ from typing import Any, Final
 import structlog
 from fastapi import HTTPException
 
-from watchd.control import COMMANDS, ProtocolError, Request, validate_args
+from watchd.control import COMMANDS, Request, validate_args
+from watchd.errors import ProtocolError
 
 log = structlog.get_logger()
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from watchd.config import WatchConfig, sidecar_overrides
 from watchd.errors import ConfigError
 from watchd.models import KNOWN_MD5
+from watchd.validate import COLOR_PATTERN, MAX_PRIORITY, MIN_PRIORITY
 
 #: The priority of ``/api/remove`` jobs: a caller is waiting, so they go ahead of folder work.
 REMOVE_PRIORITY = 100
@@ -41,8 +42,10 @@ class SubmitOptions(BaseModel):
 
     model: str | None = Field(None, description="the model (default: the watch's)")
     format: Literal["png", "webp", "jpeg", "mask"] | None = None
-    background: str | None = Field(None, pattern=r"^#[0-9a-fA-F]{6}$", description='"#rrggbb"')
-    priority: int | None = Field(None, ge=-100, le=100, description="higher runs first")
+    background: str | None = Field(None, pattern=f"^{COLOR_PATTERN}$", description='"#rrggbb"')
+    priority: int | None = Field(
+        None, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="higher runs first"
+    )
     name: str | None = Field(
         None,
         pattern=r"^[^./\x00-\x1f][^/\x00-\x1f]{0,199}$",

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import structlog
 
-from watchd.http.views import OutputMissing, open_output, read_chunks
+from watchd.errors import OutputMissing
+from watchd.http.views import open_output, read_chunks
 
 log = structlog.get_logger()
 

@@ -34,6 +34,8 @@ import structlog
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from watchd.errors import UploadError
+from watchd.files import fsync_file
 from watchd.watcher import is_ignored
 
 if TYPE_CHECKING:
@@ -46,15 +48,6 @@ CHUNK: Final = 256 * 1024
 MAX_FIELD_BYTES: Final = 4096
 #: Longest file name kept from an upload (bytes of UTF-8); longer ones are shortened.
 MAX_NAME_BYTES: Final = 200
-
-
-class UploadError(Exception):
-    """An upload is refused; ``status`` is the HTTP answer, ``message`` says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -298,11 +291,7 @@ def sync_files(staged: Staged) -> None:
     """Flush every uploaded file to disk: the job is recorded only after this (in a thread,
     so the server's loop goes on answering meanwhile)."""
     for rel in staged.files:
-        fd = os.open(staged.folder / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(staged.folder / rel)
 
 
 def unpack_zip(path: Path, label: str, staged: Staged, limits: Limits) -> None:

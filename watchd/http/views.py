@@ -17,6 +17,8 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
+from watchd.errors import OutputMissing
+
 #: A finished job's ledger state -> its status here.
 ENDED: Final = {"done": "completed", "failed": "failed", "cancelled": "cancelled"}
 #: The statuses a client may filter on, and the ledger state each one lives in.
@@ -126,10 +128,6 @@ def file_view(job_id: int, file: Mapping[str, Any]) -> FileView:
 
 
 # --- reading a job's outputs ---------------------------------------------------------------------
-
-
-class OutputMissing(Exception):
-    """The cutout is not (or no longer) where the ledger put it, or it is not a plain file."""
 
 
 def open_output(path: Path, outbox: Path) -> int:

@@ -143,7 +143,7 @@ class LocalPool:
 
     def submit(self, task: Task) -> Future[Result]:
         inner = self._live_pool().schedule(run, args=(task,), timeout=self.file_timeout)
-        future: Future[Result] = Future()
+        future: Future[Result] = _Handed(inner)
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
         future.add_done_callback(partial(_cancel_inner, inner))
@@ -163,6 +163,18 @@ class LocalPool:
             self._pool.close()
         if wait:
             self._pool.join()
+
+
+class _Handed(Future[Result]):
+    """Our future of one file: it reports running while pebble's does (a worker took the
+    file), as pebble's own future did before it was wrapped."""
+
+    def __init__(self, inner: Future[Any]) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def running(self) -> bool:
+        return super().running() or (not self.done() and self._inner.running())
 
 
 def _settle(future: Future[Result], inner: Future[Any]) -> None:
