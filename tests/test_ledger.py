@@ -147,6 +147,7 @@ def test_reopening_is_idempotent_and_keeps_data(db_path: Path, clock: Clock) -> 
         again.close()
     tables = raw(db_path, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
     assert tables == [
+        ("content_cache",),
         ("file_counts",),
         ("files",),
         ("hook_deliveries",),
@@ -910,12 +911,13 @@ def test_version_1_ledger_upgrades_in_place_and_backfills(db_path: Path, clock: 
     before = raw(db_path, "SELECT * FROM files ORDER BY id")
     ledger = Ledger.open(db_path, clock=clock)
     try:
-        assert ledger.schema_version() == SCHEMA_VERSION == 6
+        assert ledger.schema_version() == SCHEMA_VERSION == 7
         # rows untouched; migration 3 added two columns (pages, 1 for every old file, and
         # the job's priority, 0 like every old job's); "quality" two more (the figures and the
-        # review path: none for an old file)
+        # review path: none for an old file); "content_cache" one: reused_from, NULL (every
+        # old file's outputs were made by the model)
         after = raw(db_path, "SELECT * FROM files ORDER BY id")
-        assert after == [(*r, 1, 0, None, None) for r in before]
+        assert after == [(*r, 1, 0, None, None, None) for r in before]
         assert raw(db_path, "PRAGMA integrity_check") == [("ok",)]
         assert ledger.counts() == grouped_counts(db_path)
         assert ledger.counts()["files"] == {

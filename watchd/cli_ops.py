@@ -294,6 +294,8 @@ def _print_job(job: Mapping[str, Any], out: TextIO) -> None:
         detail = (
             f.get("error") if f["state"] in ("failed", "failing", "review") else f.get("output")
         )
+        if f.get("reused_from") and detail:  # the content cache's outputs of an earlier file
+            detail = f"{detail} (reused from file {f['reused_from']})"
         row = (str(f["id"]), f["state"], str(f["attempts"]), f["rel"], _quality(f.get("quality")))
         table.append((*row, str(detail or "")))
     _print_table(table, out)

@@ -49,6 +49,10 @@ class DaemonControls(Protocol):
 
     def metrics_text(self) -> str: ...
 
+    def sweep_cache(self) -> None:
+        """Remove the content cache's copies whose rows went (after a prune)."""
+        ...
+
 
 class Commands:
     """Executes validated control requests against the ledger and the daemon."""
@@ -205,7 +209,10 @@ class Commands:
 
     def _cmd_prune(self, args: Mapping[str, Any]) -> dict[str, Any]:
         cutoff = self._clock() - float(args["older_than_days"]) * DAY
-        return {"jobs_deleted": self._ledger.prune(cutoff)}
+        deleted = self._ledger.prune(cutoff)
+        if deleted:  # their content-cache rows went with their files: now their copies
+            self._daemon.sweep_cache()
+        return {"jobs_deleted": deleted}
 
     def _cmd_submit(self, args: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
         """Take files the caller could read themselves (watchd/access.py), as one job."""

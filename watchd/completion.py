@@ -114,6 +114,8 @@ def file_entry(file: FileDetail, outbox: Path) -> dict[str, Any]:
         if any(lossy for _, lossy in texts):
             entry["outputs_b64"] = [_b64(o) for o in outputs]
         entry["bytes_out"] = file.output_bytes
+        if file.reused_from is not None:  # the content cache's outputs of that earlier file
+            entry["reused_from"] = file.reused_from
     else:
         entry["error"] = _clean(file.error) or file.state
     if file.quality is not None:  # the figures of each output (docs/outputs.md)

@@ -34,6 +34,7 @@ AfterAction = Literal["archive", "delete", "keep"]
 WatchMethod = Literal["auto", "inotify", "poll"]
 LogFormat = Literal["auto", "console", "json"]
 OutputFormat = Literal["png", "webp", "jpeg", "mask"]
+Duplicates = Literal["reprocess", "reuse", "skip"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -56,6 +57,8 @@ class DaemonConfig:
     metrics_file: Path | None
     keep_days: float
     priority_aging: float = 60.0  # seconds of waiting worth one priority step
+    #: the content cache's copies of outputs (docs/outputs.md, "Duplicates"), at most this
+    cache_max_bytes: int = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ class WatchConfig:
     review: Path | None = None
     #: the conditions (watchd.quality), normalised text; empty: no review
     review_if: tuple[str, ...] = ()
+    #: an input seen before with the same options (watchd/content_cache.py)
+    duplicates: Duplicates = "reprocess"
 
 
 @dataclass(frozen=True)
@@ -446,6 +451,7 @@ _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "metrics_file": (_path, None),
     "keep_days": (_number(0), 90.0),
     "priority_aging": (_number(1, 86400 * 365), DaemonConfig.priority_aging),
+    "cache_max_bytes": (_integer(0), DaemonConfig.cache_max_bytes),
 }
 
 _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -489,7 +495,13 @@ OUTPUT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "only_mask": (_boolean, OutputConfig.only_mask),
     "priority": (_integer(validate.MIN_PRIORITY, validate.MAX_PRIORITY), WatchConfig.priority),
     **PRODUCT_KEYS,
+    # issue 18, part B: what to do with an input seen before (watchd/content_cache.py)
+    "duplicates": (_choice("reprocess", "reuse", "skip"), WatchConfig.duplicates),
 }
+
+#: Sidecar keys that say how a job is routed, not how its outputs look: every other key of
+#: :data:`OUTPUT_KEYS` is a field of :class:`OutputConfig` (and so part of the cache key).
+JOB_ONLY_KEYS = ("model", "priority", "duplicates")
 
 _WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "name": (_watch_name, None),
@@ -706,6 +718,7 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
         metrics_file=resolve(daemon_raw["metrics_file"]) if daemon_raw["metrics_file"] else None,
         keep_days=daemon_raw["keep_days"],
         priority_aging=daemon_raw["priority_aging"],
+        cache_max_bytes=daemon_raw["cache_max_bytes"],
     )
     pool_raw = reader.table("pool", raw.get("pool", {}), _POOL_KEYS)
     pool = PoolConfig(
@@ -837,6 +850,7 @@ def _build_watch(
         stuck_note_after=values["stuck_note_after"],
         review=resolve(values["review"]) if values["review"] else sibling / "review",
         review_if=values["review_if"],
+        duplicates=values["duplicates"],
     )
 
 
@@ -845,7 +859,7 @@ def _output(
 ) -> OutputConfig:
     """The output options of a watch or a sidecar; JPEG needs a background colour."""
     output = OutputConfig(
-        **{key: values[key] for key in OUTPUT_KEYS if key not in ("model", "priority")},
+        **{key: values[key] for key in OUTPUT_KEYS if key not in JOB_ONLY_KEYS},
         background_image=background_image,
     )
     if output.background is not None and output.background_image is not None:
@@ -874,6 +888,7 @@ class JobOverrides:
     model: str
     output: OutputConfig
     priority: int
+    duplicates: Duplicates = "reprocess"
 
 
 def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOverrides:
@@ -903,14 +918,16 @@ def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOve
                 + f"; allowed keys: {allowed}",
             )
     base: dict[str, Any] = {
-        key: getattr(watch.output, key) for key in OUTPUT_KEYS if key not in ("model", "priority")
+        key: getattr(watch.output, key) for key in OUTPUT_KEYS if key not in JOB_ONLY_KEYS
     }
     base["model"], base["priority"] = watch.model, watch.priority
+    base["duplicates"] = watch.duplicates
     values = {**base, **reader.table("", raw, OUTPUT_KEYS, defaults=base)}
     return JobOverrides(
         model=values["model"],
         output=_output(reader, "", values, watch.output.background_image),
         priority=values["priority"],
+        duplicates=values["duplicates"],
     )
 
 

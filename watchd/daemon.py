@@ -29,6 +29,7 @@ from watchd import __version__, preflight
 from watchd.commands import Commands
 from watchd.completion import Completion
 from watchd.config import Config, HooksConfig, WatchConfig, load_config
+from watchd.content_cache import ContentCache
 from watchd.control import ControlServer, Request
 from watchd.dispatcher import Dispatcher, Pause
 from watchd.errors import ConfigError, LedgerError, ModelError, ProtocolError, WatchdError
@@ -150,6 +151,9 @@ class Daemon:
         log.info("ledger.opened", path=str(self._state_dir / "ledger.sqlite3"))
         self.pool = new_pool(config, store, wake=self._wake)
         self.pause = Pause(self.ledger)
+        self.cache = ContentCache(
+            self.ledger, self._state_dir / "cache", config.daemon.cache_max_bytes
+        )
         # Manifest, then hooks, then "reported": see watchd/completion.py for the order.
         self.hooks = Hooks(os.environ)  # the commands' base environment, read once here
         self.completion = Completion(self.ledger, self.hooks, self.live, self._wake)
@@ -172,6 +176,7 @@ class Daemon:
             rng=random.Random(),
             activity=self._activity,
             monotonic=time.monotonic,
+            cache=self.cache,
         )
         self.intake = Intake(
             self.ledger, self._spool_dir, self.finisher, check_model=self._check_model
@@ -223,6 +228,7 @@ class Daemon:
         self.intake.finish_pending(list(recovery.pending))
         self._remove_emptied_folders()
         reported = self.completion.report_unreported()  # jobs that ended just before a crash
+        self.sweep_cache()  # also applies a cache_max_bytes lowered since the last run
         log.info(
             "recovery.done",
             requeued=len(recovery.requeued),
@@ -450,6 +456,14 @@ class Daemon:
         deleted = self.ledger.prune(time.time() - keep_days * 86400, limit=PRUNE_BATCH)
         if deleted:
             log.info("ledger.pruned", jobs=deleted, keep_days=keep_days)
+            self.sweep_cache()
+
+    def sweep_cache(self) -> None:
+        """Copies of the content cache whose rows went (pruned with their files, evicted)."""
+        removed = self.cache.sweep()
+        if removed:
+            entries, size = self.ledger.cache_size()
+            log.info("cache.swept", removed=removed, entries=entries, bytes=size)
 
     # --- operators: control requests and stats ----------------------------------------------------
 
@@ -566,6 +580,7 @@ class Daemon:
             self._start_watchers()
         self.config = new
         self.ledger.priority_aging = new.daemon.priority_aging
+        self.cache.max_bytes = new.daemon.cache_max_bytes
         self.dispatcher.use_pool(self.pool, new.pool.max_attempts)
         log.info("reload.done", changes=changes)
         return changes

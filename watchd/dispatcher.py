@@ -18,16 +18,22 @@ from concurrent.futures import Future
 
 import structlog
 
+from watchd.content_cache import ContentCache, Hit, cache_key
 from watchd.errors import AttemptFailed, InputRejected
 from watchd.files import read_input
 from watchd.finisher import Finisher
-from watchd.ledger import FileRecord, Ledger
+from watchd.ledger import CacheEntry, FileRecord, Ledger
 from watchd.pool.protocol import Pool, outcome, pool_broke
 from watchd.pool.task import Result, Task
 from watchd.product_input import BackgroundImages
 from watchd.stats import Activity
 
 log = structlog.get_logger()
+
+#: Files one ``fill`` may finish without the pool (content-cache hits, inputs that fail to
+#: read) before it returns, so that a re-dropped folder of thousands of known photos is
+#: written in slices between the main loop's other work (status, intake, results).
+FILL_BUDGET = 64
 
 #: Backoff for transient write errors (full disk, unwritable outbox): seconds.
 BACKOFF_BASE = 1.0
@@ -66,8 +72,12 @@ class Dispatcher:
         rng: random.Random,
         activity: Activity,
         monotonic: Callable[[], float],
+        cache: ContentCache | None = None,
     ) -> None:
         self._ledger = ledger
+        self._cache = cache
+        #: the cache key of each attempt whose outputs the content cache is to keep
+        self._keys: dict[Future[Result], str] = {}
         self._pool = pool
         self._finisher = finisher
         self._pause = pause
@@ -98,10 +108,18 @@ class Dispatcher:
     # --- dispatching ------------------------------------------------------------------------------
 
     def fill(self) -> int:
-        """Claim queued files up to the in-flight cap and hand them to the pool."""
+        """Claim queued files up to the in-flight cap and hand them to the pool.
+
+        Files finished here, without the pool, count against :data:`FILL_BUDGET`; when it
+        is spent the loop is woken to come back after its other work.
+        """
         started = 0
+        claimed = 0
         while not self._pause.paused and len(self.in_flight) < self.capacity:
-            wanted = self.capacity - len(self.in_flight)
+            if claimed - started >= FILL_BUDGET:
+                self._wake()
+                break
+            wanted = min(self.capacity - len(self.in_flight), FILL_BUDGET)
             records = self._ledger.claim(wanted)
             if not records:
                 break
@@ -109,19 +127,35 @@ class Dispatcher:
             # may use every thread of it (the pool's ``alone_threads``; 0 = no difference).
             alone = not self.in_flight and len(records) == 1 and wanted > 1
             threads = self._pool.alone_threads if alone else 0
+            claimed += len(records)
             for record in records:
-                self._start(record, threads)
-                started += 1
+                if self._start(record, threads):
+                    started += 1
         return started
 
-    def _start(self, record: FileRecord, threads: int = 0) -> None:
+    def _start(self, record: FileRecord, threads: int = 0) -> bool:
+        """Hand one claimed file to the pool; False when it was finished here instead."""
         options = record.options
         try:
             data = read_input(self._finisher.original(record), options.max_file_bytes)
             background = self._backgrounds.read(options.output.background_image)
         except InputRejected as exc:
             self._finisher.fail(record, str(exc))
-            return
+            return False
+        mask_name = options.mask_for(record.rel)
+        mask = None
+        key: str | None = None
+        if mask_name is not None:  # a hand-edited mask (watchd/masks.py): no cache, no model
+            try:
+                mask = read_input(self._finisher.mask_copy(record), options.max_file_bytes)
+            except InputRejected as exc:
+                reason = f"the hand-edited mask {mask_name} could not be used: {exc}"
+                self._finisher.fail(record, reason)
+                return False
+        else:
+            finished, key = self._known(record, data, background)
+            if finished:
+                return False
         task = Task(
             file_id=record.id,
             data=data,
@@ -130,11 +164,46 @@ class Dispatcher:
             threads=threads,
             background_image=background,
             review_if=options.review_if,
+            mask=mask,
+            mask_name=mask_name or "",
         )
         future = self._pool.submit(task)
+        if key is not None:
+            self._keys[future] = key
         self.in_flight[future] = record
         self._handed[future] = (self._clock(), self._monotonic())
         future.add_done_callback(lambda _f: self._wake())
+        return True
+
+    def _known(
+        self, record: FileRecord, data: bytes, background: bytes | None
+    ) -> tuple[bool, str | None]:
+        """Under ``duplicates = "reuse"`` or ``"skip"``: (True, key) when the content cache
+        knows this input, which is then finished here, without the pool; (False, key) when
+        it does not, and its outputs are to be kept under that key (content_cache.py)."""
+        options = record.options
+        if self._cache is None or options.duplicates == "reprocess":
+            return False, None
+        key = cache_key(data, options.model, options.output, background)
+        hit = self._cache.lookup(key, self._clock())
+        if hit is None:
+            return False, key
+        if options.duplicates == "skip":
+            self._finisher.fail(record, skip_reason(hit.entry))
+        else:
+            self._reuse(record, hit)
+        return True, key
+
+    def _reuse(self, record: FileRecord, hit: Hit) -> None:
+        """Write the cached outputs of an earlier file as this file's outputs."""
+        result = Result(
+            file_id=record.id,
+            pages=hit.pages,
+            width=hit.entry.width,
+            height=hit.entry.height,
+            threads=0,
+        )
+        self._complete(record, result, reused=hit.entry)
 
     # --- collecting -------------------------------------------------------------------------------
 
@@ -147,8 +216,9 @@ class Dispatcher:
         if broke:
             self._pool_broke([self.in_flight.pop(future) for future in broke])
         for future in done:
+            key = self._keys.pop(future, None)
             if future in self.in_flight:
-                self._finish(self.in_flight.pop(future), outcome(future))
+                self._finish(self.in_flight.pop(future), outcome(future), key)
         return len(done)
 
     def _time_attempts(self, done: list[Future[Result]]) -> None:
@@ -163,22 +233,47 @@ class Dispatcher:
                 record.watch, waited=handed[0] - record.created_at, ran=now - handed[1]
             )
 
-    def _finish(self, record: FileRecord, result: Result | InputRejected | AttemptFailed) -> None:
+    def _finish(
+        self,
+        record: FileRecord,
+        result: Result | InputRejected | AttemptFailed,
+        key: str | None = None,
+    ) -> None:
         if isinstance(result, InputRejected):
             self._finisher.fail(record, str(result))
         elif isinstance(result, AttemptFailed):
             self._retry_or_fail(record, str(result))
         else:
             self._pool_breaks = 0  # a worker finished a file: the pool works again
-            try:
-                written = self._finisher.complete(record, result)
-            except OSError as exc:  # a wait may cure it: the file waits, with backoff
-                self._write_failed(
-                    record, f"cannot write the output {record.output}: {exc.strerror or exc}"
-                )
-                return
-            if written:
-                self._write_failures = 0
+            self._complete(record, result, key=key)
+
+    def _complete(
+        self,
+        record: FileRecord,
+        result: Result,
+        *,
+        reused: CacheEntry | None = None,
+        key: str | None = None,
+    ) -> None:
+        """The finisher writes the outputs; then, under duplicates = reuse|skip, the cache
+        keeps a copy of outputs the model made (``key``)."""
+        cache = self._cache
+        keep = None
+        if key is not None and reused is None and cache is not None:
+
+            def keep() -> None:
+                made = (result.width, result.height)
+                cache.store(key, record.id, result.pages, made, self._clock())
+
+        try:
+            written = self._finisher.complete(record, result, reused, keep)
+        except OSError as exc:  # a wait may cure it: the file waits, with backoff
+            self._write_failed(
+                record, f"cannot write the output {record.output}: {exc.strerror or exc}"
+            )
+            return
+        if written:
+            self._write_failures = 0
 
     # --- retrying ---------------------------------------------------------------------------------
 
@@ -261,7 +356,18 @@ class Dispatcher:
             self._ledger.requeue(record.id, "interrupted by shutdown", refund=True)  # or failing
             count += 1
         self.in_flight.clear()
+        self._keys.clear()
         return count
+
+
+def skip_reason(earlier: CacheEntry) -> str:
+    """Why a duplicate is in the failed folder under ``duplicates = "skip"``."""
+    return (
+        f"not processed: the same image, with the same options, was already processed as "
+        f"{earlier.rel} of job {earlier.job_id} (file {earlier.file_id}, output "
+        f'{earlier.output.name}); this watch has duplicates = "skip". To make it again, '
+        'drop it in a folder whose watchd.toml says duplicates = "reprocess"'
+    )
 
 
 def retry_reason(message: str) -> str:

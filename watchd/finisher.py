@@ -40,10 +40,10 @@ from watchd.files import (
     remove_stray_temp,
     write_error_note,
 )
-from watchd.ledger import CANCELLED_REASON, FileRecord, FinishedJob, Ledger, Recovery
+from watchd.ledger import CANCELLED_REASON, CacheEntry, FileRecord, FinishedJob, Ledger, Recovery
 from watchd.pool.task import Result
 from watchd.review import ReviewDesk
-from watchd.spool import original_path
+from watchd.spool import original_path, spool_mask_path
 from watchd.stats import Activity
 
 log = structlog.get_logger()
@@ -75,14 +75,29 @@ class Finisher:
         #: the quality gate's review folder (watchd/review.py)
         self.review = ReviewDesk(ledger)
 
+    def mask_copy(self, record: FileRecord) -> Path:
+        """Where the copy of the input's hand-edited mask waits (watchd/masks.py)."""
+        return spool_mask_path(self._spool, record.id)
+
     def original(self, record: FileRecord) -> Path:
         """Where the input is while it waits: the spool, or the inbox with ``after = "keep"``."""
         return original_path(self._spool, record)
 
     # --- a result -------------------------------------------------------------------------------
 
-    def complete(self, record: FileRecord, result: Result) -> bool:
+    def complete(
+        self,
+        record: FileRecord,
+        result: Result,
+        reused: CacheEntry | None = None,
+        written: Callable[[], None] | None = None,
+    ) -> bool:
         """Write a file's outputs, mark it written, dispose of its original; True if written.
+
+        ``reused``: the outputs are an earlier file's, from the content cache (recorded as
+        the file's ``reused_from``, said in the log and the manifest). ``written``: called
+        once the file is ``written``, before its original is disposed of and its job can
+        end (the content cache keeps its copy there, so a job's end means it is kept).
 
         Fails the file (False) when its pages would overwrite files watchd did not make, or
         when the output cannot be written for a reason no wait cures
@@ -113,8 +128,13 @@ class Finisher:
                 raise
             self.fail(record, f"cannot write the output {record.output}: {exc.strerror or exc}")
             return False
-        self._ledger.mark_written(record.id, result.output_bytes, pages=pages, quality=quality)
+        reused_from = reused.file_id if reused else None
+        self._ledger.mark_written(
+            record.id, result.output_bytes, pages, quality=quality, reused_from=reused_from
+        )
         self._activity.record_quality(record.watch, quality, held=False)
+        if written is not None:
+            written()
         latency = self._clock() - record.created_at
         self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())
         log.info(
@@ -128,8 +148,9 @@ class Finisher:
             width=result.width,
             height=result.height,
             attempt=record.attempts,
-            threads=result.threads,
+            threads=result.threads or None,
             worker_pid=result.worker_pid or None,
+            **({"reused_from": reused.file_id, "reused_job": reused.job_id} if reused else {}),
             **{f"{k}_s": round(v, 3) for k, v in result.timings.items()},
             latency_s=round(latency, 3),
         )
@@ -197,6 +218,7 @@ class Finisher:
             elif os.path.lexists(original):
                 move_file(original, record.archive, record.id)
             self.review.cleanup(record)
+            self._remove_mask_copy(record)
         except OSError as exc:
             log.error("file.archive_failed", file=record.id, path=str(original), error=str(exc))
             return  # stays 'written'; the periodic finishing pass tries again
@@ -240,12 +262,18 @@ class Finisher:
             if os.path.lexists(original) and not keep:
                 move_file(original, record.failed, record.id)
             self.review.cleanup(record)
+            self._remove_mask_copy(record)
         except OSError as exc:
             log.error("file.quarantine_failed", file=record.id, error=str(exc))
             return  # stays 'failing'; the periodic finishing pass tries again
         latency = self._clock() - record.created_at
         self._activity.record(record.watch, ok=False, latency=latency, now=self._monotonic())
         self._job_finished(self._ledger.mark_failed(record.id))
+
+    def _remove_mask_copy(self, record: FileRecord) -> None:
+        """The spool's copy of a hand-edited mask goes with its input (watchd/masks.py)."""
+        if record.options.mask_for(record.rel) is not None:
+            remove_file(spool_mask_path(self._spool, record.id))
 
     def _job_finished(self, job: FinishedJob | None) -> None:
         if job is None:

@@ -26,6 +26,7 @@ aside the same way, unread, with a note saying why (:meth:`Intake.set_aside`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -56,8 +57,9 @@ from watchd.files import (
     write_error_note,
 )
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob, name_key
-from watchd.options import IntakeMode, job_options
-from watchd.spool import spool_path
+from watchd.masks import LONE_MASK, MASK_IN_PLACE, mask_stem, pair_masks
+from watchd.options import IntakeMode, JobOptions, job_options
+from watchd.spool import spool_mask_path, spool_path
 from watchd.watcher import Batch, Candidate, is_ignored, is_sidecar_name
 
 if TYPE_CHECKING:
@@ -294,6 +296,11 @@ class Intake:
             )
         if not files:
             return None
+        files, masks = _split_masks(files, options.in_place)
+        if masks:
+            options = dataclasses.replace(
+                options, masks={rel: mask.rel for rel, mask in masks.items()}
+            )
         taken, claim, output_taken = self._name_checker(fold=not watch.case_sensitive_names)
         if batch.kind == "folder":
             out_root = claim(unique_path(watch.outbox / batch.name, taken, folder=True))
@@ -321,7 +328,7 @@ class Intake:
                 failed=claim(unique_path(failed_root / c.rel, taken)),
                 size=c.size,
                 mtime_ns=c.mtime_ns,
-                reject=_rejection(batch, c, problem),
+                reject=_rejection(batch, c, problem, options),
             )
             for c in files
         ]
@@ -334,7 +341,7 @@ class Intake:
             sidecar_root = None
         sidecar_targets = [
             (c, None if sidecar_root is None else claim(unique_path(sidecar_root / c.rel, taken)))
-            for c in (batch.sidecars if batch.kind == "folder" else ())
+            for c in (*(batch.sidecars if batch.kind == "folder" else ()), *masks.values())
         ]
         job_id, file_ids = self._ledger.create_job(
             NewJob(
@@ -362,9 +369,10 @@ class Intake:
         )
         if problem is not None:
             log.warning("job.sidecar_invalid", job=job_id, watch=watch.name, error=problem)
+        # Each mask is copied into the spool with its input (_to_spool) before it moves.
+        self.finish_pending(self._ledger.job_files(job_id))
         if not options.in_place and intake != "copy":
             _dispose_sidecars(sidecar_targets, file_ids[0])
-        self.finish_pending(self._ledger.job_files(job_id))
         if batch.kind == "folder" and intake != "copy" and not options.in_place:
             prune_taken_folder(batch.root, is_litter)
         return job_id
@@ -473,6 +481,9 @@ class Intake:
     def _to_spool(self, record: FileRecord, touched: set[Path]) -> bool:
         """Take one recorded input into the spool; False if it is not there now."""
         target = spool_path(self._spool, record.id)
+        mask = record.options.mask_for(record.rel)
+        if mask is not None and record.error is None:
+            self._spool_mask(record, mask)
         if os.path.lexists(target):
             return True
         try:
@@ -502,6 +513,19 @@ class Intake:
             )
             return False
         return True
+
+    def _spool_mask(self, record: FileRecord, mask: str) -> None:
+        """Copy an input's hand-edited mask into the spool, before the input itself moves
+        (so that recovery, finding the input spooled, finds its mask there too). What
+        cannot be copied is logged; the dispatcher then fails the input with the reason."""
+        target = spool_mask_path(self._spool, record.id)
+        source = record.source.parent / PurePosixPath(mask).name
+        if os.path.lexists(target):
+            return
+        try:
+            copy_file(source, target, record.id, expect=self._expected.get(source))
+        except (OSError, InputRejected) as exc:
+            log.error("intake.mask_failed", file=record.id, mask=mask, error=str(exc))
 
     def _disappeared(self, record: FileRecord) -> None:
         log.warning("intake.disappeared", file=record.id, path=str(record.source))
@@ -564,10 +588,26 @@ def read_sidecar(
     return overrides, None
 
 
-def _rejection(batch: Batch, candidate: Candidate, problem: str | None) -> str | None:
+def _split_masks(
+    files: tuple[Candidate, ...], in_place: bool
+) -> tuple[tuple[Candidate, ...], dict[str, Candidate]]:
+    """Hand-edited masks (watchd/masks.py) out of a batch's inputs: (the inputs, with lone
+    masks last, which are failed with the reason; {input's rel: its mask}). Not on a watch
+    that keeps its originals in the inbox: there every mask is failed (MASK_IN_PLACE)."""
+    if in_place:
+        return files, {}
+    inputs, masks, lone = pair_masks(files, {id(c): c.rel for c in files})
+    return (*inputs, *lone), masks
+
+
+def _rejection(
+    batch: Batch, candidate: Candidate, problem: str | None, options: JobOptions
+) -> str | None:
     """Why an input is failed at intake instead of processed (None: it is processed)."""
     if problem is not None:
         return f"not processed, because this job's options file is invalid: {problem}"
+    if mask_stem(candidate.rel) is not None:  # one that pair_masks left: no original beside it
+        return MASK_IN_PLACE if options.in_place else LONE_MASK
     if is_sidecar_name(PurePosixPath(candidate.rel).name):
         return NESTED_SIDECAR if batch.kind == "folder" else LOOSE_SIDECAR
     return None

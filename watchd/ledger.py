@@ -176,6 +176,23 @@ class FileDetail:
     pages: int = 1  # outputs written: one per page of a multi-page input
     #: the quality figures of each page (watchd/quality.py), once made
     quality: tuple[Mapping[str, Any], ...] | None = None
+    reused_from: int | None = None  # its outputs are this file's, from the content cache
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One row of the content cache: the outputs an earlier file made from the same input."""
+
+    key: str
+    file_id: int
+    job_id: int
+    rel: str  # the earlier input's name in its job
+    output: Path  # where the earlier file's (first) output was written
+    pages: int
+    bytes: int
+    digests: tuple[str, ...]  # SHA-256 of each page's cached copy
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -398,14 +415,37 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, hook)
     );
     """,
-    # quality: the quality figures of each output (JSON, one object per page:
-    # watchd/quality.py) and, for an output that tripped review_if, where it waits in the
+    # 6 ("quality", issue 18): the quality figures of each output (JSON, one object per
+    # page: watchd/quality.py) and, for an output that tripped review_if, where it waits in the
     # review folder. The path is recorded before the output is written there, so a rerun
     # after a crash overwrites the same files (docs/design.md, invariant 2).
     """
     ALTER TABLE files ADD COLUMN quality TEXT;
     ALTER TABLE files ADD COLUMN review_path BLOB;
     CREATE INDEX files_review ON files(review_path) WHERE review_path IS NOT NULL;
+    """,
+    # 7 ("content_cache", issue 18): the content cache's index (watchd/content_cache.py).
+    # One row per cache key (SHA-256 of the input's bytes, the model and the output
+    # options): the file that made the outputs, the SHA-256 of each page's copy in
+    # <state_dir>/cache, their bytes and when it was last used (least recently used rows
+    # go first when the copies outgrow cache_max_bytes). A row goes with its file when the
+    # ledger is pruned (cascade); the copies it leaves are swept by the daemon.
+    # files.reused_from: the file whose cached outputs this file's are (NULL: made here).
+    """
+    CREATE TABLE content_cache (
+        key TEXT PRIMARY KEY,
+        file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+        pages INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        digests TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        used_at REAL NOT NULL
+    );
+    CREATE INDEX content_cache_used ON content_cache(used_at);
+    CREATE INDEX content_cache_file ON content_cache(file_id);
+    ALTER TABLE files ADD COLUMN reused_from INTEGER;
     """,
 )
 
@@ -449,7 +489,7 @@ def _text(value: str) -> str:
 _JOB_COLUMNS = "id, watch, name, kind, state, total, created_at, finished_at, cancelled, priority"
 _FILE_DETAIL_COLUMNS = (
     "id, rel_path, state, attempts, error, output_path, size, output_bytes, created_at, "
-    "started_at, finished_at, retry_at, pages, quality"
+    "started_at, finished_at, retry_at, pages, quality, reused_from"
 )
 _IN_CHUNK = 500  # ids bound per IN (...) list, far below SQLite's limit on variables
 _UNFINISHED_SQL = ", ".join(f"'{state}'" for state in UNFINISHED)
@@ -827,17 +867,19 @@ class Ledger:
         output_bytes: int,
         pages: int = 1,
         quality: Sequence[Mapping[str, Any]] | None = None,
+        reused_from: int | None = None,
     ) -> None:
         """running -> written: the output (``pages`` outputs for a multi-page input) is complete.
 
-        ``quality``: its figures, one per page (watchd/quality.py).
+        ``quality``: its figures, one per page (watchd/quality.py). ``reused_from``: the
+        file whose cached outputs were written (the content cache).
         """
         self._transition(
             file_id,
             "running",
             "UPDATE files SET state = 'written', output_bytes = ?, pages = ?, error = NULL, "
-            "quality = ? WHERE id = ? AND state = 'running'",
-            (output_bytes, pages, _quality(quality), file_id),
+            "quality = ?, reused_from = ? WHERE id = ? AND state = 'running'",
+            (output_bytes, pages, _quality(quality), reused_from, file_id),
         )
 
     # --- the review folder (issue 18: the quality gate) -------------------------------------------
@@ -891,6 +933,97 @@ class Ledger:
             "UPDATE files SET state = 'written', error = NULL WHERE id = ? AND state = 'review'",
             (file_id,),
         )
+
+    # --- the content cache's index (watchd/content_cache.py owns the copies) ---------------------
+
+    def cache_entry(self, key: str) -> CacheEntry | None:
+        """The cache row of ``key`` with the file that made it, or None."""
+        row = self._db.execute(
+            "SELECT c.key, c.file_id, f.job_id, f.rel_path, f.output_path, c.pages, c.bytes, "
+            "c.digests, c.width, c.height FROM content_cache c JOIN files f ON f.id = c.file_id "
+            "WHERE c.key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        return CacheEntry(
+            key=row[0],
+            file_id=row[1],
+            job_id=row[2],
+            rel=os.fsdecode(row[3]),
+            output=_path(row[4]),
+            pages=row[5],
+            bytes=row[6],
+            digests=tuple(json.loads(row[7])),
+            width=row[8],
+            height=row[9],
+        )
+
+    def cache_put(
+        self,
+        key: str,
+        file_id: int,
+        *,
+        digests: Sequence[str],
+        size: int,
+        dimensions: tuple[int, int],
+        now: float,
+    ) -> None:
+        """Record (or replace) the cache row of ``key``: ``file_id`` made outputs whose
+        copies have these SHA-256 ``digests`` (one per page), ``size`` bytes in all."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO content_cache (key, file_id, pages, bytes, digests, "
+                "width, height, created_at, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    file_id,
+                    len(digests),
+                    size,
+                    json.dumps(list(digests)),
+                    *dimensions,
+                    now,
+                    now,
+                ),
+            )
+
+    def cache_touch(self, key: str, now: float) -> None:
+        """``key`` was used: it is the last to go when the cache is full."""
+        with self._transaction() as db:
+            db.execute("UPDATE content_cache SET used_at = ? WHERE key = ?", (now, key))
+
+    def cache_forget(self, key: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM content_cache WHERE key = ?", (key,))
+
+    def cache_evict(self, max_bytes: int) -> list[str]:
+        """Delete the least recently used rows until their copies fit ``max_bytes``;
+        returns the keys deleted (their copies are the caller's to remove)."""
+        with self._transaction() as db:
+            total = int(
+                db.execute("SELECT COALESCE(SUM(bytes), 0) FROM content_cache").fetchone()[0]
+            )
+            if total <= max_bytes:
+                return []
+            evicted: list[str] = []
+            rows = db.execute("SELECT key, bytes FROM content_cache ORDER BY used_at, key")
+            for key, size in rows.fetchall():
+                if total <= max_bytes:
+                    break
+                evicted.append(key)
+                total -= size
+            db.executemany("DELETE FROM content_cache WHERE key = ?", [(k,) for k in evicted])
+        return evicted
+
+    def cache_keys(self) -> set[str]:
+        """Every key with a row (the daemon's sweep removes copies without one)."""
+        return {row[0] for row in self._db.execute("SELECT key FROM content_cache")}
+
+    def cache_size(self) -> tuple[int, int]:
+        """(entries, bytes of their copies)."""
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM content_cache")
+        count, size = row.fetchone()
+        return int(count), int(size)
 
     def mark_failing(self, file_id: int, error: str) -> None:
         """any unfinished state -> failing, recording the reason people will read."""
@@ -1461,6 +1594,7 @@ def _file_detail(row: Sequence[Any]) -> FileDetail:
         retry_at=row[11],
         pages=row[12],
         quality=None if row[13] is None else tuple(json.loads(row[13])),
+        reused_from=row[14],
     )
 
 

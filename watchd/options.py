@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast
 
-from watchd.config import AfterAction, JobOverrides, OutputConfig, WatchConfig
+from watchd.config import AfterAction, Duplicates, JobOverrides, OutputConfig, WatchConfig
 
 IntakeMode = Literal["inbox", "copy", "move"]
 
@@ -39,6 +39,14 @@ class JobOptions:
     #: and the folder where an output that trips one waits; empty: nothing is held
     review_if: tuple[str, ...] = ()
     review: str | None = None
+    #: an input seen before (watchd/content_cache.py): "reprocess", "reuse" or "skip"
+    duplicates: Duplicates = "reprocess"
+    #: hand-edited masks paired at intake (watchd/masks.py): input rel -> its mask's rel
+    masks: Mapping[str, str] = field(default_factory=dict)
+
+    def mask_for(self, rel: str) -> str | None:
+        """The relative path of the hand-edited mask of the input ``rel``, if it has one."""
+        return self.masks.get(rel)
 
     @property
     def suffix(self) -> str:
@@ -65,6 +73,10 @@ class JobOptions:
         if self.review_if:
             data["review_if"] = list(self.review_if)
             data["review"] = self.review
+        if self.duplicates != "reprocess":
+            data["duplicates"] = self.duplicates
+        if self.masks:
+            data["masks"] = dict(self.masks)
         return data
 
     @classmethod
@@ -82,6 +94,7 @@ class JobOptions:
                 output = OutputConfig()
             sidecar = data.get("sidecar")
             review = data.get("review")
+            masks = data.get("masks", {})
             return cls(
                 model=str(data["model"]),
                 after=cast(AfterAction, data["after"]),
@@ -92,6 +105,8 @@ class JobOptions:
                 sidecar=None if sidecar is None else str(sidecar),
                 review_if=tuple(str(c) for c in data.get("review_if", ())),
                 review=None if review is None else str(review),
+                duplicates=cast(Duplicates, data.get("duplicates", "reprocess")),
+                masks={str(k): str(v) for k, v in masks.items()},
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"a job's stored options cannot be read ({exc!r}): {data!r}") from None
@@ -119,4 +134,5 @@ def job_options(
         sidecar=sidecar,
         review_if=watch.review_if,
         review=str(watch.review) if watch.review_if and watch.review is not None else None,
+        duplicates=overrides.duplicates if overrides else watch.duplicates,
     )

@@ -14,12 +14,13 @@ from PIL import Image
 
 from watchd.config import OutputConfig
 from watchd.errors import InputRejected
-from watchd.imaging.cutout import cut_out, cut_out_raw, flatten
+from watchd.imaging.cutout import cut_out, cut_out_raw
 from watchd.imaging.decode import Page, decode_pages
 from watchd.imaging.encode import encode
 from watchd.imaging.product import finish, reshapes
 from watchd.imaging.review_sheet import make_sheet
 from watchd.imaging.sessions import Sessions
+from watchd.masks import decode_mask, flatten, from_mask
 from watchd.pool.task import Result, Task
 from watchd.quality import Figures, measure, parse_conditions, tripped
 
@@ -33,7 +34,7 @@ def process(task: Task, sessions: Sessions) -> Result:
 
     Pages are decoded, cut out and encoded one at a time; only the encoded bytes are kept.
     """
-    session = sessions.get(task.model, task.threads)
+    session = sessions.get(task.model, task.threads) if task.mask is None else None
     timings = {"decode": 0.0, "infer": 0.0, "encode": 0.0, "quality": 0.0, "product": 0.0}
     figures: list[Figures] = []
     conditions = parse_conditions(task.review_if)
@@ -49,7 +50,10 @@ def process(task: Task, sessions: Sessions) -> Result:
         if page is None:
             break
         try:
-            made = cut_out_raw(page.image, session, task.output)
+            if task.mask is None:
+                made = cut_out_raw(page.image, session, task.output)
+            else:  # a hand-edited mask (watchd/masks.py): no inference
+                made = _from_hand_mask(page.image, task, len(outputs))
             inferred = time.perf_counter()
             # the quality figures (watchd/quality.py) of the whole frame, before any crop
             figures.append(measure(made if made.mode == "L" else made.getchannel("A")))
@@ -92,6 +96,18 @@ def process(task: Task, sessions: Sessions) -> Result:
         review=tuple(tripped(figures, conditions)),
         sheet=sheet,
     )
+
+
+def _from_hand_mask(image: Image.Image, task: Task, page: int) -> Image.Image:
+    """The cutout (or mask) made from the job's hand-edited mask (watchd/masks.py), before
+    the quality figures and product steps, exactly as the model's mask would be."""
+    if page:
+        raise InputRejected(
+            f"the hand-edited mask {task.mask_name} belongs to a one-page image; this file "
+            "has more pages"
+        )
+    mask = decode_mask(task.mask or b"", image.size, task.mask_name)
+    return from_mask(image, mask, task.output)
 
 
 def too_big_for_memory(size: tuple[int, int]) -> str:

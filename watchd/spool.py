@@ -17,6 +17,11 @@ def spool_path(spool_dir: Path, file_id: int) -> Path:
     return spool_dir / str(file_id)
 
 
+def spool_mask_path(spool_dir: Path, file_id: int) -> Path:
+    """Where the copy of an input's hand-edited mask waits (watchd/masks.py)."""
+    return spool_dir / f"{file_id}.mask"
+
+
 def original_path(spool_dir: Path, record: FileRecord) -> Path:
     """Where the input is while it waits: the spool, or the inbox with ``after = "keep"``."""
     if record.options.in_place:

@@ -12,7 +12,8 @@ from typing import Any
 from PIL import Image
 
 from watchd.config import OutputConfig
-from watchd.imaging.u2net import U2netSession, naive_cutout
+from watchd.imaging.u2net import U2netSession
+from watchd.masks import flatten, from_mask, wants_mask
 
 #: Alpha matting (pymatting's closed-form matting) costs seconds and hundreds of MiB per
 #: megapixel (docs/performance.md, docs/outputs.md); larger images are matted on a copy
@@ -20,21 +21,9 @@ from watchd.imaging.u2net import U2netSession, naive_cutout
 ALPHA_MATTING_MAX_PIXELS = 2_000_000
 
 
-def wants_mask(output: OutputConfig) -> bool:
-    """Whether the output is the greyscale mask rather than a cutout."""
-    return output.format == "mask" or output.only_mask
-
-
 def cut_out(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
     """The RGBA cutout, the opaque composite on ``background``, or the "L" mask."""
     return flatten(cut_out_raw(image, session, output), output)
-
-
-def flatten(made: Image.Image, output: OutputConfig) -> Image.Image:
-    """An RGBA cutout on ``background`` (or white, for JPEG) as opaque RGB; else as it is."""
-    if made.mode == "RGBA" and (output.background is not None or output.format == "jpeg"):
-        return _on_background(made, output.background or "#ffffff")
-    return made
 
 
 def cut_out_raw(image: Image.Image, session: Any, output: OutputConfig) -> Image.Image:
@@ -46,25 +35,20 @@ def cut_out_raw(image: Image.Image, session: Any, output: OutputConfig) -> Image
     """
     plain = not output.alpha_matting and not output.post_process_mask
     if plain and isinstance(session, U2netSession):
-        mask = session.mask(image)
-        if wants_mask(output):
-            return mask
-        cutout = naive_cutout(image, mask)
-        del mask
-    else:
-        from rembg import remove
+        return from_mask(image, session.mask(image), output)
+    from rembg import remove
 
-        if wants_mask(output) and not output.alpha_matting:
-            only: Image.Image = remove(
-                image, session=session, only_mask=True, post_process_mask=output.post_process_mask
-            )
-            return only
-        if output.alpha_matting:
-            cutout = _matted(image, session, output)
-        else:
-            cutout = remove(image, session=session, post_process_mask=output.post_process_mask)
-        if wants_mask(output):
-            return cutout.getchannel("A")  # the matted alpha: the mask of the cutout one would get
+    if wants_mask(output) and not output.alpha_matting:
+        only: Image.Image = remove(
+            image, session=session, only_mask=True, post_process_mask=output.post_process_mask
+        )
+        return only
+    if output.alpha_matting:
+        cutout = _matted(image, session, output)
+    else:
+        cutout = remove(image, session=session, post_process_mask=output.post_process_mask)
+    if wants_mask(output):
+        return cutout.getchannel("A")  # the matted alpha: the mask of the cutout one would get
     return cutout
 
 
@@ -101,10 +85,3 @@ def _matted(image: Image.Image, session: Any, output: OutputConfig) -> Image.Ima
     alpha = cutout.getchannel("A").resize(image.size, Image.Resampling.LANCZOS)
     empty = Image.new("RGBA", image.size, 0)
     return Image.composite(image.convert("RGBA"), empty, alpha)
-
-
-def _on_background(cutout: Image.Image, colour: str) -> Image.Image:
-    """The cutout over an opaque ``#rrggbb`` colour: an RGB image with no transparency."""
-    rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    flat = Image.new("RGBA", cutout.size, (*rgb, 255))
-    return Image.alpha_composite(flat, cutout.convert("RGBA")).convert("RGB")

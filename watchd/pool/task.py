@@ -29,6 +29,9 @@ class Task:
     background_image: bytes | None = None
     #: ``review_if`` conditions (watchd/quality.py): a page that trips one gets a sheet
     review_if: tuple[str, ...] = ()
+    #: a hand-edited mask (PNG bytes, watchd/masks.py): used instead of the model's
+    mask: bytes | None = None
+    mask_name: str = ""
 
 
 @dataclass(frozen=True)
