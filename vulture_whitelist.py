@@ -69,3 +69,19 @@ _.seq
 _.PENDING
 _.WRITTEN
 _.peer_pid
+
+# Control commands added with the quality gate (dispatched by name, as above).
+_._cmd_approve
+_._cmd_reject
+
+# rembg calls a session's predict() when watchd hands it a U2netSession (alpha matting,
+# post-processed masks): the interface of rembg's BaseSession.
+_.predict
+
+# Read by the tests that check a worker's loaded models (one model, two sessions: the
+# behaviour watchd.imaging.sessions exists for), and through PoolStatus.as_dict() by the
+# stats file: fields read as a whole.
+_.loaded
+_.memory_limit
+_.in_cluster
+_.REVIEW

@@ -9,7 +9,8 @@ Two parts:
   and a lookup that finds it (reading the copy and checking its SHA-256). The "output"
   is the photo encoded as PNG level 1, about the size of its cutout. Also what a
   hand-edited mask costs the worker in place of inference: decoding a greyscale PNG of
-  the photo's size and compositing the cutout (``masks.decode_mask`` + ``compose``).
+  the photo's size and compositing the cutout (``masks.decode_mask``,
+  ``from_mask``, ``flatten``).
 * ``daemon``: the real daemon (``python -m watchd run``, ``--workers`` local workers, the
   u2netp model), two watches: ``plain`` (``duplicates = "reprocess"``, the default) and
   ``cached`` (``"reuse"``). ``--distinct`` different JPEGs (scikit-image photos, cycled,
@@ -52,10 +53,10 @@ sys.path.insert(0, str(REPO))
 from PIL import Image  # noqa: E402
 
 from tests.support import DaemonProcess, wait_for  # noqa: E402
+from watchd import masks  # noqa: E402
 from watchd.config import OutputConfig  # noqa: E402
 from watchd.content_cache import ContentCache, cache_key  # noqa: E402
 from watchd.ledger import Ledger, NewFile, NewJob  # noqa: E402
-from watchd.masks import compose, decode_mask  # noqa: E402
 from watchd.models import ModelStore  # noqa: E402
 
 
@@ -96,7 +97,9 @@ def median_ms(action: Any, reps: int) -> float:
 
 def from_mask(image: Image.Image, mask_png: bytes) -> Image.Image:
     """What the worker does with a hand-edited mask instead of inference (no encoding)."""
-    return compose(image, decode_mask(mask_png, image.size, "m.mask.png"), OutputConfig())
+    output = OutputConfig()
+    mask = masks.decode_mask(mask_png, image.size, "m.mask.png")
+    return masks.flatten(masks.from_mask(image, mask, output), output)
 
 
 def micro(reps: int) -> list[dict[str, Any]]:

@@ -16,19 +16,6 @@ from watchd.pool.protocol import ModelCheck, PoolStatus
 from watchd.pool.task import Result, Task
 
 
-class FakeClock:
-    """Time that moves only when a test moves it (unix and monotonic seconds alike)."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class FakePool:
     """Holds every submitted task until the test says how it ends."""
 

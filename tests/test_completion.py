@@ -33,9 +33,9 @@ from watchd.completion import (
     build_manifest,
     encode_manifest,
     manifest_temp_name,
-    write_manifest,
 )
 from watchd.config import HooksConfig
+from watchd.files import write_via_temp
 from watchd.ledger import Ledger, NewFile, NewJob
 from watchd.options import JobOptions
 
@@ -263,7 +263,7 @@ def test_non_utf8_names_become_valid_json_with_their_exact_bytes_beside(
 
 
 @pytest.mark.slow
-def test_write_manifest_never_shows_a_partial_file(tmp_path: Path) -> None:
+def test_a_manifest_written_via_its_temp_never_shows_a_partial_file(tmp_path: Path) -> None:
     """A reader polling the manifest sees nothing or a whole one, never a prefix."""
     target = tmp_path / "job.manifest.json"
     big = {
@@ -287,7 +287,7 @@ def test_write_manifest_never_shows_a_partial_file(tmp_path: Path) -> None:
     try:
         for version in range(30):
             big["version"] = version  # type: ignore[assignment]
-            write_manifest(target, encode_manifest(big), job_id=7)
+            write_via_temp(target, encode_manifest(big), manifest_temp_name(7))
     finally:
         stop.set()
         thread.join()
@@ -309,7 +309,7 @@ def test_a_link_planted_at_the_temp_name_is_not_written_through(tmp_path: Path) 
     (tmp_path / "outbox").mkdir()
     os.symlink(victim, tmp_path / "outbox" / manifest_temp_name(3))
 
-    write_manifest(tmp_path / "outbox" / "x.manifest.json", b"{}\n", job_id=3)
+    write_via_temp(tmp_path / "outbox" / "x.manifest.json", b"{}\n", manifest_temp_name(3))
 
     assert victim.read_text() == "precious"
     assert (tmp_path / "outbox" / "x.manifest.json").read_bytes() == b"{}\n"

@@ -3,7 +3,7 @@
 Real parts everywhere but the pool: a real config file, real folders and files, the real
 stability tracker, the real ledger (SQLite on disk), the real intake, finisher and
 dispatcher. The pool is :class:`tests.fakes.FakePool`, whose files end when a test says
-how; time is a :class:`tests.fakes.FakeClock`. Each test runs in milliseconds.
+how; time is a :class:`tests.support.Clock`. Each test runs in milliseconds.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import FakeClock, FakePool
+from tests.fakes import FakePool
+from tests.support import Clock
+from watchd.backoff import BACKOFF_BASE
 from watchd.config import Config, WatchConfig, load_config
 from watchd.daemon import LiveConfig
-from watchd.dispatcher import BACKOFF_BASE, Dispatcher, Pause
+from watchd.dispatcher import Dispatcher, Pause
 from watchd.files import error_note_path
 from watchd.finisher import Finisher
 from watchd.intake import Intake
@@ -37,7 +39,7 @@ class Rig:
     config: Config
     ledger: Ledger
     pool: FakePool
-    clock: FakeClock
+    clock: Clock
     finisher: Finisher
     pause: Pause
     dispatcher: Dispatcher
@@ -85,7 +87,7 @@ def make_rig(root: Path, *, extra: str = "", capacity: int = 4, alone_threads: i
     config = load_config(config_path)
     for folder in ("inbox", "outbox", "archive", "failed", "state/spool"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    clock = FakeClock()
+    clock = Clock(1_700_000_000.0)
     ledger = Ledger.open(root / "state" / "ledger.sqlite3", clock=clock)
     pool = FakePool(capacity, alone_threads=alone_threads)
     activity = Activity()

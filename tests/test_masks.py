@@ -21,7 +21,7 @@ from tests.dispatch_support import DispatchRig, ImmediatePool, make_dispatch_rig
 from watchd.config import OutputConfig
 from watchd.errors import InputRejected
 from watchd.files import error_note_path
-from watchd.masks import LONE_MASK, compose, decode_mask, mask_stem, pair_masks
+from watchd.masks import LONE_MASK, decode_mask, flatten, from_mask, mask_stem, pair_masks
 from watchd.pipeline import process
 from watchd.pool.task import Result, Task
 
@@ -126,6 +126,11 @@ def test_a_mask_that_is_no_png_fails_with_its_name() -> None:
     half_mask().save(buffer, "JPEG")
     with pytest.raises(InputRejected, match=r"a\.mask\.png is not a readable PNG"):
         decode_mask(buffer.getvalue(), (40, 30), "a.mask.png")
+
+
+def compose(image: Image.Image, mask: Image.Image, output: OutputConfig) -> Image.Image:
+    """What a worker encodes from an image and its mask when no product step runs."""
+    return flatten(from_mask(image, mask, output), output)
 
 
 def test_compose_gives_the_mask_the_cutout_or_the_cutout_on_a_colour() -> None:

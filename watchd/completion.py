@@ -45,7 +45,7 @@ import structlog
 
 from watchd.config import HooksConfig
 from watchd.errors import NotFound
-from watchd.files import ensure_dir, fsync_dir, page_paths, write_via_temp
+from watchd.files import ensure_dir, fsync_dir, page_paths
 from watchd.ledger import FileDetail, JobDetail, Ledger
 from watchd.stats import iso_utc
 
@@ -158,17 +158,6 @@ def build_manifest(detail: JobDetail, outbox: Path) -> dict[str, Any]:
 def encode_manifest(manifest: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON (every string was made valid Unicode by :func:`file_entry`)."""
     return (json.dumps(manifest, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-
-
-def write_manifest(path: Path, data: bytes, job_id: int) -> None:
-    """Write ``data`` to ``path`` so that readers see nothing or the whole manifest.
-
-    It is ``files.atomic_write`` with a temp name of its own, derived from the job id
-    (``.watchd-<id>.tmp`` of file ``<id>`` could be in the same folder). A temp left by
-    a crash is removed the next time the same job's manifest is written (its job is
-    still unreported then).
-    """
-    write_via_temp(path, data, manifest_temp_name(job_id))
 
 
 #: Manifest entries written per pass of the daemon's loop: a page costs little enough that

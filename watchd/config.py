@@ -285,6 +285,10 @@ def _url(value: Any) -> str:
     return url
 
 
+#: onnxruntime's providers when ``[pool] providers`` is not set: the CPU, which is everywhere.
+DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
 def _providers(value: Any) -> tuple[str, ...]:
     """onnxruntime execution providers in order of preference, e.g. CUDA then CPU."""
     if (
@@ -459,7 +463,7 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "threads_per_worker": (_integer(1, 256), 1),
     "max_attempts": (_integer(1, 100), 3),
     "file_timeout": (_number(1), 300.0),
-    "providers": (_providers, ("CPUExecutionProvider",)),
+    "providers": (_providers, DEFAULT_PROVIDERS),
     "require_accelerator": (_boolean, False),
     "backend": (_choice("local", "dask"), PoolConfig.backend),
     "scheduler": (_scheduler_address, None),

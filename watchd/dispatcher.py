@@ -18,6 +18,7 @@ from concurrent.futures import Future
 
 import structlog
 
+from watchd.backoff import backoff_delay
 from watchd.content_cache import ContentCache, Hit, cache_key
 from watchd.errors import AttemptFailed, InputRejected
 from watchd.files import read_input
@@ -34,10 +35,6 @@ log = structlog.get_logger()
 #: read) before it returns, so that a re-dropped folder of thousands of known photos is
 #: written in slices between the main loop's other work (status, intake, results).
 FILL_BUDGET = 64
-
-#: Backoff for transient write errors (full disk, unwritable outbox): seconds.
-BACKOFF_BASE = 1.0
-BACKOFF_MAX = 300.0
 
 
 class Pause:
@@ -289,7 +286,7 @@ class Dispatcher:
         self._pool_breaks += 1
         reason = "the worker pool broke before this file ran (a worker died while idle or starting)"
         for record in records:
-            delay = self._backoff(self._pool_breaks)
+            delay = backoff_delay(self._pool_breaks + 1, self._rng)
             self._activity.record_retry(record.watch, "pool_broke")
             self._finisher.note_error(record, f"{reason}; retrying in {delay:.0f} s")
             log.warning(
@@ -306,7 +303,7 @@ class Dispatcher:
         """The output could not be written for a reason a wait may cure (full disk, an
         unwritable outbox): the file waits with backoff, without costing an attempt."""
         self._write_failures += 1
-        delay = self._backoff(self._write_failures)
+        delay = backoff_delay(self._write_failures + 1, self._rng)
         self._finisher.note_error(record, f"{reason} (retrying in {delay:.0f} s)")
         self._activity.record_retry(record.watch, "write_error")
         log.error(
@@ -317,11 +314,6 @@ class Dispatcher:
             retry_in=round(delay, 1),
         )
         self._requeue(record, reason, retry_at=self._clock() + delay, refund=True)
-
-    def _backoff(self, failures: int) -> float:
-        """Exponential backoff with jitter, so that many files do not retry in lockstep."""
-        delay: float = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** min(failures, 16))
-        return delay * (0.5 + self._rng.random())
 
     def _retry_or_fail(self, record: FileRecord, reason: str) -> None:
         if record.attempts >= self._max_attempts:

@@ -4,12 +4,13 @@ The round trip (docs/outputs.md, "A mask corrected by hand"): take the ``format 
 output of a photo, correct it in any image editor, and drop it back as
 ``NAME.mask.png`` together with the original ``NAME.jpg`` (same folder, same drop).
 Intake pairs the two (:func:`pair_masks`); the worker makes the output from that mask
-with the job's options (format, background, ...) through the same :func:`compose` the
-model's masks go through, so a corrected output differs from the model's only where the
-mask does.
+with the job's options (format, crop, canvas, background, ...) through the same steps the
+model's masks go through (watchd/pipeline.py), so a corrected output differs from the
+model's only where the mask does.
 
-This module also holds that shared last step of every cutout (:func:`compose`), so there
-is one place that turns an image and a mask into what is encoded.
+This module also holds the two steps every cutout shares, the model's or a hand's:
+:func:`from_mask` (the image and its mask to the "L" mask or the RGBA cutout) and
+:func:`flatten` (onto the background colour), so there is one place for each.
 """
 
 from __future__ import annotations
@@ -124,12 +125,6 @@ def decode_mask(data: bytes, size: tuple[int, int], name: str) -> Image.Image:
 def wants_mask(output: OutputConfig) -> bool:
     """Whether the output is the greyscale mask rather than a cutout."""
     return output.format == "mask" or output.only_mask
-
-
-def compose(image: Image.Image, mask: Image.Image, output: OutputConfig) -> Image.Image:
-    """What is encoded from an image and its mask when no product step runs (see
-    watchd/pipeline.py for the whole recipe): :func:`from_mask`, then :func:`flatten`."""
-    return flatten(from_mask(image, mask, output), output)
 
 
 def from_mask(image: Image.Image, mask: Image.Image, output: OutputConfig) -> Image.Image:

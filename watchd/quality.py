@@ -19,7 +19,7 @@ the daemon's main thread, which decides where the output goes (docs/design.md).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,6 @@ HIGH_ALPHA = 230
 EDGE_SHARE = 0.01
 
 EDGES = ("top", "bottom", "left", "right")
-FIGURES = ("coverage", "uncertain")
 
 
 @dataclass(frozen=True)
@@ -53,14 +52,6 @@ class Figures:
             "uncertain": round(self.uncertain, 4),
             "clipped": list(self.clipped),
         }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Figures:
-        return cls(
-            coverage=float(data["coverage"]),
-            uncertain=float(data["uncertain"]),
-            clipped=tuple(str(edge) for edge in data["clipped"]),
-        )
 
 
 def measure(alpha: Image.Image) -> Figures:

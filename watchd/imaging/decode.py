@@ -23,24 +23,6 @@ from watchd.errors import InputRejected
 #: ``watchd[heic]`` extra (pillow-heif) is installed; see :func:`_heif_opener`.
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"})
 
-#: Suffixes an input may have. ``.heic``/``.heif`` are always listed: without the
-#: extra such a file still fails with a reason that says what to install.
-IMAGE_SUFFIXES = frozenset(
-    {
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".png",
-        ".webp",
-        ".tif",
-        ".tiff",
-        ".bmp",
-        ".gif",
-        ".heic",
-        ".heif",
-    }
-)
-
 #: At most this many pages of one multi-page TIFF are processed; a longer document is
 #: refused as a whole (split it), before any page is processed.
 MAX_PAGES = 500

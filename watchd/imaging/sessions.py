@@ -16,11 +16,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from watchd.config import DEFAULT_PROVIDERS, PoolConfig
 from watchd.errors import ModelError
 from watchd.imaging.u2net import FAMILY, U2netSession
 
-DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
-DEFAULT_MODEL_CACHE = 2
+#: The ``[pool]`` defaults, for workers started without a config (tests, the Dask plug-in).
+DEFAULT_MODEL_CACHE = PoolConfig.model_cache
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ class U2netSession:
         # are its side outputs): asking for it alone gives the same numbers.
         self._output = self.inner_session.get_outputs()[0].name
 
-    def predict(self, img: Image.Image, *args: Any, **kwargs: Any) -> list[Image.Image]:
+    def predict(self, img: Image.Image, *_args: Any, **_kwargs: Any) -> list[Image.Image]:
         """rembg's interface: the list of masks (one) for ``img``."""
         return [self.mask(img)]
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import threading
 import time
 import uuid
@@ -66,6 +65,7 @@ import structlog
 from distributed import KilledWorker
 
 from watchd.errors import AttemptFailed, InputRejected, PoolBroken
+from watchd.logs import StdlibBridge, bridge_stdlib_logs
 from watchd.models import check_name
 from watchd.pool import dask_worker
 from watchd.pool.protocol import ModelCheck, PoolStatus, WorkerStatus, as_failure
@@ -118,24 +118,6 @@ def security_from(
     return _dd.Security(require_encryption=True, **given)
 
 
-class _LogBridge(logging.Handler):
-    """distributed's warnings and errors as watchd log events (one JSON line each)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken log call must not break the daemon
-            message = str(record.msg)
-        error = record.exc_info[1] if record.exc_info else None
-        level = "error" if record.levelno >= logging.ERROR else "warning"
-        getattr(log, level)(
-            "dask.log",
-            logger=record.name,
-            message=message,
-            error=None if error is None else f"{type(error).__name__}: {error}",
-        )
-
-
 #: The loggers distributed gives a stderr handler of its own (see distributed/config.py).
 _DASK_LOGGERS = ("distributed", "distributed.client", "distributed.gc", "tornado")
 
@@ -146,15 +128,7 @@ def route_dask_logs() -> None:
     Under systemd the daemon writes JSON lines; dask's own plain-text lines on the
     same stderr would break ``journalctl -o cat | jq``.
     """
-    for name in _DASK_LOGGERS:
-        logger = logging.getLogger(name)
-        if any(isinstance(h, _LogBridge) for h in logger.handlers):
-            continue
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        logger.addHandler(_LogBridge(logging.WARNING))
-        logger.setLevel(max(logger.level, logging.WARNING))
-        logger.propagate = False
+    bridge_stdlib_logs(_DASK_LOGGERS, StdlibBridge("dask.log"))
 
 
 def _summary(by_worker: dict[str, str]) -> str:

@@ -55,7 +55,8 @@ from typing import Any
 
 import click
 
-from watchd.imaging.sessions import DEFAULT_MODEL_CACHE, DEFAULT_PROVIDERS
+from watchd.config import DEFAULT_PROVIDERS
+from watchd.imaging.sessions import DEFAULT_MODEL_CACHE
 from watchd.pool.task import Result, Task
 from watchd.pool.worker import init_worker, load_model, run
 

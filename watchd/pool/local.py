@@ -18,8 +18,9 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from watchd.config import DEFAULT_PROVIDERS
 from watchd.errors import AttemptFailed, InputRejected, PoolBroken
-from watchd.imaging.sessions import DEFAULT_MODEL_CACHE, DEFAULT_PROVIDERS
+from watchd.imaging.sessions import DEFAULT_MODEL_CACHE
 from watchd.pool.protocol import ModelCheck, PoolStatus, as_failure
 from watchd.pool.task import Result, Task
 from watchd.pool.worker import init_worker, load_model, run

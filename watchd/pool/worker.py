@@ -13,12 +13,8 @@ from collections.abc import Mapping
 
 from PIL import Image, _imaging
 
-from watchd.imaging.sessions import (
-    DEFAULT_MODEL_CACHE,
-    DEFAULT_PROVIDERS,
-    Sessions,
-    SessionSettings,
-)
+from watchd.config import DEFAULT_PROVIDERS
+from watchd.imaging.sessions import DEFAULT_MODEL_CACHE, Sessions, SessionSettings
 from watchd.imaging.u2net import PILLOW_BLOCK_SIZE
 from watchd.pipeline import process, warm_up
 from watchd.pool.task import Result, Task
