@@ -88,7 +88,8 @@ def test_a_model_that_cannot_run_still_lets_the_worker_start(
     def broken(*_args: object) -> None:
         raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : wrong input shape")
 
-    monkeypatch.setattr(pipeline, "cut_out", broken)
+    monkeypatch.setattr(pipeline, "cut_out", broken)  # the warm-up's step
+    monkeypatch.setattr(pipeline, "cut_out_raw", broken)  # a file's (before product steps)
     init_worker(model_store.worker_env(), 1, ("u2netp",), alone_threads=2)
     assert worker.sessions().loaded() == ("u2netp",)
     with pytest.raises(RuntimeError, match="wrong input shape"):
