@@ -63,6 +63,12 @@ bench: model
 bench-quick: model
 	$(BIN)/python bench/compare.py --quick
 
+## bench-cli: `watchd status` start-up, the whole process, against a bare interpreter
+## (bench/cli_startup.py; results in bench/results/cli-status-*.json)
+.PHONY: bench-cli
+bench-cli: $(STAMP)
+	$(BIN)/python bench/cli_startup.py
+
 ## bench-http: POST /api/remove against `rembg s` at 2 MP with 1 and 4 clients, and the daemon's
 ## RSS while 100 photos are uploaded (bench/http_compare.py; results in bench/results/http-*.json)
 .PHONY: bench-http

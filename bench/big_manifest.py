@@ -45,7 +45,7 @@ from ledger_status import (  # noqa: E402
 
 from watchd.completion import MANIFEST_PAGE  # noqa: E402
 from watchd.config import load_config  # noqa: E402
-from watchd.control import ControlClient  # noqa: E402
+from watchd.control_client import ControlClient  # noqa: E402
 from watchd.ledger import Ledger, NewFile, NewJob  # noqa: E402
 from watchd.options import JobOptions  # noqa: E402
 

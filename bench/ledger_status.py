@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO))
 
 from watchd import __version__  # noqa: E402
 from watchd.config import load_config  # noqa: E402
-from watchd.control import ControlClient  # noqa: E402
+from watchd.control_client import ControlClient  # noqa: E402
 from watchd.errors import DaemonUnreachable  # noqa: E402
 from watchd.ledger import Ledger  # noqa: E402
 from watchd.models import ModelStore  # noqa: E402

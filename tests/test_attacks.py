@@ -25,7 +25,7 @@ import pytest
 
 from tests.support import DaemonProcess, drop, is_output, wait_for
 from tests.test_intake_faults import files_by_state, job_json, ledger_rows, small_photo
-from watchd.control import ControlClient
+from watchd.control_client import ControlClient
 from watchd.errors import ProtocolError
 from watchd.files import error_note_path
 from watchd.ledger import Ledger, NewFile, NewJob

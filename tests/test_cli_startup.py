@@ -29,6 +29,9 @@ DAEMON_ONLY = (
     "watchd.daemon",
     "watchd.ledger",
     "watchd.pipeline",
+    "watchd.config",  # the whole configuration: status reads [daemon] alone (watchd/locate.py)
+    "watchd.control",  # the server: the client is watchd.control_client
+    "dataclasses",
 )
 
 PROBE = """
@@ -65,16 +68,49 @@ def test_status_imports_none_of_the_daemons_modules(tmp_path: Path) -> None:
     assert answer["loaded"] == [], answer
 
 
-def test_a_config_mistake_still_gets_its_suggestion(tmp_path: Path) -> None:
-    """difflib is imported only when a key is misspelt, and then it is."""
-    config = tmp_path / "watchd.toml"
-    config.write_text('[[watch]]\nname = "w"\ninbox = "in"\noutbox = "out"\nsetle_seconds = 1\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "watchd", "status", "--config", str(config)],
+def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watchd", *argv],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_a_config_mistake_still_gets_its_suggestion(tmp_path: Path) -> None:
+    """difflib is imported only when a key is misspelt, and then it is."""
+    config = tmp_path / "watchd.toml"
+    config.write_text('[[watch]]\nname = "w"\ninbox = "in"\noutbox = "out"\nsetle_seconds = 1\n')
+    result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 2
     assert "did you mean 'settle_seconds'?" in result.stderr
+
+
+def test_status_reads_only_where_the_daemon_is(tmp_path: Path) -> None:
+    """A mistake outside [daemon] (say, made after the daemon started) does not stop an operator
+    from asking the running daemon: status goes to the socket [daemon] names."""
+    config = tmp_path / "watchd.toml"
+    config.write_text(
+        '[daemon]\nstate_dir = "st"\n[[watch]]\nname = "w"\ninbox = "in"\noutbox = "out"\n'
+        "setle_seconds = 1\n"
+    )
+    result = run_cli("status", "--config", str(config))
+    assert result.returncode == 3, result.stderr
+    assert f"cannot talk to watchd at {tmp_path / 'st' / 'control.sock'}" in result.stderr
+
+
+def test_status_with_a_bad_daemon_path_names_the_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "watchd.toml"
+    config.write_text("[daemon]\nsocket = 5\n")
+    result = run_cli("status", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}: daemon.socket: expected a non-empty string, got int 5" in result.stderr
+
+
+def test_status_with_a_file_that_is_not_toml_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "watchd.toml"
+    config.write_text("[daemon\n")
+    result = run_cli("stats", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}: not valid TOML" in result.stderr

@@ -606,7 +606,7 @@ def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("watchd.config.open", refuse, raising=False)
+    monkeypatch.setattr("watchd.tomlfile.open", refuse, raising=False)
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == f"{path}: permission denied reading the config file"

@@ -29,10 +29,10 @@ from watchd import control
 from watchd.control import (
     COMMANDS,
     ERROR_CODES,
-    ControlClient,
     ControlServer,
     Request,
 )
+from watchd.control_client import ControlClient, connect_unix
 from watchd.errors import ControlSocketError, DaemonUnreachable, ProtocolError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ class Conn:
     """A raw client: bytes out, JSON lines in."""
 
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
-        self.sock = control.connect_unix(path, time.monotonic() + timeout)
+        self.sock = connect_unix(path, time.monotonic() + timeout)
         self.sock.settimeout(timeout)
         self.buffer = b""
 
@@ -416,7 +416,7 @@ def test_connect_waits_while_the_accept_queue_is_full(tmp_path: Path) -> None:
             while True:  # fill the accept queue; nobody accepts, so it gives up at the deadline
                 started = time.monotonic()
                 try:
-                    queued.append(control.connect_unix(path, started + 0.2))
+                    queued.append(connect_unix(path, started + 0.2))
                 except TimeoutError:
                     assert time.monotonic() - started >= 0.19
                     break
@@ -425,7 +425,7 @@ def test_connect_waits_while_the_accept_queue_is_full(tmp_path: Path) -> None:
                 0.3, lambda: [listener.accept()[0].close() for _ in range(len(queued) + 1)]
             )
             drain.start()
-            queued.append(control.connect_unix(path, time.monotonic() + 5))  # waits for room
+            queued.append(connect_unix(path, time.monotonic() + 5))  # waits for room
             drain.join()
         finally:
             for sock in queued:

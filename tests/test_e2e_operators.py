@@ -231,7 +231,7 @@ def test_submit_priority_orders_the_queue_and_is_shown(
     daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path], tmp_path: Path
 ) -> None:
     """Three jobs submitted while paused run highest priority first, whatever their order."""
-    from watchd.control import ControlClient
+    from watchd.control_client import ControlClient
     from watchd.errors import ProtocolError
 
     daemon = daemon_factory().start()

@@ -49,7 +49,7 @@ import pytest
 from PIL import Image
 
 from tests.support import DEADLINE, DaemonProcess, drop, is_manifest, is_output, wait_for
-from watchd.control import ControlClient
+from watchd.control_client import ControlClient
 
 pytestmark = pytest.mark.e2e
 

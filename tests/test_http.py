@@ -27,7 +27,7 @@ from tests.http_support import (
     wait_job,
 )
 from tests.support import DaemonProcess, wait_for
-from watchd.control import ControlClient
+from watchd.control_client import ControlClient
 from watchd.models import ModelStore
 
 pytestmark = pytest.mark.e2e

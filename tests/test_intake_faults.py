@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from tests.support import DaemonProcess, drop, is_output, wait_for
-from watchd.control import ControlClient
+from watchd.control_client import ControlClient
 from watchd.errors import DaemonUnreachable, UnsafePath
 from watchd.files import (
     NAME_MAX,

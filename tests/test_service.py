@@ -229,7 +229,7 @@ def test_a_provider_fallback_is_logged_and_shown_in_status(
     daemon.start()
     warning = daemon.events("model.provider_fallback")
     assert warning and warning[0]["provider"] == "CPUExecutionProvider"
-    from watchd.control import ControlClient
+    from watchd.control_client import ControlClient
 
     status = ControlClient(daemon.root / "state" / "control.sock").call("status")
     assert status["providers"] == {"u2netp": "CPUExecutionProvider"}
@@ -285,7 +285,7 @@ def test_reload_with_jobs_in_flight_loses_and_duplicates_nothing(
 def test_reload_command_reports_changes_or_the_reason_it_was_refused(
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    from watchd.control import ControlClient
+    from watchd.control_client import ControlClient
     from watchd.errors import ProtocolError
 
     daemon = daemon_factory()

@@ -22,7 +22,7 @@ import pytest
 from tests.support import Clock, DaemonProcess, wait_for
 from watchd.commands import submitted_batch
 from watchd.config import OUTPUT_KEYS, DaemonConfig, WatchConfig, load_config
-from watchd.control import ControlClient
+from watchd.control_client import ControlClient
 from watchd.files import error_note_path
 from watchd.finisher import Finisher
 from watchd.intake import LOOSE_SIDECAR, NESTED_SIDECAR, SIDECAR_MAX_BYTES, Intake

@@ -12,11 +12,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from watchd import __version__
-from watchd.cli_ops import add_operator_commands, run_operator_command
-from watchd.config import Config, WatchConfig, load_config
+from watchd.cli_ops import OPERATOR_COMMANDS, add_operator_commands, run_operator_command
 from watchd.errors import ConfigError, ModelError
+from watchd.locate import CONTAINER_FLAG, DaemonPaths, locate
+
+if TYPE_CHECKING:
+    # Not imported at run time by the operator commands: building and validating the whole
+    # configuration is most of their start-up (watchd/locate.py says why that matters).
+    from watchd.config import Config, WatchConfig
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -78,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in OPERATOR_COMMANDS:
+            return run_operator_command(args, _daemon_paths(args.config))
         config = _load(args.config)
         if args.command == "run":
             return _run(config)
@@ -87,20 +95,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_ignore(args, config)
         if args.command == "models":
             return _models(args, config)
-        return run_operator_command(args, config)
+        raise AssertionError(f"no handler for the command {args.command!r}")
     except (ConfigError, ModelError) as exc:
         print(f"watchd: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
+def _daemon_paths(path: Path | None) -> DaemonPaths:
+    """Where the daemon the configuration at ``path`` describes listens, read from
+    ``[daemon]`` alone where that can be done; else from the whole, validated, configuration
+    (the container's, made from the environment, or a file whose ``[daemon]`` has a value
+    only the full validation can name the problem with)."""
+    found = locate(path) if not _in_container(path) else None
+    if found is not None:
+        return found
+    daemon = _load(path).daemon
+    return DaemonPaths(daemon.state_dir, daemon.socket, daemon.stats_file)
+
+
+def _in_container(path: Path | None) -> bool:
+    """Whether the configuration is the container's (no file given, WATCHD_CONTAINER set)."""
+    return path is None and bool(os.environ.get(CONTAINER_FLAG))
+
+
 def _load(path: Path | None) -> Config:
     """The config file given, else the container's (WATCHD_CONTAINER set), else the default."""
-    from watchd.envconfig import CONTAINER_FLAG
-
-    if path is None and os.environ.get(CONTAINER_FLAG):
+    if _in_container(path):
         from watchd.envconfig import load_from_env
 
         return load_from_env(os.environ)
+    from watchd.config import load_config
+
     return load_config(path)
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from watchd.config import Config
+from watchd.locate import DaemonPaths
 from watchd.states import FINISHED_JOB_STATES, JOB_STATES
 from watchd.validate import MAX_PRIORITY, MIN_PRIORITY
 
@@ -116,18 +116,21 @@ def _days(text: str) -> float:
     return value
 
 
-def socket_path(args: argparse.Namespace, config: Config) -> Path:
-    return Path(args.socket) if args.socket else config.daemon.socket
+def socket_path(args: argparse.Namespace, paths: DaemonPaths) -> Path:
+    return Path(args.socket) if args.socket else paths.socket
 
 
-def run_operator_command(args: argparse.Namespace, config: Config, out: TextIO = sys.stdout) -> int:
-    """Run one operator command; maps daemon errors to exit codes with a clear message."""
-    from watchd.control import ControlClient
+def run_operator_command(
+    args: argparse.Namespace, paths: DaemonPaths, out: TextIO = sys.stdout
+) -> int:
+    """Run one operator command against the daemon at ``paths``; maps daemon errors to exit
+    codes with a clear message."""
+    from watchd.control_client import ControlClient
     from watchd.errors import DaemonUnreachable, ProtocolError
 
     if args.command == "stats":
-        return _stats(args, config, out)
-    client = ControlClient(socket_path(args, config))
+        return _stats(args, paths, out)
+    client = ControlClient(socket_path(args, paths))
     try:
         return _OPERATIONS[args.command](client, args, out)
     except DaemonUnreachable as exc:
@@ -413,9 +416,9 @@ def _prune(client: Any, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _stats(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+def _stats(args: argparse.Namespace, paths: DaemonPaths, out: TextIO) -> int:
     """Print the stats file; works without the socket (e.g. for monitoring scripts)."""
-    path = config.daemon.stats_file
+    path = paths.stats_file
     try:
         snapshot = json.loads(path.read_text())
     except FileNotFoundError:
@@ -460,6 +463,10 @@ _OPERATIONS: dict[str, Callable[[Any, argparse.Namespace, TextIO], int]] = {
     "submit": _submit,
     "prune": _prune,
 }
+
+
+#: The commands :func:`run_operator_command` runs: they need only where the daemon is.
+OPERATOR_COMMANDS = frozenset(_OPERATIONS) | {"stats"}
 
 
 # --- formatting ---

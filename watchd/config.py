@@ -16,19 +16,14 @@ import functools
 import ipaddress
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from watchd import validate
+from watchd import locate, validate
 from watchd.errors import BadValue, ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
+from watchd.tomlfile import parse_toml, read_toml
 
 AfterAction = Literal["archive", "delete", "keep"]
 WatchMethod = Literal["auto", "inotify", "poll"]
@@ -223,12 +218,6 @@ def _choice(*options: str) -> Callable[[Any], str]:
 _string = validate.string
 _boolean = validate.boolean
 _describe = validate.described
-
-
-#: Why a TOML file nested thousands of levels deep is refused (tomllib recurses per level).
-TOO_DEEP = "tables or arrays are nested too deeply"
-#: Why a TOML number with thousands of digits is refused (Python will not convert it).
-TOO_LONG = "a number has too many digits"
 
 
 def _model_name(value: Any) -> str:
@@ -441,7 +430,7 @@ QUALITY_WATCH_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 
 
 _DAEMON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
-    "state_dir": (_path, ".watchd"),
+    "state_dir": (_path, locate.DEFAULT_STATE_DIR),
     "models_dir": (_path, None),
     "log_format": (_choice("auto", "console", "json"), "auto"),
     "log_level": (_choice("debug", "info", "warning", "error"), "info"),
@@ -666,25 +655,7 @@ def load_config(path: Path | None) -> Config:
     """Read and validate a config file; ``None`` gives the embedded default rooted at the cwd."""
     if path is None:
         return build_config({}, source=None, base=Path.cwd())
-    try:
-        with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied reading the config file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: not valid TOML: {TOO_DEEP}") from None
-    except ValueError:  # tomllib's int() of a number with thousands of digits
-        raise ConfigError(f"{path}: not valid TOML: {TOO_LONG}") from None
-    except OSError as exc:  # not a folder on the way, a loop of links, a name too long, ...
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    raw = read_toml(path)
     absolute = path.resolve()
     return build_config(raw, source=absolute, base=absolute.parent)
 
@@ -697,27 +668,23 @@ def build_config(raw: Mapping[str, Any], *, source: Path | None, base: Path) -> 
             raise reader.error(key, "unknown section" + _did_you_mean(key, _TOP_KEYS))
 
     def resolve(value: str) -> Path:
-        return Path(os.path.abspath(base / Path(value).expanduser()))
+        return locate.resolve(base, value)
 
     daemon_raw = reader.table("daemon", raw.get("daemon", {}), _DAEMON_KEYS)
-    state_dir = resolve(daemon_raw["state_dir"])
+    where = locate.daemon_paths(
+        base, daemon_raw["state_dir"], daemon_raw["socket"], daemon_raw["stats_file"]
+    )
     daemon = DaemonConfig(
-        state_dir=state_dir,
+        state_dir=where.state_dir,
         models_dir=resolve(daemon_raw["models_dir"]) if daemon_raw["models_dir"] else None,
         log_format=daemon_raw["log_format"],
         log_level=daemon_raw["log_level"],
         drain_seconds=daemon_raw["drain_seconds"],
         rescan_interval=daemon_raw["rescan_interval"],
-        socket=resolve(daemon_raw["socket"])
-        if daemon_raw["socket"]
-        else state_dir / "control.sock",
+        socket=where.socket,
         socket_mode=daemon_raw["socket_mode"],
         socket_group=daemon_raw["socket_group"],
-        stats_file=(
-            resolve(daemon_raw["stats_file"])
-            if daemon_raw["stats_file"]
-            else state_dir / "stats.json"
-        ),
+        stats_file=where.stats_file,
         stats_interval=daemon_raw["stats_interval"],
         metrics_file=resolve(daemon_raw["metrics_file"]) if daemon_raw["metrics_file"] else None,
         keep_days=daemon_raw["keep_days"],
@@ -902,16 +869,7 @@ def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOve
     key, because it ends up in the ``.error.txt`` the person who dropped the job reads.
     """
     reader = _Reader(path)
-    try:
-        raw = tomllib.loads(raw_text.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except RecursionError:  # Python's TOML parser recurses once per nested table or array
-        raise ConfigError(f"{path}: not valid TOML: {TOO_DEEP}") from None
-    except ValueError:  # tomllib's int() of a number with thousands of digits
-        raise ConfigError(f"{path}: not valid TOML: {TOO_LONG}") from None
+    raw = parse_toml(path, raw_text)
     for key in raw:
         if key not in OUTPUT_KEYS:
             allowed = ", ".join(OUTPUT_KEYS)

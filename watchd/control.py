@@ -1,4 +1,4 @@
-"""The control socket: one JSON object per line over a unix stream socket (server and client).
+"""The control socket's server: one JSON object per line over a unix stream socket.
 
 The daemon's main thread owns the ledger, so this server never carries a command
 out itself. It reads a line, checks it (JSON, version, command name, every
@@ -15,7 +15,6 @@ The wire format is documented in ``docs/protocol.md``; ``COMMANDS`` and
 from __future__ import annotations
 
 import contextlib
-import errno
 import grp
 import json
 import os
@@ -23,7 +22,6 @@ import socket
 import stat
 import struct
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +30,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from watchd import validate
-from watchd.errors import BadValue, ControlSocketError, DaemonUnreachable, ProtocolError
+from watchd.control_client import PROTOCOL_VERSION, encode_line
+from watchd.errors import BadValue, ControlSocketError, ProtocolError
 from watchd.states import JOB_STATES
 
 if TYPE_CHECKING:
@@ -58,7 +57,6 @@ class _LazyLog:
 
 log: Any = _LazyLog()
 
-PROTOCOL_VERSION: Final = 1
 
 #: Every error code the server sends, in the order docs/protocol.md lists them.
 ERROR_CODES: Final = (
@@ -84,8 +82,6 @@ MAX_INT: Final = 2**63 - 1
 MAX_PRUNE_DAYS: Final = 100_000
 #: The longest path a unix socket address may hold (``sun_path`` is 108 bytes with its NUL).
 MAX_SOCKET_PATH: Final = 107
-#: The client refuses answers longer than this (bytes); the server's answers are far smaller.
-MAX_RESPONSE: Final = 64 * 1024 * 1024
 
 _REQUEST_FIELDS: Final = frozenset({"version", "command", "args", "id"})
 _NO_ID: Final = object()
@@ -380,13 +376,8 @@ def _error_body(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"code": code, "message": message}}
 
 
-def _encode(obj: Mapping[str, Any]) -> bytes:
-    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.encode("utf-8") + b"\n"
-
-
 def _error_line(ident: Any, code: str, message: str) -> bytes:
-    return _encode(_envelope(ident, _error_body(code, message)))
+    return encode_line(_envelope(ident, _error_body(code, message)))
 
 
 # --- the socket file ------------------------------------------------------------------------------
@@ -756,7 +747,7 @@ class ControlServer:
                 raise
             return _error_line(ident, "unavailable", "the daemon is shutting down")
         try:
-            return _encode(_envelope(ident, {"ok": True, "result": result}))
+            return encode_line(_envelope(ident, {"ok": True, "result": result}))
         except (TypeError, ValueError):
             log.exception("control.result_not_json", command=request.command)
             return _error_line(
@@ -816,128 +807,3 @@ class ControlServer:
         writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-
-# --- the client -----------------------------------------------------------------------------------
-
-_REASONS: Final = {
-    errno.ENOENT: "no such file (is the daemon running?)",
-    errno.ECONNREFUSED: "connection refused (a stale socket: the daemon is not running)",
-    errno.EACCES: "permission denied (is this user in the socket's group?)",
-    errno.EPERM: "permission denied (is this user in the socket's group?)",
-    errno.EAGAIN: "the daemon is too busy to accept a connection (try again)",
-    errno.ENOTSOCK: "not a socket",
-    errno.ENOTDIR: "a part of the path is not a folder",
-    errno.ECONNRESET: "the daemon closed the connection",
-    errno.EPIPE: "the daemon closed the connection",
-}
-
-
-def connect_unix(path: Path, deadline: float) -> socket.socket:
-    """A socket connected to ``path``, waiting through a full accept queue until ``deadline``.
-
-    A unix socket with a timeout fails ``connect`` with EAGAIN at once when the
-    listener's accept queue is full (a TCP socket would wait), so a daemon that
-    is briefly slow to accept would otherwise look unreachable. Any other error
-    is raised as it is; the caller closes the returned socket.
-    """
-    delay = 0.005
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            sock.connect(str(path))
-        except BlockingIOError:
-            sock.close()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the accept queue stayed full") from None
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.1)
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-
-class ControlClient:
-    """Talks to a running daemon: one connection and one request per :meth:`call`."""
-
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self.path = Path(path)
-        self.timeout = timeout
-
-    def call(self, command: str, **args: Any) -> dict[str, Any]:
-        """Run ``command`` in the daemon and return its result.
-
-        Raises :class:`ProtocolError` when the daemon answers ``ok: false`` and
-        :class:`DaemonUnreachable` when it cannot be reached or does not answer.
-        """
-        request = {"version": PROTOCOL_VERSION, "command": command, "args": args}
-        try:
-            data = _encode(request)
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError("bad_request", f"arguments are not JSON: {exc}") from None
-        response = self._parse(self._exchange(data))
-        if response.get("ok") is True and isinstance(response.get("result"), dict):
-            result: dict[str, Any] = response["result"]
-            return result
-        error = response.get("error")
-        if response.get("ok") is False and isinstance(error, dict):
-            code, message = error.get("code"), error.get("message")
-            if isinstance(code, str) and isinstance(message, str):
-                raise ProtocolError(code, message)
-        raise self._unreachable("its answer is not a watchd response")
-
-    def _unreachable(self, reason: str) -> DaemonUnreachable:
-        return DaemonUnreachable(f"cannot talk to watchd at {self.path}: {reason}")
-
-    def _reason(self, exc: OSError) -> str:
-        if isinstance(exc, TimeoutError) and exc.errno is None:
-            return f"timed out after {self.timeout:g} s"
-        if exc.errno in _REASONS:
-            return _REASONS[exc.errno]
-        return exc.strerror or str(exc)  # pragma: no cover
-
-    def _exchange(self, data: bytes) -> bytes:
-        deadline = time.monotonic() + self.timeout
-        try:
-            sock = connect_unix(self.path, deadline)
-        except OSError as exc:
-            raise self._unreachable(self._reason(exc)) from exc
-        try:
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                sock.sendall(data)  # if the daemon hung up early, its answer says why
-            return self._read_line(sock, deadline)
-        finally:
-            sock.close()
-
-    def _read_line(self, sock: socket.socket, deadline: float) -> bytes:
-        buffer = bytearray()
-        while True:
-            newline = buffer.find(b"\n")
-            if newline >= 0:
-                return bytes(buffer[:newline])
-            if len(buffer) > MAX_RESPONSE:
-                raise self._unreachable(f"its answer is longer than {MAX_RESPONSE} bytes")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._unreachable(f"timed out after {self.timeout:g} s")
-            sock.settimeout(remaining)
-            try:
-                chunk = sock.recv(65536)
-            except OSError as exc:
-                raise self._unreachable(self._reason(exc)) from exc
-            if not chunk:
-                raise self._unreachable("the daemon closed the connection without answering")
-            buffer += chunk
-
-    def _parse(self, line: bytes) -> dict[str, Any]:
-        try:
-            response = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise self._unreachable("its answer is not JSON") from None
-        if not isinstance(response, dict) or response.get("version") != PROTOCOL_VERSION:
-            raise self._unreachable("its answer is not a watchd version 1 response")
-        return response

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +30,7 @@ from typing import Any, Literal
 
 from watchd.config import Config, build_config, load_config
 from watchd.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
-
-#: Set by the image: the ``watchd`` command then loads :func:`load_from_env`.
-CONTAINER_FLAG = "WATCHD_CONTAINER"
+from watchd.tomlfile import read_toml
 
 Kind = Literal["int", "float", "str"]
 
@@ -142,8 +134,7 @@ def load_from_env(environ: Mapping[str, str], layout: Layout | None = None) -> C
     if layout.config_file.exists():
         load_config(layout.config_file)  # the file alone first: its errors name the file
         source = layout.config_file.resolve()
-        with open(source, "rb") as handle:
-            raw: dict[str, Any] = tomllib.load(handle)
+        raw = read_toml(source)
         daemon = raw.setdefault("daemon", {})
         if isinstance(daemon, dict):  # a file that keeps its ledger elsewhere says so
             daemon.setdefault("state_dir", str(layout.state))
