@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 import stat
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -378,6 +379,28 @@ def test_move_file_other_rename_errors_propagate(
     with pytest.raises(PermissionError):
         move_file(src, tmp_path / "archive" / "a.jpg", file_id=1)
     assert src.read_bytes() == b"x"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root")
+def test_move_file_whose_source_cannot_be_removed_leaves_no_copy(tmp_path: Path) -> None:
+    """A share the daemon may read but not change (here a real read-only bind mount: a rename
+    from it is cross-device, the copy works, the unlink fails with EROFS): the move fails
+    whole, so the input stays where it was dropped and nothing is taken twice."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "a.jpg").write_bytes(b"original")
+    subprocess.run(["mount", "--bind", str(share), str(share)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(share)], check=True)
+        dst = tmp_path / "spool" / "7"
+        with pytest.raises(OSError) as info:
+            move_file(share / "a.jpg", dst, file_id=7)
+        assert info.value.errno == errno.EROFS
+        assert not dst.exists()
+        assert leftovers(dst.parent) == []
+        assert (share / "a.jpg").read_bytes() == b"original"
+    finally:
+        subprocess.run(["umount", str(share)], check=True)
 
 
 # --- removing -------------------------------------------------------------------------------------

@@ -244,7 +244,15 @@ def move_file(
         else:
             _copy_across(src, dst, file_id, plain_only=plain_only)
         fsync_dir(dst.parent)
-        os.unlink(src)
+        try:
+            os.unlink(src)
+        except OSError:
+            # The source cannot be removed (a read-only share, a folder the daemon may not
+            # write): undo the copy, so the file is moved once or not at all, never both
+            # kept where the watcher would offer it again (docs/design.md, invariants).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dst)
+            raise
     if not sync:
         return
     fsync_dir(src.parent)
