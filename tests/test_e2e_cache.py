@@ -190,7 +190,7 @@ def test_a_mask_dropped_after_its_original_replaces_the_cutout(
     # a mask whose original was never processed: failed with the reason, kept
     drop(root, tmp_path / "small.png", "tea.mask.png")
     lone = error_note_path(root / "failed" / "tea.mask.png")
-    wait_for(lone.exists, what="the lone mask failed")
+    kept = root / "failed" / "tea.mask.png"  # moved there after its note is written
+    wait_for(lambda: lone.exists() and kept.exists(), what="the lone mask failed")
     assert LONE_MASK in lone.read_text()
-    assert (root / "failed" / "tea.mask.png").exists()
     assert daemon.stop() == 0
