@@ -3,7 +3,8 @@
 * ``duplicates = "reuse"`` and ``"skip"`` after a restart: the cache is a folder and a
   ledger table, so a photo processed before the restart is known after it.
 * The hand-edited mask round trip of docs/outputs.md: the ``format = "mask"`` output,
-  edited, dropped back beside the original.
+  edited, dropped back beside the original; and the model's mask (the cutout's alpha),
+  edited, dropped alone later: the output is remade from the archived original.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image
 from tests.support import DaemonProcess, jobs_ended, wait_for, write_config
 from tests.test_e2e_operators import cli, cli_json
 from watchd.files import error_note_path
+from watchd.masks import LONE_MASK
 from watchd.models import ModelStore
 
 
@@ -151,4 +153,44 @@ def test_a_hand_edited_mask_round_trip(
     # the masks went with their job; no output was made from a mask file itself
     assert (root / "archive" / "fixed" / "coffee.mask.png").exists()
     assert not (outbox / "fixed" / "coffee.mask.png").exists()
+    assert daemon.stop() == 0
+
+
+def test_a_mask_dropped_after_its_original_replaces_the_cutout(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    daemon = daemon_factory(watch__manifest=False).start()
+    root = daemon.root
+    output = root / "outbox" / "coffee.png"
+    drop(root, photos["coffee.png"], "coffee.png")
+    wait_for(lambda: daemon.count("job.done") == 1, what="the first cutout")
+    assert (root / "archive" / "coffee.png").exists()
+    # the model's mask is the cutout's alpha; corrected in "an image editor", saved as RGB
+    edited = np.asarray(opened(output).getchannel("A")).copy()
+    edited[:, : edited.shape[1] // 2] = 0
+    edited[10:60, 10:60] = 255
+    Image.fromarray(edited).convert("RGB").save(tmp_path / "coffee.mask.png")
+    drop(root, tmp_path / "coffee.mask.png", "coffee.mask.png")
+    wait_for(lambda: daemon.count("job.done") == 2, what="the corrected cutout")
+    assert np.array_equal(np.asarray(opened(output))[:, :, 3], edited)  # replaced in place
+    assert sorted(p.name for p in (root / "outbox").iterdir()) == ["coffee.png"]
+    assert (root / "archive" / "coffee.png").exists()  # the original stays archived
+    assert (root / "archive" / "coffee.mask.png").exists()  # the mask beside it
+    [event] = daemon.events("job.accepted")[1:]
+    assert event["mask_after"] == 1  # made from file 1's original, without the model
+
+    # a mask of another size: fails with the reason; the corrected cutout stays
+    corrected = output.read_bytes()
+    Image.new("L", (64, 64), 255).save(tmp_path / "small.png")
+    drop(root, tmp_path / "small.png", "coffee.mask.png")
+    note = error_note_path(root / "failed" / "coffee.png")
+    wait_for(note.exists, what="the wrong size failed")
+    assert "coffee.mask.png is 64 x 64 pixels but the image is" in note.read_text()
+    assert output.read_bytes() == corrected
+    # a mask whose original was never processed: failed with the reason, kept
+    drop(root, tmp_path / "small.png", "tea.mask.png")
+    lone = error_note_path(root / "failed" / "tea.mask.png")
+    kept = root / "failed" / "tea.mask.png"  # moved there after its note is written
+    wait_for(lambda: lone.exists() and kept.exists(), what="the lone mask failed")
+    assert LONE_MASK in lone.read_text()
     assert daemon.stop() == 0

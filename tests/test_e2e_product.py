@@ -18,6 +18,8 @@ from PIL import Image
 
 from tests.support import DaemonProcess, is_manifest, is_output, jobs_ended, wait_for
 from tests.test_e2e_operators import cli, cli_json, drop
+from watchd.control import ControlClient
+from watchd.errors import ProtocolError
 from watchd.imaging import product
 
 pytestmark = pytest.mark.e2e
@@ -169,3 +171,48 @@ def test_a_background_picture_from_the_config(
         assert blue > 200 and red < 60 and green < 60
     # (An empty mask is tested on a drawn mask in tests/test_product.py: u2netp finds
     # something in every photo tried, black, white, grey, noise and the deep field alike.)
+
+
+def test_submit_with_crop_and_margin_from_the_cli(
+    daemon_factory: Callable[..., DaemonProcess], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    daemon = daemon_factory(watch__manifest=False).start()
+    root = daemon.root
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("plain.png", "cropped.png"):
+        shutil.copyfile(photos["coffee.png"], elsewhere / name)
+
+    plain = cli(daemon, "submit", str(elsewhere / "plain.png"), "--wait")
+    assert plain.returncode == 0, plain.stderr
+    margin = 10
+    cropped = cli(
+        daemon, "submit", str(elsewhere / "cropped.png"), "--crop", "subject", "--margin",
+        str(margin), "--wait",
+    )  # fmt: skip
+    assert cropped.returncode == 0, cropped.stderr
+    (width, height), (left, top, right, bottom) = subject_box(root / "outbox" / "plain.png")
+    size, box = subject_box(root / "outbox" / "cropped.png")
+    gaps = [min(margin, left), min(margin, top), min(margin, width - right)]
+    gaps.append(min(margin, height - bottom))
+    assert size == (right - left + gaps[0] + gaps[2], bottom - top + gaps[1] + gaps[3])
+    assert box == (gaps[0], gaps[1], size[0] - gaps[2], size[1] - gaps[3])
+    [accepted] = [e for e in daemon.events("job.accepted") if e["job"] == 2]
+    assert accepted["sidecar"] == "submit options"  # named where a sidecar's file would be
+
+    # refused by the daemon with a sidecar's rules, naming the option; nothing recorded
+    bad = cli(daemon, "submit", str(elsewhere / "plain.png"), "--canvas", "10by10")
+    assert bad.returncode == 2 and "submit options: canvas:" in bad.stderr
+    with pytest.raises(ProtocolError) as refused:
+        ControlClient(root / "state" / "control.sock").call(
+            "submit", paths=[str(elsewhere / "plain.png")], options={"margin": [10]}
+        )
+    assert refused.value.code == "bad_request" and "submit options: margin:" in str(refused.value)
+    album = elsewhere / "album"
+    album.mkdir()
+    shutil.copyfile(photos["coffee.png"], album / "cup.png")
+    (album / "watchd.toml").write_text('crop = "subject"\n')
+    both = cli(daemon, "submit", str(album), "--crop", "none")
+    assert both.returncode == 2 and "has its own options file" in both.stderr
+    assert len(cli_json(daemon, "jobs")["jobs"]) == 2
+    assert daemon.stop() == 0

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from watchd.locate import DaemonPaths
 from watchd.states import FINISHED_JOB_STATES, JOB_STATES
-from watchd.validate import MAX_PRIORITY, MIN_PRIORITY
+from watchd.validate import ALIGNS, CROPS, FORMATS, MAX_PRIORITY, MIN_PRIORITY
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -76,9 +76,42 @@ def add_operator_commands(
         metavar="N",
         help="-100..100, higher first (default: the folder's watchd.toml, else the watch's)",
     )
+    _submit_options(submit)
     command("stats", "the daemon's stats file")
     prune = command("prune", "delete finished jobs from the ledger")
     prune.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
+
+
+#: ``submit``'s output options: named as a sidecar's keys, sent as its ``options`` and
+#: checked by the daemon with a sidecar's rules (docs/routing.md); argparse checks only
+#: what is cheap here (choices, numbers).
+SUBMIT_OPTION_NAMES = ("model", "format", "background", "crop", "margin", "canvas", "fill", "align")
+
+
+def _submit_options(submit: argparse.ArgumentParser) -> None:
+    group = submit.add_argument_group(
+        "output options", "as a job's watchd.toml sets them (default: the watch's)"
+    )
+    group.add_argument("--model", metavar="NAME", help="the model")
+    group.add_argument("--format", choices=FORMATS)
+    group.add_argument("--background", metavar="#RRGGBB", help="a colour behind the cutout")
+    group.add_argument("--crop", choices=CROPS, help="crop the output to the subject")
+    group.add_argument("--margin", type=_margin, metavar="N|N%", help="around the subject")
+    group.add_argument("--canvas", metavar="WxH", help="place the subject on a canvas")
+    group.add_argument("--fill", type=float, metavar="SHARE", help="the subject's share of it")
+    group.add_argument("--align", choices=ALIGNS, help="where the subject sits on the canvas")
+
+
+def _margin(text: str) -> int | str:
+    """Pixels ("24") as an integer; a percentage ("5%") as it is (the daemon checks both)."""
+    if text.endswith("%"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'expected whole pixels (24) or a percentage ("5%"), got {text!r}'
+        ) from None
 
 
 def _positive_int(text: str) -> int:
@@ -387,6 +420,9 @@ def _submit(client: Any, args: argparse.Namespace, out: TextIO) -> int:
         params["name"] = args.name
     if args.priority is not None:
         params["priority"] = args.priority
+    options = {k: getattr(args, k) for k in SUBMIT_OPTION_NAMES if getattr(args, k) is not None}
+    if options:
+        params["options"] = options
     answer = client.call("submit", **params)
     if args.wait:
         if not args.json:

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from watchd.access import Caller, check_access
-from watchd.config import WatchConfig
+from watchd.config import JobOverrides, WatchConfig
 from watchd.control import Request
-from watchd.errors import AccessDenied, Conflict, NotFound, ProtocolError
+from watchd.errors import AccessDenied, ConfigError, Conflict, NotFound, ProtocolError
 from watchd.files import error_note_path, remove_file
 from watchd.intake import Intake
 from watchd.ledger import FileRecord, Ledger
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 DAY = 86400.0
+
+#: What names ``submit``'s ``options`` in refusals and in the job's options (where a
+#: sidecar's file name would be).
+SUBMIT_OPTIONS = "submit options"
 
 
 class DaemonControls(Protocol):
@@ -227,6 +231,7 @@ class Commands:
             except OSError as exc:
                 raise ProtocolError("bad_request", f"{path}: {exc.strerror}") from None
         batch = submitted_batch(watch.name, paths, args.get("name"))
+        given = self._given_options(args.get("options"), batch, watch)
         expected = caller_may_take(batch, paths, caller, move=move)
         job_id = self._intake.accept(
             batch,
@@ -234,6 +239,7 @@ class Commands:
             intake="move" if move else "copy",
             priority=args.get("priority"),
             expected=expected,
+            given=given,
         )
         if job_id is None:
             raise ProtocolError("conflict", "nothing new to submit: every file was taken before")
@@ -243,6 +249,24 @@ class Commands:
             "files": len(batch.files),
             "priority": self._ledger.job(job_id).priority,
         }
+
+    def _given_options(
+        self, values: Mapping[str, Any] | None, batch: Batch, watch: WatchConfig
+    ) -> tuple[JobOverrides, str] | None:
+        """``submit``'s ``options``, checked with a sidecar's rules before anything is taken
+        (``bad_request`` naming the option); a folder with its own sidecar takes neither."""
+        if not values:
+            return None
+        if batch.sidecars:
+            raise ProtocolError(
+                "bad_request",
+                f"{batch.sidecars[0].path}: the folder has its own options file; give the "
+                "options there or with submit, not both",
+            )
+        try:
+            return self._intake.given_overrides(values, watch, SUBMIT_OPTIONS), SUBMIT_OPTIONS
+        except ConfigError as exc:
+            raise ProtocolError("bad_request", str(exc)) from None
 
     def _pick_watch(self, name: str | None) -> WatchConfig:
         watches = self._daemon.watches()

@@ -414,11 +414,11 @@ def _review_if(value: Any) -> tuple[str, ...]:
 
 #: Product-shot keys a sidecar may set too (they join OUTPUT_KEYS).
 PRODUCT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
-    "crop": (_choice("none", "subject"), "none"),
+    "crop": (_choice(*validate.CROPS), "none"),
     "margin": (_margin, 0),
     "canvas": (_canvas, None),
     "fill": (_number(0.05, 1.0), 0.85),
-    "align": (_choice("center", "bottom"), "center"),
+    "align": (_choice(*validate.ALIGNS), "center"),
 }
 
 #: Keys only the operator sets (a sidecar may not: a file outside the watch's folders, the gate).
@@ -470,7 +470,7 @@ _POOL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 #: the defaults of a watch. Everything else (folders, hooks) belongs to the operator.
 OUTPUT_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "model": (_model_name, "u2netp"),
-    "format": (_choice("png", "webp", "jpeg", "mask"), OutputConfig.format),
+    "format": (_choice(*validate.FORMATS), OutputConfig.format),
     "png_compress_level": (_integer(0, 9), OutputConfig.png_compress_level),
     "jpeg_quality": (_integer(1, 100), OutputConfig.jpeg_quality),
     "background": (_color, None),
@@ -868,8 +868,14 @@ def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOve
     Only :data:`OUTPUT_KEYS` are allowed; every error names the sidecar file and the
     key, because it ends up in the ``.error.txt`` the person who dropped the job reads.
     """
-    reader = _Reader(path)
-    raw = parse_toml(path, raw_text)
+    return job_overrides(path, parse_toml(path, raw_text), watch)
+
+
+def job_overrides(where: Path, raw: Mapping[str, Any], watch: WatchConfig) -> JobOverrides:
+    """The overrides that ``raw`` (a sidecar's keys, or the options ``watchd submit`` gives)
+    make of ``watch``'s options: one set of rules for every door that takes them. Errors
+    name ``where`` (the sidecar file, or the request) and the key."""
+    reader = _Reader(where)
     for key in raw:
         if key not in OUTPUT_KEYS:
             allowed = ", ".join(OUTPUT_KEYS)
@@ -884,7 +890,7 @@ def sidecar_overrides(path: Path, raw_text: bytes, watch: WatchConfig) -> JobOve
     }
     base["model"], base["priority"] = watch.model, watch.priority
     base["duplicates"] = watch.duplicates
-    values = {**base, **reader.table("", raw, OUTPUT_KEYS, defaults=base)}
+    values = {**base, **reader.table("", dict(raw), OUTPUT_KEYS, defaults=base)}
     return JobOverrides(
         model=values["model"],
         output=_output(reader, "", values, watch.output.background_image),

@@ -232,6 +232,19 @@ def _absolute_paths() -> ArgSpec:
     return ArgSpec(expected, check)
 
 
+def _options() -> ArgSpec:
+    """``submit``'s output options: only the shape here. Each key and value is checked by
+    the daemon with a sidecar's rules (watchd.config.job_overrides), one set for every door."""
+    expected = "an object of a job's watchd.toml keys (crop, margin, format, ...)"
+
+    def check(command: str, name: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise _bad_arg(command, name, expected, value)
+        return dict(value)
+
+    return ArgSpec(expected, check)
+
+
 def _required(spec: ArgSpec) -> ArgSpec:
     return ArgSpec(spec.expected, spec.check, required=True)
 
@@ -266,6 +279,7 @@ COMMANDS: Final[Mapping[str, Mapping[str, ArgSpec]]] = MappingProxyType(
             "move": _default(_boolean(), False),
             "name": _name(),
             "priority": _integer(validate.MIN_PRIORITY, validate.MAX_PRIORITY),
+            "options": _options(),
         },
         "reload": {},
         "prune": {"older_than_days": _required(_number(0, MAX_PRUNE_DAYS))},

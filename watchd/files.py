@@ -412,7 +412,8 @@ def remove_stray_temp(folder: Path, file_id: int) -> bool:
     return removed
 
 
-def _is_regular(path: Path) -> bool:
+def is_regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself (not a link to one); False if it is gone."""
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except FileNotFoundError:
@@ -618,7 +619,7 @@ def prune_taken_folder(root: Path, litter: Callable[[str], bool]) -> bool:
         in_litter_dir = any(litter(part) for part in folder.relative_to(root).parts)
         for name in filenames:
             path = folder / name
-            if (in_litter_dir or litter(name)) and _is_regular(path):
+            if (in_litter_dir or litter(name)) and is_regular(path):
                 _unlink_quiet(path)
         try:
             os.rmdir(folder)

@@ -33,11 +33,11 @@ import stat
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from watchd.config import JobOverrides, WatchConfig, sidecar_overrides
+from watchd.config import JobOverrides, WatchConfig, job_overrides, sidecar_overrides
 from watchd.errors import ConfigError, InputRejected, LedgerError, UnsafePath, WatchdError
 from watchd.files import (
     OS_LITTER,
@@ -56,6 +56,7 @@ from watchd.files import (
     with_suffix,
     write_error_note,
 )
+from watchd.late_masks import earlier_original, late_mask_job, rel_stem
 from watchd.ledger import FileRecord, Ledger, NewFile, NewJob, name_key
 from watchd.masks import LONE_MASK, MASK_IN_PLACE, mask_stem, pair_masks
 from watchd.options import IntakeMode, JobOptions, job_options
@@ -148,6 +149,16 @@ class Intake:
         self._check_model = check_model
         self._recorded: int | None = None  # the job the batch being taken became, once recorded
         self._expected: Mapping[Path, tuple[int, int]] = {}
+
+    def given_overrides(
+        self, values: Mapping[str, Any], watch: WatchConfig, label: str
+    ) -> JobOverrides:
+        """The options a request gives (``watchd submit --crop ...``), checked exactly as a
+        sidecar's keys (:func:`watchd.config.job_overrides`) and its model as a sidecar's,
+        for :meth:`accept`'s ``given``: the job is then recorded as a folder job with that
+        sidecar would be. Raises :class:`ConfigError` naming ``label`` and the key."""
+        overrides = job_overrides(Path(label), values, watch)
+        return _model_checked(overrides, watch, label, self._check_model)
 
     def take(self, batch: Batch, watch: WatchConfig) -> int | None:
         """:meth:`accept` a batch from an inbox; whatever goes wrong costs that batch only.
@@ -266,6 +277,8 @@ class Intake:
         intake: IntakeMode = "inbox",
         priority: int | None = None,
         expected: Mapping[Path, tuple[int, int]] | None = None,
+        *,
+        given: tuple[JobOverrides, str] | None = None,
     ) -> int | None:
         """Record ``batch`` as a job of ``watch``; returns the job id (None if nothing was new).
 
@@ -273,27 +286,29 @@ class Intake:
         sidecar's, else its watch's: the most specific word wins. ``expected``: the
         (device, inode) of each submitted path that ``submit`` checked the caller may
         read; a file swapped in since is refused (see :func:`watchd.files.copy_file`).
+        ``given``: options ``submit`` was given (:func:`given_overrides`) and what names
+        them, used as a sidecar's would be (the batch then has none).
         """
         self._expected = expected or {}
         try:
-            return self._accept(batch, watch, intake, priority)
+            return self._accept(batch, watch, intake, priority, given)
         finally:
             self._expected = {}
 
     def _accept(
-        self, batch: Batch, watch: WatchConfig, intake: IntakeMode, priority: int | None
+        self,
+        batch: Batch,
+        watch: WatchConfig,
+        intake: IntakeMode,
+        priority: int | None,
+        given: tuple[JobOverrides, str] | None = None,
     ) -> int | None:
-        overrides, problem = read_sidecar(batch, watch, self._check_model)
-        label = None if overrides is None else sidecar_label(batch, batch.sidecars[0])
+        overrides, label, problem = self._overrides(batch, watch, given)
         options = job_options(watch, intake, overrides, label)
         if priority is None:
             priority = overrides.priority if overrides else watch.priority
         suffix = options.suffix
-        files = batch.files
-        if options.in_place:
-            files = tuple(
-                c for c in files if not self._ledger.is_known_source(c.path, c.size, c.mtime_ns)
-            )
+        files = self._not_known(batch.files, options.in_place)
         if not files:
             return None
         files, masks = _split_masks(files, options.in_place)
@@ -302,18 +317,21 @@ class Intake:
                 options, masks={rel: mask.rel for rel, mask in masks.items()}
             )
         taken, claim, output_taken = self._name_checker(fold=not watch.case_sensitive_names)
+        files, late = self._late_masks(
+            files, watch, intake, in_place=options.in_place, taken=taken, claim=claim
+        )
+        if not files:  # only masks dropped after their originals: each is a job of its own
+            if batch.kind == "folder" and intake != "copy":
+                prune_taken_folder(batch.root, is_litter)
+            return late
         if batch.kind == "folder":
             out_root = claim(unique_path(watch.outbox / batch.name, taken, folder=True))
             archive_root = claim(unique_path(watch.archive / batch.name, taken, folder=True))
             failed_root = claim(unique_path(watch.failed / batch.name, taken, folder=True))
         else:
             out_root, archive_root, failed_root = watch.outbox, watch.archive, watch.failed
-        manifest = None
-        if watch.hooks.manifest:
-            # beside the job's output folder (or its first output), never inside it, so a
-            # tool that sees it knows everything it lists is complete
-            stem = out_root.name if batch.kind == "folder" else Path(files[0].rel).stem
-            manifest = claim(unique_named(watch.outbox, stem, MANIFEST_SUFFIX, taken))
+        stem = out_root.name if batch.kind == "folder" else Path(files[0].rel).stem
+        manifest = _manifest_path(watch, stem, taken, claim)
         new_files = [
             NewFile(
                 rel=c.rel,
@@ -343,7 +361,7 @@ class Intake:
             (c, None if sidecar_root is None else claim(unique_path(sidecar_root / c.rel, taken)))
             for c in (*(batch.sidecars if batch.kind == "folder" else ()), *masks.values())
         ]
-        job_id, file_ids = self._ledger.create_job(
+        job_id, file_ids = self._record(
             NewJob(
                 watch=watch.name,
                 name=batch.name,
@@ -352,19 +370,8 @@ class Intake:
                 files=new_files,
                 priority=priority,
                 manifest=manifest,
-            )
-        )
-        self._recorded = job_id
-        log.info(
-            "job.accepted",
-            job=job_id,
-            watch=watch.name,
-            name=batch.name,
-            kind=batch.kind,
-            intake=intake,
-            files=len(file_ids),
-            bytes=sum(f.size for f in new_files),
-            priority=priority,
+            ),
+            intake,
             **({"sidecar": options.sidecar} if options.sidecar is not None else {}),
         )
         if problem is not None:
@@ -376,6 +383,90 @@ class Intake:
         if batch.kind == "folder" and intake != "copy" and not options.in_place:
             prune_taken_folder(batch.root, is_litter)
         return job_id
+
+    def _record(self, job: NewJob, intake: IntakeMode, **said: Any) -> tuple[int, list[int]]:
+        """Record ``job`` (one transaction), remember it for :meth:`take`, and log it."""
+        job_id, file_ids = self._ledger.create_job(job)
+        self._recorded = job_id
+        log.info(
+            "job.accepted",
+            job=job_id,
+            watch=job.watch,
+            name=job.name,
+            kind=job.kind,
+            intake=intake,
+            files=len(file_ids),
+            bytes=sum(f.size for f in job.files),
+            priority=job.priority,
+            **said,
+        )
+        return job_id, file_ids
+
+    def _not_known(self, files: tuple[Candidate, ...], in_place: bool) -> tuple[Candidate, ...]:
+        """``files`` less those taken before, where originals stay in the inbox (in place)."""
+        if not in_place:
+            return files
+        return tuple(
+            c for c in files if not self._ledger.is_known_source(c.path, c.size, c.mtime_ns)
+        )
+
+    def _late_masks(
+        self,
+        files: tuple[Candidate, ...],
+        watch: WatchConfig,
+        intake: IntakeMode,
+        *,
+        in_place: bool,
+        taken: Callable[[Path], bool],
+        claim: Callable[[Path], Path],
+    ) -> tuple[tuple[Candidate, ...], int | None]:
+        """Masks left without an original in their drop whose original was processed
+        before (watchd/late_masks.py): each recorded and taken as a job of its own.
+        Returns the rest of the batch and the last such job (None: there was none)."""
+        rest: list[Candidate] = []
+        last: int | None = None
+        # a mask whose stem has inputs in its own drop (two: ambiguous) is not a late one
+        dropped = {rel_stem(c.rel) for c in files if mask_stem(c.rel) is None}
+        for candidate in files:
+            stem = None if in_place else mask_stem(candidate.rel)
+            if stem in dropped:
+                stem = None
+            earlier = None if stem is None else earlier_original(self._ledger, watch.name, stem)
+            if earlier is None:
+                rest.append(candidate)
+                continue
+            manifest = _manifest_path(watch, PurePosixPath(earlier.rel).stem, taken, claim)
+            job = late_mask_job(
+                candidate,
+                earlier,
+                watch,
+                taken=taken,
+                claim=claim,
+                busy=self._ledger.path_in_use,
+                manifest=manifest,
+            )
+            target = None
+            if watch.after != "delete":  # the mask goes beside the archived original
+                name = PurePosixPath(candidate.rel).name
+                target = claim(unique_path(earlier.archive.parent / name, taken))
+            last, file_ids = self._record(
+                job, intake, mask_after=earlier.id, output=str(job.files[0].output)
+            )
+            self.finish_pending(self._ledger.job_files(last))
+            if intake != "copy":
+                _dispose_sidecars([(candidate, target)], file_ids[0])
+        return tuple(rest), last
+
+    def _overrides(
+        self, batch: Batch, watch: WatchConfig, given: tuple[JobOverrides, str] | None
+    ) -> tuple[JobOverrides | None, str | None, str | None]:
+        """(the job's overrides, what names them, why its sidecar cannot be used): the
+        options ``submit`` was given, else the batch's sidecar's."""
+        if given is not None:
+            return given[0], given[1], None
+        overrides, problem = read_sidecar(batch, watch, self._check_model)
+        label = None if overrides is None else sidecar_label(batch, batch.sidecars[0])
+        return overrides, label, problem
 
     def reassign(self, record: FileRecord) -> tuple[Path, Path, Path]:
         """New output and archive paths for a retried file (its old names may be taken now).
@@ -519,7 +610,8 @@ class Intake:
         (so that recovery, finding the input spooled, finds its mask there too). What
         cannot be copied is logged; the dispatcher then fails the input with the reason."""
         target = spool_mask_path(self._spool, record.id)
-        source = record.source.parent / PurePosixPath(mask).name
+        folder = record.options.mask_dir  # set for a mask dropped after its original
+        source = (Path(folder) if folder else record.source.parent) / PurePosixPath(mask).name
         if os.path.lexists(target):
             return
         try:
@@ -578,14 +670,35 @@ def read_sidecar(
         return None, f"{label}: {exc}"
     try:
         overrides = sidecar_overrides(Path(label), raw, watch)
+        return _model_checked(overrides, watch, label, check_model), None
     except ConfigError as exc:
         return None, str(exc)
+
+
+def _manifest_path(
+    watch: WatchConfig, stem: str, taken: Callable[[Path], bool], claim: Callable[[Path], Path]
+) -> Path | None:
+    """Where a job's manifest goes (None: the watch writes none): beside the job's output
+    folder (or its first output), never inside it, so a tool that sees it knows everything
+    it lists is complete."""
+    if not watch.hooks.manifest:
+        return None
+    return claim(unique_named(watch.outbox, stem, MANIFEST_SUFFIX, taken))
+
+
+def _model_checked(
+    overrides: JobOverrides,
+    watch: WatchConfig,
+    label: str,
+    check_model: Callable[[str], None] | None,
+) -> JobOverrides:
+    """``overrides``, once a model other than the watch's passed ``check_model``."""
     if check_model is not None and overrides.model != watch.model:
         try:
             check_model(overrides.model)
         except WatchdError as exc:
-            return None, f"{label}: model: {exc}"
-    return overrides, None
+            raise ConfigError(f"{label}: model: {exc}") from None
+    return overrides
 
 
 def _split_masks(

@@ -746,6 +746,20 @@ class Ledger:
         ).fetchone()
         return row is not None
 
+    def done_files_named(self, watch: str, stem: str, limit: int = 20) -> list[FileRecord]:
+        """The done files of ``watch`` whose relative path starts with ``stem.``, the most
+        recently finished first (a hand-edited mask dropped after its original looks for
+        that original: watchd/late_masks.py). The caller checks the exact stem."""
+        low = os.fsencode(stem) + b"."
+        high = os.fsencode(stem) + b"/"  # '/' sorts right after '.': the range is "stem.*"
+        rows = self._db.execute(
+            f"SELECT {_FILE_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id "
+            "WHERE j.watch = ? AND f.state = 'done' AND f.rel_path >= ? AND f.rel_path < ? "
+            "ORDER BY f.finished_at DESC, f.id DESC LIMIT ?",
+            (watch, low, high, limit),
+        ).fetchall()
+        return [_file_record(row) for row in rows]
+
     # --- transitions ------------------------------------------------------------------------------
 
     def mark_queued(self, file_ids: Iterable[int]) -> None:

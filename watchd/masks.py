@@ -2,7 +2,8 @@
 
 The round trip (docs/outputs.md, "A mask corrected by hand"): take the ``format = "mask"``
 output of a photo, correct it in any image editor, and drop it back as
-``NAME.mask.png`` together with the original ``NAME.jpg`` (same folder, same drop).
+``NAME.mask.png`` together with the original ``NAME.jpg`` (same folder, same drop), or
+alone, later: then the original is taken from the archive (watchd/late_masks.py).
 Intake pairs the two (:func:`pair_masks`); the worker makes the output from that mask
 with the job's options (format, crop, canvas, background, ...) through the same steps the
 model's masks go through (watchd/pipeline.py), so a corrected output differs from the
@@ -32,10 +33,13 @@ if TYPE_CHECKING:
 #: A hand-edited mask's name ends with this (any letter case): ``NAME.mask.png``.
 MASK_SUFFIX = ".mask.png"
 
-#: Why a ``NAME.mask.png`` without its original beside it is failed, not processed as a photo.
+#: Why a ``NAME.mask.png`` without its original is failed, not processed as a photo: none
+#: beside it in its drop, and none processed before (watchd/late_masks.py).
 LONE_MASK = (
-    "a hand-edited mask is used only together with its original: drop NAME.mask.png in the "
-    "same folder and the same drop as NAME.jpg (or .png, .tif, ...), as docs/outputs.md says"
+    "a hand-edited mask needs its original: drop NAME.mask.png in the same folder and the "
+    "same drop as NAME.jpg (or .png, .tif, ...), or later, once NAME.jpg has been made into "
+    "a cutout by this watch and its original is in the archive; neither was found, as "
+    "docs/outputs.md says"
 )
 #: Why masks are not paired on a watch that leaves originals in the inbox.
 MASK_IN_PLACE = (

@@ -43,6 +43,9 @@ class JobOptions:
     duplicates: Duplicates = "reprocess"
     #: hand-edited masks paired at intake (watchd/masks.py): input rel -> its mask's rel
     masks: Mapping[str, str] = field(default_factory=dict)
+    #: where the masks lie until spooled, when not beside their inputs: a mask dropped
+    #: after its original, which is read from the archive (watchd/late_masks.py)
+    mask_dir: str | None = None
 
     def mask_for(self, rel: str) -> str | None:
         """The relative path of the hand-edited mask of the input ``rel``, if it has one."""
@@ -77,6 +80,8 @@ class JobOptions:
             data["duplicates"] = self.duplicates
         if self.masks:
             data["masks"] = dict(self.masks)
+        if self.mask_dir is not None:
+            data["mask_dir"] = self.mask_dir
         return data
 
     @classmethod
@@ -95,6 +100,7 @@ class JobOptions:
             sidecar = data.get("sidecar")
             review = data.get("review")
             masks = data.get("masks", {})
+            mask_dir = data.get("mask_dir")
             return cls(
                 model=str(data["model"]),
                 after=cast(AfterAction, data["after"]),
@@ -107,6 +113,7 @@ class JobOptions:
                 review=None if review is None else str(review),
                 duplicates=cast(Duplicates, data.get("duplicates", "reprocess")),
                 masks={str(k): str(v) for k, v in masks.items()},
+                mask_dir=None if mask_dir is None else str(mask_dir),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"a job's stored options cannot be read ({exc!r}): {data!r}") from None

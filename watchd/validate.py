@@ -28,6 +28,11 @@ MODEL_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 MODEL_SUFFIX: Final = ".onnx"
 #: A colour as ``#rrggbb`` (a watch's ``background``, the HTTP ``background`` option).
 COLOR_PATTERN: Final = r"#[0-9a-fA-F]{6}"
+#: The choices of the output keys ``format``, ``crop`` and ``align``: the configuration, a
+#: sidecar and ``watchd submit`` (whose CLI must not import the configuration) offer these.
+FORMATS: Final = ("png", "webp", "jpeg", "mask")
+CROPS: Final = ("none", "subject")
+ALIGNS: Final = ("center", "bottom")
 
 
 def shown(value: Any) -> str:
