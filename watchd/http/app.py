@@ -12,6 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -95,23 +96,19 @@ def _multipart(file_field: str, many: bool, fields: frozenset[str]) -> dict[str,
     }
 
 
+@dataclass
 class Door:
     """What the routes share: the bridge, the limits, the spool and the tokens."""
 
-    def __init__(
-        self,
-        bridge: Bridge,
-        config: HttpConfig,
-        spool: Path,
-        watches: Callable[[], tuple[WatchConfig, ...]],
-        tokens: Tokens | None,
-    ) -> None:
-        self.bridge = bridge
-        self.config = config
-        self.spool = spool
-        self.watches = watches
-        self.tokens = tokens
-        self.limits = Limits(config.max_upload_bytes, config.max_files_per_job)
+    bridge: Bridge
+    config: HttpConfig
+    spool: Path
+    watches: Callable[[], tuple[WatchConfig, ...]]
+    tokens: Tokens | None
+    limits: Limits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(self.config.max_upload_bytes, self.config.max_files_per_job)
 
     def watch(self, name: str | None) -> WatchConfig:
         wanted = name or self.config.watch
