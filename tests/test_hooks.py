@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from watchd.hooks import (
     Delivery,
     HookCounters,
     Hooks,
+    WebhookPolicy,
     WebhookSender,
     child_environment,
     command_environment,
@@ -36,6 +38,7 @@ from watchd.hooks import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+POLICY_FIELDS = {f.name for f in fields(WebhookPolicy)}
 SECRET = "s3cret with spaces ünd ümlauts"
 
 FACTS: dict[str, Any] = {
@@ -87,12 +90,12 @@ class Done:
 def sender_factory() -> Iterator[Callable[..., WebhookSender]]:
     made: list[WebhookSender] = []
 
-    def make(**kwargs: Any) -> WebhookSender:
-        kwargs.setdefault("base_delay", 0.01)
-        kwargs.setdefault("max_delay", 0.05)
-        kwargs.setdefault("timeout", 5.0)
+    def make(counters: HookCounters | None = None, **kwargs: Any) -> WebhookSender:
+        """``kwargs``: WebhookPolicy's fields (fast ones by default) and WebhookSender's."""
+        policy = {name: kwargs.pop(name) for name in list(kwargs) if name in POLICY_FIELDS}
+        fast = WebhookPolicy(**{"base_delay": 0.01, "max_delay": 0.05, "timeout": 5.0, **policy})
         kwargs.setdefault("rng", random.Random(1))
-        sender = WebhookSender(kwargs.pop("counters", HookCounters()), **kwargs)
+        sender = WebhookSender(counters or HookCounters(), fast, **kwargs)
         sender.start()
         made.append(sender)
         return sender

@@ -451,29 +451,33 @@ class Delivery:
         return body, headers
 
 
+@dataclass(frozen=True)
+class WebhookPolicy:
+    """How hard :class:`WebhookSender` tries: how many deliveries may wait, how many times
+    each is attempted, the backoff between attempts and each request's time limit."""
+
+    limit: int = QUEUE_LIMIT
+    attempts: int = WEBHOOK_ATTEMPTS
+    base_delay: float = BACKOFF_BASE
+    max_delay: float = BACKOFF_MAX
+    timeout: float = REQUEST_TIMEOUT
+
+
 class WebhookSender:
     """Delivers webhooks from one thread; deliveries wait in a schedule ordered by due time."""
 
     def __init__(
         self,
         counters: HookCounters,
+        policy: WebhookPolicy = WebhookPolicy(),
         *,
-        limit: int = QUEUE_LIMIT,
-        attempts: int = WEBHOOK_ATTEMPTS,
-        base_delay: float = BACKOFF_BASE,
-        max_delay: float = BACKOFF_MAX,
-        timeout: float = REQUEST_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         send: Callable[[str, bytes, Mapping[str, str], float], Answer] = post,
     ) -> None:
         self._counters = counters
-        self._limit = limit
-        self._attempts = attempts
-        self._base = base_delay
-        self._max = max_delay
-        self._timeout = timeout
+        self._policy = policy
         self._clock = clock
         self._wall = wall
         self._rng = rng or random.Random()
@@ -497,7 +501,7 @@ class WebhookSender:
     def submit(self, delivery: Delivery) -> bool:
         """Schedule ``delivery`` now; False (dropped) when :data:`QUEUE_LIMIT` are waiting."""
         with self._cond:
-            if self._stop_at is not None or len(self._schedule) + self._busy >= self._limit:
+            if self._stop_at is not None or len(self._schedule) + self._busy >= self._policy.limit:
                 return False
             heapq.heappush(self._schedule, _Scheduled(self._clock(), next(self._seq), delivery))
             self._cond.notify()
@@ -538,7 +542,7 @@ class WebhookSender:
     def _attempt(self, delivery: Delivery) -> None:
         delivery.attempts += 1
         body, headers = delivery.request(self._wall())
-        answer = self._send(delivery.url, body, headers, self._timeout)
+        answer = self._send(delivery.url, body, headers, self._policy.timeout)
         facts = {
             "job": delivery.job,
             "delivery": delivery.id,
@@ -552,10 +556,12 @@ class WebhookSender:
             delivery.done()
             return
         error = answer.error or f"HTTP {answer.status}: {_snippet(answer.body)}"
-        if answer.retryable and delivery.attempts < self._attempts:
-            delay = backoff_delay(delivery.attempts, self._rng, self._base, self._max)
+        if answer.retryable and delivery.attempts < self._policy.attempts:
+            delay = backoff_delay(
+                delivery.attempts, self._rng, self._policy.base_delay, self._policy.max_delay
+            )
             if answer.retry_after is not None:
-                delay = max(delay, min(answer.retry_after, self._max))
+                delay = max(delay, min(answer.retry_after, self._policy.max_delay))
             self._counters.add("webhook", "retried")
             log.warning("hook.webhook_retry", error=error, retry_in=round(delay, 2), **facts)
             with self._cond:
