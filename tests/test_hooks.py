@@ -22,6 +22,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.support import Received, WebhookReceiver, wait_for
+from watchd.completion import HookCall
 from watchd.config import HooksConfig
 from watchd.hooks import (
     CommandJob,
@@ -225,7 +226,7 @@ def test_receiver_down_the_queue_is_bounded_and_submit_never_blocks(
 
     with capture_logs() as logs:
         started = time.monotonic()
-        accepted = [hooks.run(FACTS | {"job": n}, config, done) for n in range(10)]
+        accepted = [hooks.run(HookCall(FACTS | {"job": n}, config, done)) for n in range(10)]
         elapsed = time.monotonic() - started
 
     assert (
@@ -460,9 +461,9 @@ def test_commands_run_one_at_a_time_and_a_full_queue_drops(tmp_path: Path) -> No
     hooks.start()
     config = HooksConfig(on_complete=(str(program),))
     done = Done()
-    assert hooks.run(FACTS | {"job": 1}, config, done) == 1
+    assert hooks.run(HookCall(FACTS | {"job": 1}, config, done)) == 1
     wait_for(log.exists, 30, "the first command running")
-    started = [hooks.run(FACTS | {"job": n}, config, done) for n in (2, 3, 4)]
+    started = [hooks.run(HookCall(FACTS | {"job": n}, config, done)) for n in (2, 3, 4)]
     assert started == [1, 1, 0]  # two wait, the third is deferred
     assert counters.snapshot()["command"]["deferred"] == 1
     gate.touch()

@@ -48,7 +48,7 @@ import structlog
 
 from watchd import __version__
 from watchd.backoff import BACKOFF_BASE, BACKOFF_MAX, backoff_delay
-from watchd.config import HooksConfig
+from watchd.completion import HookCall
 
 log = structlog.get_logger()
 
@@ -626,23 +626,14 @@ class Hooks:
         self.runner.start()
         self.sender.start()
 
-    def run(
-        self,
-        facts: Mapping[str, Any],
-        hooks: HooksConfig,
-        done: Callable[[], None],
-        delivery: str | None = None,
-    ) -> int:
+    def run(self, call: HookCall) -> int:
         """Queue the job's command and webhook; returns how many were queued. A full queue
         refuses one (a warning and the ``deferred`` counter): the caller keeps it and hands
-        it over again later (``Completion``: the job stays unreported in the ledger).
-
-        ``delivery``: the delivery id, the same for every attempt and after a restart
-        (``X-Watchd-Delivery``, ``WATCHD_DELIVERY_ID``); a new one when not given.
-        """
+        it over again later (``Completion``: the job stays unreported in the ledger)."""
         started = 0
+        facts, hooks, done = call.facts, call.hooks, call.done
         job = int(facts["job"])
-        delivery_id = delivery or uuid.uuid4().hex
+        delivery_id = call.delivery or uuid.uuid4().hex
         if hooks.on_complete:
             env = command_environment(self._base_env, facts)
             env["WATCHD_DELIVERY_ID"] = delivery_id
@@ -652,8 +643,10 @@ class Hooks:
             else:
                 self._deferred("command", job, self.runner.pending)
         if hooks.webhook_url:
-            call = Delivery(job, hooks.webhook_url, hooks.webhook_secret, facts, done, delivery_id)
-            if self.sender.submit(call):
+            delivery = Delivery(
+                job, hooks.webhook_url, hooks.webhook_secret, facts, done, delivery_id
+            )
+            if self.sender.submit(delivery):
                 started += 1
             else:
                 self._deferred("webhook", job, self.sender.pending)
