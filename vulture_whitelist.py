@@ -85,3 +85,7 @@ _.loaded
 _.memory_limit
 _.in_cluster
 _.REVIEW
+
+# Imported for mypy only (TYPE_CHECKING) and named in a string: the bound of ledger's
+# _Record TypeVar (watchd/ledger.py, _from_row).
+_.DataclassInstance

@@ -30,6 +30,7 @@ from watchd.completion import (
     MANIFEST_PAGE,
     MANIFEST_VERSION,
     Completion,
+    HookCall,
     build_manifest,
     encode_manifest,
     manifest_temp_name,
@@ -52,13 +53,8 @@ class RecordingHooks:
         self.calls: list[tuple[Mapping[str, Any], HooksConfig, Callable[[], None]]] = []
         self.deliveries: list[tuple[int, str, str | None]] = []
 
-    def run(
-        self,
-        facts: Mapping[str, Any],
-        hooks: HooksConfig,
-        done: Callable[[], None],
-        delivery: str | None = None,
-    ) -> int:
+    def run(self, call: HookCall) -> int:
+        facts, hooks, done, delivery = call.facts, call.hooks, call.done, call.delivery
         hook = "command" if hooks.on_complete else "webhook"
         assert not (hooks.on_complete and hooks.webhook_url), "one hook per call"
         if hook in self.full:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.support import Received, WebhookReceiver, wait_for
+from watchd.completion import HookCall
 from watchd.config import HooksConfig
 from watchd.hooks import (
     CommandJob,
@@ -28,6 +30,7 @@ from watchd.hooks import (
     Delivery,
     HookCounters,
     Hooks,
+    WebhookPolicy,
     WebhookSender,
     child_environment,
     command_environment,
@@ -36,6 +39,7 @@ from watchd.hooks import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+POLICY_FIELDS = {f.name for f in fields(WebhookPolicy)}
 SECRET = "s3cret with spaces ünd ümlauts"
 
 FACTS: dict[str, Any] = {
@@ -87,12 +91,12 @@ class Done:
 def sender_factory() -> Iterator[Callable[..., WebhookSender]]:
     made: list[WebhookSender] = []
 
-    def make(**kwargs: Any) -> WebhookSender:
-        kwargs.setdefault("base_delay", 0.01)
-        kwargs.setdefault("max_delay", 0.05)
-        kwargs.setdefault("timeout", 5.0)
+    def make(counters: HookCounters | None = None, **kwargs: Any) -> WebhookSender:
+        """``kwargs``: WebhookPolicy's fields (fast ones by default) and WebhookSender's."""
+        policy = {name: kwargs.pop(name) for name in list(kwargs) if name in POLICY_FIELDS}
+        fast = WebhookPolicy(**{"base_delay": 0.01, "max_delay": 0.05, "timeout": 5.0, **policy})
         kwargs.setdefault("rng", random.Random(1))
-        sender = WebhookSender(kwargs.pop("counters", HookCounters()), **kwargs)
+        sender = WebhookSender(counters or HookCounters(), fast, **kwargs)
         sender.start()
         made.append(sender)
         return sender
@@ -222,7 +226,7 @@ def test_receiver_down_the_queue_is_bounded_and_submit_never_blocks(
 
     with capture_logs() as logs:
         started = time.monotonic()
-        accepted = [hooks.run(FACTS | {"job": n}, config, done) for n in range(10)]
+        accepted = [hooks.run(HookCall(FACTS | {"job": n}, config, done)) for n in range(10)]
         elapsed = time.monotonic() - started
 
     assert (
@@ -457,9 +461,9 @@ def test_commands_run_one_at_a_time_and_a_full_queue_drops(tmp_path: Path) -> No
     hooks.start()
     config = HooksConfig(on_complete=(str(program),))
     done = Done()
-    assert hooks.run(FACTS | {"job": 1}, config, done) == 1
+    assert hooks.run(HookCall(FACTS | {"job": 1}, config, done)) == 1
     wait_for(log.exists, 30, "the first command running")
-    started = [hooks.run(FACTS | {"job": n}, config, done) for n in (2, 3, 4)]
+    started = [hooks.run(HookCall(FACTS | {"job": n}, config, done)) for n in (2, 3, 4)]
     assert started == [1, 1, 0]  # two wait, the third is deferred
     assert counters.snapshot()["command"]["deferred"] == 1
     gate.touch()

@@ -400,6 +400,8 @@ def record(output: Path) -> FileRecord:
         error=None,
         options=JobOptions(model="u2netp", after="archive", max_file_bytes=1 << 20),
         created_at=0.0,
+        pages=1,
+        review=None,
     )
 
 

@@ -43,6 +43,11 @@ SUBMIT_OPTIONS = "submit options"
 class DaemonControls(Protocol):
     """The parts of the daemon a command may read or steer."""
 
+    ledger: Ledger
+    intake: Intake
+    finisher: Finisher
+    pause: Pause
+
     def snapshot(self) -> dict[str, Any]: ...
 
     def request_reload(self) -> dict[str, Any]: ...
@@ -61,23 +66,14 @@ class DaemonControls(Protocol):
 class Commands:
     """Executes validated control requests against the ledger and the daemon."""
 
-    def __init__(
-        self,
-        daemon: DaemonControls,
-        ledger: Ledger,
-        intake: Intake,
-        spool_dir: Path,
-        *,
-        finisher: Finisher,
-        pause: Pause,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, daemon: DaemonControls, *, clock: Callable[[], float] = time.time) -> None:
+        """``daemon``: the commands act on its parts (ledger, intake, finisher, pause), read
+        from it here rather than handed in beside it."""
         self._daemon = daemon
-        self._ledger = ledger
-        self._intake = intake
-        self._finisher = finisher
-        self._pause = pause
-        self._spool = spool_dir
+        self._ledger = daemon.ledger
+        self._intake = daemon.intake
+        self._finisher = daemon.finisher
+        self._pause = daemon.pause
         self._clock = clock
 
     def execute(self, request: Request) -> dict[str, Any]:

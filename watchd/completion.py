@@ -247,22 +247,26 @@ class _Writing:
 # --- the coordinator ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class HookCall:
+    """What :class:`Completion` hands a :class:`HookSink` for an ended job's hook."""
+
+    facts: Mapping[str, Any]  # the job's facts (job_facts): the payload, the environment
+    hooks: HooksConfig  # the hooks to start: Completion hands over one at a time
+    #: called once per started hook, from any thread, when it has finished (succeeded,
+    #: failed, or been given up)
+    done: Callable[[], None]
+    #: the id the hook carries, the same for every attempt and after a restart
+    #: (``X-Watchd-Delivery``, ``WATCHD_DELIVERY_ID``); None: a new one
+    delivery: str | None = None
+
+
 class HookSink(Protocol):
     """What :class:`Completion` hands a job's hooks to (``watchd.hooks.Hooks``)."""
 
-    def run(
-        self,
-        facts: Mapping[str, Any],
-        hooks: HooksConfig,
-        done: Callable[[], None],
-        delivery: str | None = None,
-    ) -> int:
-        """Start every hook ``hooks`` configures without blocking; return how many started
-        (a full queue starts none: the caller defers it).
-
-        Each started hook calls ``done()`` once, from any thread, when it has finished
-        (succeeded, failed, or been given up). ``delivery``: the id the hook carries.
-        """
+    def run(self, call: HookCall) -> int:
+        """Start every hook ``call.hooks`` configures without blocking; return how many
+        started (a full queue starts none: the caller defers it)."""
         ...
 
 
@@ -409,7 +413,8 @@ class Completion:
             delivery, finished = self._ledger.hook_delivery(job_id, hook, uuid.uuid4().hex)
             if finished:
                 continue  # it ran before a crash: at least once per hook, not per report
-            if self._hooks.run(facts, single, self._callback(job_id, hook, delivery), delivery):
+            call = HookCall(facts, single, self._callback(job_id, hook, delivery), delivery)
+            if self._hooks.run(call):
                 started += 1
             else:
                 deferred += 1  # its queue is full: recorded, handed over again later

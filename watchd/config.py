@@ -114,7 +114,8 @@ class HooksConfig:
     on_complete: tuple[str, ...] | None = None  # argv, run without a shell
     on_complete_timeout: float = 60.0
     webhook_url: str | None = None
-    webhook_secret: str | None = None
+    #: left out of repr: a config or a hook that is printed must not show the secret
+    webhook_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

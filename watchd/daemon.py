@@ -181,14 +181,7 @@ class Daemon:
         self.intake = Intake(
             self.ledger, self._spool_dir, self.finisher, check_model=self._check_model
         )
-        self.commands = Commands(
-            self,
-            self.ledger,
-            self.intake,
-            self._spool_dir,
-            finisher=self.finisher,
-            pause=self.pause,
-        )
+        self.commands = Commands(self)
         try:
             self._install_signal_handlers()
             self.hooks.start()

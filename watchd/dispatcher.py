@@ -12,6 +12,7 @@ exponential backoff and jitter and without costing an attempt.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -30,6 +31,12 @@ from watchd.product_input import BackgroundImages
 from watchd.stats import Activity
 
 log = structlog.get_logger()
+
+#: The retries that are not the file's fault (its attempt is given back): what the log says.
+_NOT_ITS_FAULT = {
+    "pool_broke": ("file.retry", logging.WARNING),
+    "write_error": ("file.write_failed", logging.ERROR),
+}
 
 #: Files one ``fill`` may finish without the pool (content-cache hits, inputs that fail to
 #: read) before it returns, so that a re-dropped folder of thousands of known photos is
@@ -286,30 +293,28 @@ class Dispatcher:
         self._pool_breaks += 1
         reason = "the worker pool broke before this file ran (a worker died while idle or starting)"
         for record in records:
-            delay = backoff_delay(self._pool_breaks + 1, self._rng)
-            self._activity.record_retry(record.watch, "pool_broke")
-            self._finisher.note_error(record, f"{reason}; retrying in {delay:.0f} s")
-            log.warning(
-                "file.retry",
-                file=record.id,
-                job=record.job_id,
-                attempt=record.attempts,
-                error=reason,
-                retry_in=round(delay, 1),
-            )
-            self._requeue(record, reason, retry_at=self._clock() + delay, refund=True)
+            self._retry_later(record, reason, self._pool_breaks, "pool_broke")
 
     def _write_failed(self, record: FileRecord, reason: str) -> None:
         """The output could not be written for a reason a wait may cure (full disk, an
         unwritable outbox): the file waits with backoff, without costing an attempt."""
         self._write_failures += 1
-        delay = backoff_delay(self._write_failures + 1, self._rng)
+        self._retry_later(record, reason, self._write_failures, "write_error")
+
+    def _retry_later(self, record: FileRecord, reason: str, failures: int, why: str) -> None:
+        """Back in the queue after a backoff that grows with ``failures`` in a row, with its
+        attempt given back: what failed was not the file's fault (a broken pool, a full
+        disk). ``why``: the retry counter it adds to (a key of :data:`_NOT_ITS_FAULT`)."""
+        delay = backoff_delay(failures + 1, self._rng)
+        self._activity.record_retry(record.watch, why)
         self._finisher.note_error(record, f"{reason} (retrying in {delay:.0f} s)")
-        self._activity.record_retry(record.watch, "write_error")
-        log.error(
-            "file.write_failed",
+        event, level = _NOT_ITS_FAULT[why]
+        log.log(
+            level,
+            event,
             file=record.id,
             job=record.job_id,
+            attempt=record.attempts,
             error=reason,
             retry_in=round(delay, 1),
         )

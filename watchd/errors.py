@@ -60,8 +60,6 @@ class ChecksumMismatch(ModelError):
 
     def __init__(self, actual: str, expected: str) -> None:
         super().__init__(f"md5 is {actual}, expected {expected}")
-        self.actual = actual
-        self.expected = expected
 
 
 class LedgerError(WatchdError):

@@ -49,6 +49,13 @@ from watchd.stats import Activity
 log = structlog.get_logger()
 
 
+def _file_log(record: FileRecord) -> Any:
+    """The log, bound to how every event of a file's end names it (file, job, watch, as
+    ``job.done`` names its job: job, watch), so an operator can follow one file or one job
+    through the log."""
+    return log.bind(file=record.id, job=record.job_id, watch=record.watch)
+
+
 class Finisher:
     """Ends files: writes outputs, disposes of originals, hands ended jobs on (main thread)."""
 
@@ -137,11 +144,8 @@ class Finisher:
             written()
         latency = self._clock() - record.created_at
         self._activity.record(record.watch, ok=True, latency=latency, now=self._monotonic())
-        log.info(
+        _file_log(record).info(
             "file.done",
-            file=record.id,
-            job=record.job_id,
-            watch=record.watch,
             output=str(record.output),
             pages=pages,
             bytes=result.output_bytes,
@@ -175,11 +179,8 @@ class Finisher:
             owner=owner,
         )
         self._activity.record_quality(record.watch, quality, held=True)
-        log.warning(
+        _file_log(record).warning(
             "file.review",
-            file=record.id,
-            job=record.job_id,
-            watch=record.watch,
             review=str(where),
             why="; ".join(result.review),
             quality=quality,
@@ -231,14 +232,7 @@ class Finisher:
         self._ledger.mark_failing(record.id, reason)
         if reason != CANCELLED_REASON:
             self.note_error(record, reason)
-        log.error(
-            "file.failed",
-            file=record.id,
-            job=record.job_id,
-            watch=record.watch,
-            source=str(record.source),
-            error=reason,
-        )
+        _file_log(record).error("file.failed", source=str(record.source), error=reason)
         self.dispose_failed(record, reason)
 
     def note_error(self, record: FileRecord, message: str) -> None:
@@ -279,10 +273,8 @@ class Finisher:
         if job is None:
             return
         self.jobs_finished += 1
-        log.info(
+        log.bind(job=job.id, watch=job.watch).info(
             "job.done",
-            job=job.id,
-            watch=job.watch,
             name=job.name,
             state=job.state,
             files=job.total,

@@ -48,7 +48,7 @@ import structlog
 
 from watchd import __version__
 from watchd.backoff import BACKOFF_BASE, BACKOFF_MAX, backoff_delay
-from watchd.config import HooksConfig
+from watchd.completion import HookCall
 
 log = structlog.get_logger()
 
@@ -451,29 +451,33 @@ class Delivery:
         return body, headers
 
 
+@dataclass(frozen=True)
+class WebhookPolicy:
+    """How hard :class:`WebhookSender` tries: how many deliveries may wait, how many times
+    each is attempted, the backoff between attempts and each request's time limit."""
+
+    limit: int = QUEUE_LIMIT
+    attempts: int = WEBHOOK_ATTEMPTS
+    base_delay: float = BACKOFF_BASE
+    max_delay: float = BACKOFF_MAX
+    timeout: float = REQUEST_TIMEOUT
+
+
 class WebhookSender:
     """Delivers webhooks from one thread; deliveries wait in a schedule ordered by due time."""
 
     def __init__(
         self,
         counters: HookCounters,
+        policy: WebhookPolicy = WebhookPolicy(),
         *,
-        limit: int = QUEUE_LIMIT,
-        attempts: int = WEBHOOK_ATTEMPTS,
-        base_delay: float = BACKOFF_BASE,
-        max_delay: float = BACKOFF_MAX,
-        timeout: float = REQUEST_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         send: Callable[[str, bytes, Mapping[str, str], float], Answer] = post,
     ) -> None:
         self._counters = counters
-        self._limit = limit
-        self._attempts = attempts
-        self._base = base_delay
-        self._max = max_delay
-        self._timeout = timeout
+        self._policy = policy
         self._clock = clock
         self._wall = wall
         self._rng = rng or random.Random()
@@ -497,7 +501,7 @@ class WebhookSender:
     def submit(self, delivery: Delivery) -> bool:
         """Schedule ``delivery`` now; False (dropped) when :data:`QUEUE_LIMIT` are waiting."""
         with self._cond:
-            if self._stop_at is not None or len(self._schedule) + self._busy >= self._limit:
+            if self._stop_at is not None or len(self._schedule) + self._busy >= self._policy.limit:
                 return False
             heapq.heappush(self._schedule, _Scheduled(self._clock(), next(self._seq), delivery))
             self._cond.notify()
@@ -538,7 +542,7 @@ class WebhookSender:
     def _attempt(self, delivery: Delivery) -> None:
         delivery.attempts += 1
         body, headers = delivery.request(self._wall())
-        answer = self._send(delivery.url, body, headers, self._timeout)
+        answer = self._send(delivery.url, body, headers, self._policy.timeout)
         facts = {
             "job": delivery.job,
             "delivery": delivery.id,
@@ -552,10 +556,12 @@ class WebhookSender:
             delivery.done()
             return
         error = answer.error or f"HTTP {answer.status}: {_snippet(answer.body)}"
-        if answer.retryable and delivery.attempts < self._attempts:
-            delay = backoff_delay(delivery.attempts, self._rng, self._base, self._max)
+        if answer.retryable and delivery.attempts < self._policy.attempts:
+            delay = backoff_delay(
+                delivery.attempts, self._rng, self._policy.base_delay, self._policy.max_delay
+            )
             if answer.retry_after is not None:
-                delay = max(delay, min(answer.retry_after, self._max))
+                delay = max(delay, min(answer.retry_after, self._policy.max_delay))
             self._counters.add("webhook", "retried")
             log.warning("hook.webhook_retry", error=error, retry_in=round(delay, 2), **facts)
             with self._cond:
@@ -620,23 +626,14 @@ class Hooks:
         self.runner.start()
         self.sender.start()
 
-    def run(
-        self,
-        facts: Mapping[str, Any],
-        hooks: HooksConfig,
-        done: Callable[[], None],
-        delivery: str | None = None,
-    ) -> int:
+    def run(self, call: HookCall) -> int:
         """Queue the job's command and webhook; returns how many were queued. A full queue
         refuses one (a warning and the ``deferred`` counter): the caller keeps it and hands
-        it over again later (``Completion``: the job stays unreported in the ledger).
-
-        ``delivery``: the delivery id, the same for every attempt and after a restart
-        (``X-Watchd-Delivery``, ``WATCHD_DELIVERY_ID``); a new one when not given.
-        """
+        it over again later (``Completion``: the job stays unreported in the ledger)."""
         started = 0
+        facts, hooks, done = call.facts, call.hooks, call.done
         job = int(facts["job"])
-        delivery_id = delivery or uuid.uuid4().hex
+        delivery_id = call.delivery or uuid.uuid4().hex
         if hooks.on_complete:
             env = command_environment(self._base_env, facts)
             env["WATCHD_DELIVERY_ID"] = delivery_id
@@ -646,8 +643,10 @@ class Hooks:
             else:
                 self._deferred("command", job, self.runner.pending)
         if hooks.webhook_url:
-            call = Delivery(job, hooks.webhook_url, hooks.webhook_secret, facts, done, delivery_id)
-            if self.sender.submit(call):
+            delivery = Delivery(
+                job, hooks.webhook_url, hooks.webhook_secret, facts, done, delivery_id
+            )
+            if self.sender.submit(delivery):
                 started += 1
             else:
                 self._deferred("webhook", job, self.sender.pending)

@@ -54,13 +54,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from watchd.config import DaemonConfig
 from watchd.errors import Conflict, LedgerError, NotFound
 from watchd.files import fsync_dir, fsync_file
 from watchd.options import JobOptions
 from watchd.states import JOB_STATES, UNFINISHED, FileState, JobState
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 CANCELLED_REASON = "cancelled"
 
@@ -108,22 +111,10 @@ class FileRecord:
     error: str | None
     options: JobOptions
     created_at: float
-    pages: int = 1  # outputs it makes, once known (set_pages, mark_written)
+    #: (a record is read from the ledger, which always knows these: no defaults)
+    pages: int  # outputs it makes, once known (set_pages, mark_written); 1 until then
     #: where its output waits for approval, once a result tripped review_if (set_review_path)
-    review: Path | None = None
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: int
-    watch: str
-    name: str
-    kind: str
-    state: str
-    total: int
-    created_at: float
-    finished_at: float | None
-    priority: int = 0
+    review: Path | None
 
 
 @dataclass(frozen=True)
@@ -487,6 +478,8 @@ def _text(value: str) -> str:
 
 
 _JOB_COLUMNS = "id, watch, name, kind, state, total, created_at, finished_at, cancelled, priority"
+_JOB_COLUMN_COUNT = _JOB_COLUMNS.count(",") + 1
+_Record = TypeVar("_Record", bound="DataclassInstance")
 _FILE_DETAIL_COLUMNS = (
     "id, rel_path, state, attempts, error, output_path, size, output_bytes, created_at, "
     "started_at, finished_at, retry_at, pages, quality, reused_from"
@@ -499,41 +492,56 @@ def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def _file_record(row: sqlite3.Row) -> FileRecord:
-    return FileRecord(
-        id=row[0],
-        job_id=row[1],
-        watch=row[2],
-        rel=os.fsdecode(row[3]),
-        source=_path(row[4]),
-        output=_path(row[5]),
-        archive=_path(row[6]),
-        failed=_path(row[7]),
-        state=row[8],
-        attempts=row[9],
-        error=row[10],
-        options=JobOptions.from_json(json.loads(row[11])),
-        created_at=row[12],
-        pages=row[13],
-        review=None if row[14] is None else _path(row[14]),
-    )
+def _maybe_path(blob: bytes | None) -> Path | None:
+    return None if blob is None else _path(blob)
 
 
-def _job_summary(row: sqlite3.Row, by_state: Mapping[str, int]) -> JobSummary:
-    return JobSummary(
-        id=row[0],
-        watch=row[1],
-        name=row[2],
-        kind=row[3],
-        state=row[4],
-        total=row[5],
-        done=by_state.get(FileState.DONE.value, 0),
-        failed=by_state.get(FileState.FAILED.value, 0),
-        created_at=row[6],
-        finished_at=row[7],
-        cancelled=bool(row[8]),
-        priority=int(row[9]),
-    )
+def _from_row(
+    cls: type[_Record],
+    row: Sequence[Any],
+    decode: Mapping[str, Callable[[Any], Any]],
+    **known: Any,
+) -> _Record:
+    """A ``cls`` from a row whose columns are its fields in their order (less those in
+    ``known``, given here), each through ``decode[field]`` where its stored form differs
+    (a BLOB path, JSON). The ``*_COLUMNS`` constants list the columns in that order."""
+    names = [f.name for f in fields(cls) if f.name not in known]
+    values = {n: decode[n](v) if n in decode else v for n, v in zip(names, row, strict=True)}
+    return cls(**values, **known)
+
+
+_FILE_RECORD_DECODE: dict[str, Callable[[Any], Any]] = {
+    "rel": os.fsdecode,
+    "source": _path,
+    "output": _path,
+    "archive": _path,
+    "failed": _path,
+    "options": lambda text: JobOptions.from_json(json.loads(text)),
+    "review": _maybe_path,
+}
+_JOB_SUMMARY_DECODE: dict[str, Callable[[Any], Any]] = {"cancelled": bool, "priority": int}
+_FILE_DETAIL_DECODE: dict[str, Callable[[Any], Any]] = {
+    "rel": os.fsdecode,
+    "output": _path,
+    "quality": lambda text: None if text is None else tuple(json.loads(text)),
+}
+_CACHE_ENTRY_DECODE: dict[str, Callable[[Any], Any]] = {
+    "rel": os.fsdecode,
+    "output": _path,
+    "digests": lambda text: tuple(json.loads(text)),
+}
+
+
+def _file_record(row: Sequence[Any]) -> FileRecord:
+    return _from_row(FileRecord, row, _FILE_RECORD_DECODE)
+
+
+def _job_summary(row: Sequence[Any], by_state: Mapping[str, int]) -> JobSummary:
+    """A row of ``_JOB_COLUMNS`` (and maybe more columns after them) with its job's counts."""
+    done = by_state.get(FileState.DONE.value, 0)
+    failed = by_state.get(FileState.FAILED.value, 0)
+    columns = row[:_JOB_COLUMN_COUNT]
+    return _from_row(JobSummary, columns, _JOB_SUMMARY_DECODE, done=done, failed=failed)
 
 
 #: Above every priority a job can have (they are -100..100; the ledger does not insist).
@@ -958,20 +966,7 @@ class Ledger:
             "WHERE c.key = ?",
             (key,),
         ).fetchone()
-        if row is None:
-            return None
-        return CacheEntry(
-            key=row[0],
-            file_id=row[1],
-            job_id=row[2],
-            rel=os.fsdecode(row[3]),
-            output=_path(row[4]),
-            pages=row[5],
-            bytes=row[6],
-            digests=tuple(json.loads(row[7])),
-            width=row[8],
-            height=row[9],
-        )
+        return None if row is None else _from_row(CacheEntry, row, _CACHE_ENTRY_DECODE)
 
     def cache_put(
         self,
@@ -1211,15 +1206,17 @@ class Ledger:
     def job_files(self, job_id: int) -> list[FileRecord]:
         return self._files_where(self._db, "f.job_id = ?", (job_id,))
 
-    def job(self, job_id: int) -> JobRecord:
-        row = self._db.execute(
-            "SELECT id, watch, name, kind, state, total, created_at, finished_at, priority "
-            "FROM jobs WHERE id = ?",
-            (job_id,),
-        ).fetchone()
+    def job(self, job_id: int) -> JobSummary:
+        """One job as ``watchd jobs`` lists it. Unknown id: NotFound."""
+        return _job_summary(self._job_row(job_id), self._tallies([job_id]).get(job_id, {}))
+
+    def _job_row(self, job_id: int, more: str = "") -> Sequence[Any]:
+        """The job's ``_JOB_COLUMNS`` (then the columns ``more`` adds); NotFound if none."""
+        sql = f"SELECT {_JOB_COLUMNS}{more} FROM jobs WHERE id = ?"
+        row: Sequence[Any] | None = self._db.execute(sql, (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"no job {job_id}")
-        return JobRecord(*row)
+        return row
 
     def unfinished(self) -> int:
         """Files not yet in a terminal state (from the counters, constant cost)."""
@@ -1324,12 +1321,7 @@ class Ledger:
         ``file_limit`` caps the file list (first files by id) for very large jobs; the
         counts always cover every file. Unknown id: NotFound.
         """
-        row = self._db.execute(
-            f"SELECT {_JOB_COLUMNS}, options, manifest_path FROM jobs WHERE id = ?",
-            (job_id,),
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"no job {job_id}")
+        row = self._job_row(job_id, ", options, manifest_path")
         by_state = {
             state: int(n)
             for state, n in self._db.execute(
@@ -1346,7 +1338,7 @@ class Ledger:
             queued=by_state.get(FileState.QUEUED.value, 0),
             running=by_state.get(FileState.RUNNING.value, 0),
             options=JobOptions.from_json(json.loads(row[10])),
-            manifest=None if row[11] is None else _path(row[11]),
+            manifest=_maybe_path(row[11]),
             files=tuple(_file_detail(f) for f in files),
         )
 
@@ -1593,23 +1585,7 @@ def _check_health(connection: sqlite3.Connection, path: Path) -> None:
 
 def _file_detail(row: Sequence[Any]) -> FileDetail:
     """A row of ``_FILE_DETAIL_COLUMNS`` as a :class:`FileDetail`."""
-    return FileDetail(
-        id=row[0],
-        rel=os.fsdecode(row[1]),
-        state=row[2],
-        attempts=row[3],
-        error=row[4],
-        output=_path(row[5]),
-        size=row[6],
-        output_bytes=row[7],
-        created_at=row[8],
-        started_at=row[9],
-        finished_at=row[10],
-        retry_at=row[11],
-        pages=row[12],
-        quality=None if row[13] is None else tuple(json.loads(row[13])),
-        reused_from=row[14],
-    )
+    return _from_row(FileDetail, row, _FILE_DETAIL_DECODE)
 
 
 def _quality(figures: Sequence[Mapping[str, Any]] | None) -> str | None:

@@ -12,6 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -95,23 +96,19 @@ def _multipart(file_field: str, many: bool, fields: frozenset[str]) -> dict[str,
     }
 
 
+@dataclass
 class Door:
     """What the routes share: the bridge, the limits, the spool and the tokens."""
 
-    def __init__(
-        self,
-        bridge: Bridge,
-        config: HttpConfig,
-        spool: Path,
-        watches: Callable[[], tuple[WatchConfig, ...]],
-        tokens: Tokens | None,
-    ) -> None:
-        self.bridge = bridge
-        self.config = config
-        self.spool = spool
-        self.watches = watches
-        self.tokens = tokens
-        self.limits = Limits(config.max_upload_bytes, config.max_files_per_job)
+    bridge: Bridge
+    config: HttpConfig
+    spool: Path
+    watches: Callable[[], tuple[WatchConfig, ...]]
+    tokens: Tokens | None
+    limits: Limits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(self.config.max_upload_bytes, self.config.max_files_per_job)
 
     def watch(self, name: str | None) -> WatchConfig:
         wanted = name or self.config.watch
@@ -276,7 +273,7 @@ def _probe_routes(app: FastAPI, door: Door) -> None:
         return Response(answer["text"], media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-def _queue_routes(app: FastAPI, door: Door) -> None:  # noqa: C901, PLR0915 - a few lines per route
+def _queue_routes(app: FastAPI, door: Door) -> None:  # noqa: C901 - a few lines per route
 
     @app.post(
         "/queue/submit",
@@ -346,23 +343,8 @@ def _queue_routes(app: FastAPI, door: Door) -> None:  # noqa: C901, PLR0915 - a 
         """The same figures as the stats file (docs/stats.md)."""
         return await door.bridge.call("status", "-")
 
-    @app.post(
-        "/queue/job/{job_id}/cancel",
-        tags=["queue"],
-        responses={**_ERRORS, **_NOT_FOUND, 409: {"description": "the job has ended"}},
-    )
-    async def cancel(job_id: Annotated[int, JobIdPath], who: Submitter) -> dict[str, Any]:
-        """As ``watchd cancel``: files not yet started fail with the reason "cancelled"."""
-        return await door.bridge.call("cancel", who.name, changes=True, id=job_id)
-
-    @app.post(
-        "/queue/job/{job_id}/retry",
-        tags=["queue"],
-        responses={**_ERRORS, **_NOT_FOUND, 409: {"description": "nothing to retry"}},
-    )
-    async def retry(job_id: Annotated[int, JobIdPath], who: Submitter) -> dict[str, Any]:
-        """As ``watchd retry``: the job's failed files run again."""
-        return await door.bridge.call("retry", who.name, changes=True, id=job_id)
+    for command, (conflict, does) in _JOB_COMMANDS.items():
+        _job_command_route(app, door, command, conflict, does)
 
     @app.post("/queue/pause", tags=["queue"], responses=_ERRORS)
     async def pause(who: Admin) -> dict[str, Any]:
@@ -372,12 +354,7 @@ def _queue_routes(app: FastAPI, door: Door) -> None:  # noqa: C901, PLR0915 - a 
     async def resume(who: Admin) -> dict[str, Any]:
         return await door.bridge.call("resume", who.name, changes=True)
 
-    @app.get(
-        "/queue/job/{job_id}/events",
-        tags=["queue"],
-        response_class=StreamingResponse,
-        responses={**_ERRORS, **_NOT_FOUND, 200: {"content": {"text/event-stream": {}}}},
-    )
+    @app.get("/queue/job/{job_id}/events", **job_resource("text/event-stream"))
     async def events(job_id: Annotated[int, JobIdPath], _who: Reader) -> StreamingResponse:
         """Server-Sent Events: ``progress`` whenever the job changes, ``end`` when it ends."""
         first = job_view(await door.bridge.call("job", "-", id=job_id))
@@ -400,13 +377,44 @@ def _queue_routes(app: FastAPI, door: Door) -> None:  # noqa: C901, PLR0915 - a 
         )
 
 
-def _result_routes(app: FastAPI, door: Door) -> None:
-    @app.get(
-        "/queue/job/{job_id}/files/{file_id}",
+#: The control commands on one job that the API forwards as they are (``POST
+#: /queue/job/{id}/<command>``): what their 409 means, and what they do.
+_JOB_COMMANDS = {
+    "cancel": (
+        "the job has ended",
+        'As ``watchd cancel``: files not yet started fail with the reason "cancelled".',
+    ),
+    "retry": ("nothing to retry", "As ``watchd retry``: the job's failed files run again."),
+}
+
+
+def _job_command_route(app: FastAPI, door: Door, command: str, conflict: str, does: str) -> None:
+    async def forward(job_id: Annotated[int, JobIdPath], who: Submitter) -> dict[str, Any]:
+        return await door.bridge.call(command, who.name, changes=True, id=job_id)
+
+    app.post(
+        f"/queue/job/{{job_id}}/{command}",
         tags=["queue"],
-        response_class=StreamingResponse,
-        responses={**_ERRORS, **_NOT_FOUND, 200: {"content": {"image/png": {}}}},
-    )
+        name=command,
+        description=does,
+        responses={**_ERRORS, **_NOT_FOUND, 409: {"description": conflict}},
+    )(forward)
+
+
+def job_resource(
+    media: str,
+    response_class: type[Response] = StreamingResponse,
+    refusals: dict[int | str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The settings of a route that answers with a resource of a job (a cutout, a zip, an
+    event stream, a thumbnail) of type ``media``: its OpenAPI answers are that body, the
+    common refusals, 404, and ``refusals`` of its own."""
+    responses = {**_ERRORS, **_NOT_FOUND, 200: {"content": {media: {}}}, **(refusals or {})}
+    return {"tags": ["queue"], "response_class": response_class, "responses": responses}
+
+
+def _result_routes(app: FastAPI, door: Door) -> None:
+    @app.get("/queue/job/{job_id}/files/{file_id}", **job_resource("image/png"))
     async def file(
         job_id: Annotated[int, JobIdPath],
         file_id: Annotated[int, JobIdPath],
@@ -416,12 +424,7 @@ def _result_routes(app: FastAPI, door: Door) -> None:
         fd, media = await _output_of(door, job_id, file_id)
         return StreamingResponse(read_chunks(fd), media_type=media)
 
-    @app.get(
-        "/queue/job/{job_id}/results.zip",
-        tags=["queue"],
-        response_class=StreamingResponse,
-        responses={**_ERRORS, **_NOT_FOUND, 200: {"content": {"application/zip": {}}}},
-    )
+    @app.get("/queue/job/{job_id}/results.zip", **job_resource("application/zip"))
     async def results(job_id: Annotated[int, JobIdPath], _who: Reader) -> StreamingResponse:
         """Every cutout of the job written so far, streamed as one zip."""
         detail = await door.bridge.call("job", "-", id=job_id)

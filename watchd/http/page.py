@@ -27,7 +27,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from watchd.errors import OutputMissing, ThumbnailError
-from watchd.http.app import _ERRORS, _NOT_FOUND, Door, JobIdPath, Reader
+from watchd.http.app import _ERRORS, Door, JobIdPath, Reader, job_resource
 from watchd.http.thumbs import Thumbnails
 from watchd.http.views import open_inside
 
@@ -78,14 +78,11 @@ def page_routes(app: FastAPI, door: Door) -> None:
 
     @app.get(
         "/queue/job/{job_id}/files/{file_id}/thumbnail",
-        tags=["queue"],
-        response_class=Response,
-        responses={
-            **_ERRORS,
-            **_NOT_FOUND,
-            200: {"content": {"image/webp": {}}},
-            415: {"description": "the file cannot be read as an image"},
-        },
+        **job_resource(
+            "image/webp",
+            Response,
+            {415: {"description": "the file cannot be read as an image"}},
+        ),
     )
     async def thumbnail(
         job_id: Annotated[int, JobIdPath],

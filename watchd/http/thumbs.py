@@ -27,6 +27,7 @@ import os
 import tempfile
 import threading
 import warnings
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -43,23 +44,19 @@ MAX_BYTES: Final = 64 * 1024 * 1024
 MAX_PIXELS: Final = 100_000_000
 
 
+@dataclass(eq=False)
 class Thumbnails:
     """A bounded on-disk cache of thumbnails, made on demand."""
 
-    def __init__(
-        self,
-        root: Path,
-        *,
-        size: int = SIZE,
-        max_entries: int = MAX_ENTRIES,
-        max_bytes: int = MAX_BYTES,
-    ) -> None:
-        self.root = root
-        self.size = size
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._prune_lock = threading.Lock()
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root: Path
+    _: KW_ONLY
+    size: int = SIZE  # the longer side, pixels
+    max_entries: int = MAX_ENTRIES
+    max_bytes: int = MAX_BYTES
+    _prune_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def get(self, fd: int, key: str) -> tuple[bytes, bool]:
         """The thumbnail of the open regular file ``fd`` (closed here) and whether it came

@@ -2,6 +2,8 @@
 
 A worker never sees the ledger or the users' folders (docs/design.md, invariant 5):
 both types carry bytes and options only, so they travel to a process or a cluster.
+Their byte fields are left out of ``repr``: a pool or a Dask worker that logs a task
+or a result (a failed compute does) must not build a string of megabytes of image.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ class Task:
     """One file's work: the bytes and the options it was accepted with."""
 
     file_id: int
-    data: bytes
+    data: bytes = field(repr=False)
     model: str
     output: OutputConfig = field(default_factory=OutputConfig)
     #: onnxruntime threads for this file: 0 is the worker's own count; more when the file is
@@ -26,11 +28,11 @@ class Task:
     threads: int = 0
     #: the bytes of ``output.background_image``, read by the daemon (workers never open
     #: user paths: docs/design.md, invariant 5; watchd/product_input.py)
-    background_image: bytes | None = None
+    background_image: bytes | None = field(default=None, repr=False)
     #: ``review_if`` conditions (watchd/quality.py): a page that trips one gets a sheet
     review_if: tuple[str, ...] = ()
     #: a hand-edited mask (PNG bytes, watchd/masks.py): used instead of the model's
-    mask: bytes | None = None
+    mask: bytes | None = field(default=None, repr=False)
     mask_name: str = ""
 
 
@@ -43,7 +45,7 @@ class Result:
     """
 
     file_id: int
-    pages: tuple[bytes, ...]
+    pages: tuple[bytes, ...] = field(repr=False)
     width: int
     height: int
     timings: Mapping[str, float] = field(default_factory=dict)
@@ -54,7 +56,7 @@ class Result:
     #: what tripped ``review_if`` (empty: the output goes to the outbox), and the
     #: side-by-side sheet of the first page that did (watchd/imaging/review_sheet.py)
     review: tuple[str, ...] = ()
-    sheet: bytes | None = None
+    sheet: bytes | None = field(default=None, repr=False)
 
     @property
     def data(self) -> bytes:
