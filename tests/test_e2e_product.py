@@ -18,7 +18,7 @@ from PIL import Image
 
 from tests.support import DaemonProcess, is_manifest, is_output, jobs_ended, wait_for
 from tests.test_e2e_operators import cli, cli_json, drop
-from watchd.control import ControlClient
+from watchd.control_client import ControlClient
 from watchd.errors import ProtocolError
 from watchd.imaging import product
 
