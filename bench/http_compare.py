@@ -11,7 +11,8 @@ Two phases, results in ``bench/results/http-DATE.json`` and summarised on stdout
    daemon's own RSS (not its workers') is sampled; the growth over the idle daemon is
    reported.
 
-Run: ``.venv/bin/python bench/http_compare.py [--photos 16] [--workers N]``.
+Run: ``.venv/bin/python bench/http_compare.py [--photos 16] [--workers N] [--only remove|rss]``
+(``--only`` runs one phase; ``rss`` needs no ``rembg s``).
 """
 
 from __future__ import annotations
@@ -136,18 +137,31 @@ def remove_phase(url: str, photos: list[Path], clients: int) -> dict[str, Any]:
 
 
 class RssSampler:
-    """Samples one process's VmRSS (KiB) every 20 ms in a thread; ``peak`` is the highest."""
+    """Samples one process's VmRSS (KiB) every 20 ms in a thread; ``peak`` is the highest.
+
+    :meth:`mark` closes a step: ``steps`` keeps each step's peak and its RSS at the end, so
+    a growth can be put on the upload, the processing or the zip.
+    """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak = 0
+        self._step_peak = 0
+        self.steps: dict[str, dict[str, float | None]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, compare.status_kib(self.pid, "VmRSS") or 0)
+            rss = compare.status_kib(self.pid, "VmRSS") or 0
+            self.peak = max(self.peak, rss)
+            self._step_peak = max(self._step_peak, rss)
             time.sleep(0.02)
+
+    def mark(self, step: str) -> None:
+        now = compare.status_kib(self.pid, "VmRSS") or 0
+        peak, self._step_peak = max(self._step_peak, now), 0
+        self.steps[step] = {"peak_mib": compare.mib(peak), "end_mib": compare.mib(now)}
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -203,15 +217,18 @@ def rss_phase(daemon: DaemonProcess, url: str, photos: list[Path]) -> dict[str, 
         upload_s = time.perf_counter() - started
         job_id = answer.json()["job_id"]
         after_upload = sampler.peak
+        sampler.mark("upload")
 
         def ended() -> bool:
             return client.get(f"/queue/job/{job_id}").json()["finished_at"] is not None
 
         wait_for(ended, 3600, what="the uploaded job")
+        sampler.mark("processing")
         fetched = 0
         with client.stream("GET", f"/queue/job/{job_id}/results.zip") as stream:
             for chunk in stream.iter_bytes():
                 fetched += len(chunk)
+        sampler.mark("results_zip")
         job = client.get(f"/queue/job/{job_id}").json()
     return {
         "photos": len(photos),
@@ -223,6 +240,7 @@ def rss_phase(daemon: DaemonProcess, url: str, photos: list[Path]) -> dict[str, 
         "rss_peak_during_upload_mib": compare.mib(after_upload),
         "rss_peak_mib": compare.mib(sampler.peak),
         "rss_growth_mib": compare.mib(sampler.peak - idle),
+        "rss_steps": sampler.steps,
     }
 
 
@@ -232,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uploads", type=int, default=100, help="photos in the RSS phase")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work", type=Path, default=REPO / "bench" / ".http-work")
+    parser.add_argument("--only", choices=("remove", "rss"), help="run this phase alone")
     args = parser.parse_args(argv)
     store = ModelStore(None)
     store.verify(compare.MODEL)
@@ -239,41 +258,48 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / ".gitignore").write_text("*\n")
     photos = compare.build_set(args.work / "photos", "2mp", args.photos, seed=14)
-    rembg = compare.ensure_rembg_venv(compare.DEFAULT_REMBG_VENV)
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": compare.host_facts(),
         "workers": args.workers,
         "set": compare.describe_set(photos),
         "remove": {"watchd": [], "rembg_s": []},
+        "targets": {},
     }
-    proc, rembg_url = start_rembg_server(rembg, model_dir, args.work)
+    proc = None
+    if args.only != "rss":
+        rembg = compare.ensure_rembg_venv(compare.DEFAULT_REMBG_VENV)
+        proc, rembg_url = start_rembg_server(rembg, model_dir, args.work)
     daemon, watchd_url = start_watchd(args.work / "daemon", store, args.workers)
     try:
-        for clients in (1, 4):  # alternate the servers: a slow spell hits both alike
-            for name, url in (("rembg_s", rembg_url), ("watchd", watchd_url)):
-                compare.log(f"/api/remove on {name} with {clients} client(s) ...")
-                result["remove"][name].append(remove_phase(url, photos, clients))
-        proc.terminate()
-        proc.wait(30)
-        compare.log(f"POST /queue/submit of {args.uploads} photos of about 2 MB ...")
-        uploads = big_photos(args.work / "uploads", args.uploads)
-        result["rss"] = rss_phase(daemon, watchd_url, uploads)
+        if proc is not None:
+            for clients in (1, 4):  # alternate the servers: a slow spell hits both alike
+                for name, url in (("rembg_s", rembg_url), ("watchd", watchd_url)):
+                    compare.log(f"/api/remove on {name} with {clients} client(s) ...")
+                    result["remove"][name].append(remove_phase(url, photos, clients))
+            proc.terminate()
+            proc.wait(30)
+            four = {name: runs[-1] for name, runs in result["remove"].items()}
+            result["targets"]["photos_per_s_4_clients_ratio"] = round(
+                four["watchd"]["photos_per_s"] / four["rembg_s"]["photos_per_s"], 2
+            )
+            result["targets"]["p95_4_clients_lower"] = (
+                four["watchd"]["p95_s"] < four["rembg_s"]["p95_s"]
+            )
+        if args.only != "remove":
+            compare.log(f"POST /queue/submit of {args.uploads} photos of about 2 MB ...")
+            uploads = big_photos(args.work / "uploads", args.uploads)
+            result["rss"] = rss_phase(daemon, watchd_url, uploads)
+            growth = result["rss"]["rss_growth_mib"] or 0
+            result["targets"]["rss_growth_under_50_mib"] = growth < 50
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.kill()
         daemon.stop()
-    four = {name: runs[-1] for name, runs in result["remove"].items()}
-    result["targets"] = {
-        "photos_per_s_4_clients_ratio": round(
-            four["watchd"]["photos_per_s"] / four["rembg_s"]["photos_per_s"], 2
-        ),
-        "p95_4_clients_lower": four["watchd"]["p95_s"] < four["rembg_s"]["p95_s"],
-        "rss_growth_under_50_mib": (result["rss"]["rss_growth_mib"] or 0) < 50,
-    }
     out = REPO / "bench" / "results" / f"http-{result['date'][:16].replace(':', '')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("remove", "rss", "targets")}, indent=2))
+    shown = ("remove", "rss", "targets")
+    print(json.dumps({k: result[k] for k in shown if k in result}, indent=2))
     compare.log(f"results in {out}")
     return 0
 

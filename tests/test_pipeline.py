@@ -8,6 +8,7 @@ real worker processes, which are killed with real signals.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import io
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -24,6 +26,7 @@ import pytest
 from pebble import ProcessExpired
 from PIL import EpsImagePlugin, Image, ImageChops, ImageOps
 
+from tests.support import wait_for
 from watchd.config import OutputConfig
 from watchd.errors import AttemptFailed, InputRejected, UnsafePath
 from watchd.imaging.decode import decode_pages
@@ -486,6 +489,28 @@ def test_pool_check_model_and_process(pool: LocalPool, photos: dict[str, Path]) 
     assert result.file_id == 11
     assert Image.open(io.BytesIO(result.data)).mode == "RGBA"
     assert len(pool_workers()) == 1
+
+
+def test_pool_result_is_freed_when_its_future_is_dropped(
+    pool: LocalPool, photos: dict[str, Path]
+) -> None:
+    """A finished file's result (its encoded outputs: megabytes) goes as soon as the
+    dispatcher drops the future, without Python's cycle collector: the pool's future and
+    pebble's hold no reference cycle once done (docs/performance.md, the daemon's memory
+    while a job runs)."""
+    gc.collect()
+    gc.disable()
+    try:
+        future = pool.submit(small_task(photos, file_id=12))
+        result = outcome(future)
+        assert isinstance(result, Result)
+        gone = weakref.ref(result)
+        del future, result
+        # pebble's scheduler thread holds the task it scheduled last until the next arrives
+        assert isinstance(outcome(pool.submit(small_task(photos, file_id=13))), Result)
+        wait_for(lambda: gone() is None, 10, what="the result to be freed without gc")
+    finally:
+        gc.enable()
 
 
 def test_pool_rejects_bad_input_without_losing_the_worker(

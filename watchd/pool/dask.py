@@ -51,6 +51,7 @@ import itertools
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
@@ -247,7 +248,11 @@ class DaskPool:
             if self._closed:
                 raise RuntimeError("the dask pool is closed")
             self._waiting.append(entry)
-        future.add_done_callback(partial(self._our_future_done, entry))
+        # A weak reference: the future's callback list must not hold its own entry (the entry
+        # holds the future: a cycle that would keep the input and the result in memory until
+        # the cyclic garbage collector runs; docs/performance.md). A pending entry is held
+        # by ``_waiting`` or ``_sent`` anyway.
+        future.add_done_callback(partial(self._our_future_done, weakref.ref(entry)))
         self._pump()
         return future
 
@@ -564,9 +569,10 @@ class DaskPool:
         except InvalidStateError:  # cancelled by the dispatcher meanwhile
             pass
 
-    def _our_future_done(self, entry: _Entry, future: Future[Result]) -> None:
-        if future.cancelled():  # the dispatcher gave up on it (shutdown): let the cluster forget it
-            self._settle(entry)
+    def _our_future_done(self, ref: weakref.ref[_Entry], future: Future[Result]) -> None:
+        entry = ref()  # None: settled and forgotten already
+        if entry is not None and future.cancelled():  # the dispatcher gave up on it (shutdown)
+            self._settle(entry)  # let the cluster forget it
 
     def _on_started(self, event: Any) -> None:
         """In the client's event loop: a worker began one of our tasks (starts file_timeout)."""

@@ -144,10 +144,10 @@ class LocalPool:
 
     def submit(self, task: Task) -> Future[Result]:
         inner = self._live_pool().schedule(run, args=(task,), timeout=self.file_timeout)
-        future: Future[Result] = _Handed(inner)
+        future = _Handed(inner)
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
-        future.add_done_callback(partial(_cancel_inner, inner))
+        future.add_done_callback(_Handed.release)
         inner.add_done_callback(partial(_settle, future))
         return future
 
@@ -168,14 +168,34 @@ class LocalPool:
 
 class _Handed(Future[Result]):
     """Our future of one file: it reports running while pebble's does (a worker took the
-    file), as pebble's own future did before it was wrapped."""
+    file), as pebble's own future did before it was wrapped.
+
+    Once it is done it lets go of pebble's future (:meth:`release`). Pebble's future keeps
+    a callback that holds ours (:func:`_settle`); were ours to keep pebble's too, the two
+    would form a reference cycle, and each file's input and encoded outputs (megabytes)
+    would stay in the daemon's memory until Python's cyclic garbage collector ran, not
+    free as soon as the dispatcher drops the future (docs/performance.md, "The daemon's
+    memory while a job runs").
+    """
 
     def __init__(self, inner: Future[Any]) -> None:
         super().__init__()
-        self._inner = inner
+        self._inner: Future[Any] | None = inner
 
     def running(self) -> bool:
-        return super().running() or (not self.done() and self._inner.running())
+        inner = self._inner
+        return super().running() or (not self.done() and inner is not None and inner.running())
+
+    @staticmethod
+    def release(future: Future[Result]) -> None:
+        """Its done callback (a plain function, so the callback list holds no cycle either):
+        the dispatcher gave up on the file (shutdown), so pebble stops its worker if it
+        runs; in every case pebble's future is let go."""
+        if not isinstance(future, _Handed):
+            return
+        inner, future._inner = future._inner, None
+        if inner is not None and future.cancelled():
+            inner.cancel()
 
 
 def _settle(future: Future[Result], inner: Future[Any]) -> None:
@@ -189,12 +209,6 @@ def _settle(future: Future[Result], inner: Future[Any]) -> None:
             future.set_result(inner.result())
         else:
             future.set_exception(failure(error))
-
-
-def _cancel_inner(inner: Future[Any], future: Future[Result]) -> None:
-    """The dispatcher gave up on a file (shutdown): pebble stops its worker if it runs."""
-    if future.cancelled():
-        inner.cancel()
 
 
 def failure(error: BaseException) -> InputRejected | AttemptFailed:
