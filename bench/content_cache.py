@@ -58,6 +58,7 @@ from watchd.config import OutputConfig  # noqa: E402
 from watchd.content_cache import ContentCache, cache_key  # noqa: E402
 from watchd.ledger import Ledger, NewFile, NewJob  # noqa: E402
 from watchd.models import ModelStore  # noqa: E402
+from watchd.options import JobOptions  # noqa: E402
 
 
 def skimage_photos() -> dict[str, Image.Image]:
@@ -118,7 +119,7 @@ def micro(reps: int) -> list[dict[str, Any]]:
                     watch="w",
                     name=name,
                     kind="file",
-                    options={},
+                    options=JobOptions(model="u2netp", after="archive", max_file_bytes=1 << 30),
                     files=[NewFile(name, Path("/i"), Path("/o"), Path("/a"), Path("/f"), 1, 1)],
                 )
             )

@@ -169,6 +169,32 @@ def test_api_remove_answers_the_cutout(
     assert bad.status_code == 422 and "x.png" in bad.json()["detail"]
 
 
+def test_api_remove_takes_the_product_shot_options(
+    door: tuple[DaemonProcess, httpx.Client], photos: dict[str, Path]
+) -> None:
+    """rembg's server has no crop or canvas; watchd's /api/remove takes a sidecar's."""
+    _daemon, client = door
+    answer = client.post(
+        "/api/remove",
+        files={"file": ("cat.png", photos["cat.png"].read_bytes(), "image/png")},
+        data={"canvas": "300x200", "fill": "0.5"},
+    )
+    assert answer.status_code == 200, answer.text
+    from PIL import Image
+
+    shot = Image.open(io.BytesIO(answer.content))
+    assert shot.size == (300, 200)
+    box = shot.getchannel("A").point(lambda a: 255 if a >= 26 else 0).getbbox()
+    assert box is not None
+    assert box[2] - box[0] <= 151 and box[3] - box[1] <= 101  # fits in half the canvas
+    bad = client.post(
+        "/api/remove",
+        files={"file": ("cat.png", photos["cat.png"].read_bytes(), "image/png")},
+        params={"canvas": "big"},
+    )
+    assert bad.status_code == 422 and "canvas" in bad.text
+
+
 def test_probes_and_metrics(door: tuple[DaemonProcess, httpx.Client]) -> None:
     _daemon, client = door
     assert client.get("/health").json()["status"] == "ok"

@@ -3,7 +3,8 @@
 ``POST /queue/submit`` takes the queue service's ``model``, ``format``,
 ``background``, ``priority``, ``name`` and ``watch``; ``POST /api/remove`` takes
 rembg's server's ``model``, ``a``, ``af``, ``ab``, ``ae``, ``om``, ``ppm`` and
-``bgc``. Either may come as query parameters or form fields. Output options become
+``bgc``. Both take the product-shot options ``crop``, ``margin``, ``canvas``, ``fill``
+and ``align``. Either may come as query parameters or form fields. Output options become
 the job's ``watchd.toml`` (the sidecar a folder job may carry, docs/routing.md), so
 an HTTP job is recorded and processed exactly like a dropped folder; they are
 validated with :func:`watchd.config.sidecar_overrides` before anything is written.
@@ -35,31 +36,17 @@ def _known_model(value: str | None) -> str | None:
     return value
 
 
-class SubmitOptions(BaseModel):
-    """Options of ``POST /queue/submit`` (query parameters or form fields)."""
+class ProductOptions(BaseModel):
+    """The product-shot options both doors take (docs/outputs.md, "Product shots"), checked
+    like a sidecar's keys."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="the model (default: the watch's)")
-    format: Literal["png", "webp", "jpeg", "mask"] | None = None
-    background: str | None = Field(None, pattern=f"^{COLOR_PATTERN}$", description='"#rrggbb"')
-    priority: int | None = Field(
-        None, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="higher runs first"
-    )
-    name: str | None = Field(
-        None,
-        pattern=r"^[^./\x00-\x1f][^/\x00-\x1f]{0,199}$",
-        description="the job's name: its outputs go to a folder of this name in the outbox",
-    )
-    watch: str | None = Field(None, description="the watch the job belongs to")
-    # product shots (docs/outputs.md, "Product shots"), checked like a sidecar's keys
     crop: Literal["none", "subject"] | None = Field(None, description="crop to the subject")
     margin: int | str | None = Field(None, description='pixels ("24") or "5%"')
     canvas: str | None = Field(None, description='place the subject on a canvas "WxH"')
     fill: float | None = Field(None, description="the share of the canvas the subject takes")
     align: Literal["center", "bottom"] | None = None
-
-    _model = field_validator("model")(_known_model)
 
     @field_validator("margin", mode="before")
     @classmethod
@@ -73,10 +60,32 @@ class SubmitOptions(BaseModel):
             raise ValueError(f"expected whole pixels or a percentage, got {value!r}") from None
 
 
-class RemoveOptions(BaseModel):
-    """Options of ``POST /api/remove``: the names rembg's server uses."""
+#: The sidecar keys :class:`ProductOptions` sets.
+PRODUCT_KEYS = tuple(ProductOptions.model_fields)
 
-    model_config = ConfigDict(extra="forbid")
+
+class SubmitOptions(ProductOptions):
+    """Options of ``POST /queue/submit`` (query parameters or form fields)."""
+
+    model: str | None = Field(None, description="the model (default: the watch's)")
+    format: Literal["png", "webp", "jpeg", "mask"] | None = None
+    background: str | None = Field(None, pattern=f"^{COLOR_PATTERN}$", description='"#rrggbb"')
+    priority: int | None = Field(
+        None, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="higher runs first"
+    )
+    name: str | None = Field(
+        None,
+        pattern=r"^[^./\x00-\x1f][^/\x00-\x1f]{0,199}$",
+        description="the job's name: its outputs go to a folder of this name in the outbox",
+    )
+    watch: str | None = Field(None, description="the watch the job belongs to")
+
+    _model = field_validator("model")(_known_model)
+
+
+class RemoveOptions(ProductOptions):
+    """Options of ``POST /api/remove``: the names rembg's server uses, and the product-shot
+    options, which rembg's server does not have."""
 
     model: str | None = Field(None, description="the model (default: the watch's)")
     a: bool = Field(False, description="alpha matting")
@@ -119,9 +128,12 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-def submit_sidecar(options: SubmitOptions) -> dict[str, Any]:
-    keys = ("model", "format", "background", "crop", "margin", "canvas", "fill", "align")
+def _given(options: BaseModel, keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: getattr(options, k) for k in keys if getattr(options, k) is not None}
+
+
+def submit_sidecar(options: SubmitOptions) -> dict[str, Any]:
+    return _given(options, ("model", "format", "background", *PRODUCT_KEYS))
 
 
 def remove_sidecar(options: RemoveOptions) -> dict[str, Any]:
@@ -133,6 +145,7 @@ def remove_sidecar(options: RemoveOptions) -> dict[str, Any]:
         "alpha_matting_erode_size": options.ae,
         "only_mask": options.om,
         "post_process_mask": options.ppm,
+        **_given(options, PRODUCT_KEYS),
     }
     if options.model is not None:
         values["model"] = options.model
