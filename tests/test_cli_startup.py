@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 #: Modules only the daemon needs; any of them in a `watchd status` process costs start-up.
 DAEMON_ONLY = (
     "asyncio",
@@ -100,17 +102,22 @@ def test_status_reads_only_where_the_daemon_is(tmp_path: Path) -> None:
     assert f"cannot talk to watchd at {tmp_path / 'st' / 'control.sock'}" in result.stderr
 
 
-def test_status_with_a_bad_daemon_path_names_the_file_and_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "content", "message"),
+    [
+        (
+            "status",
+            "[daemon]\nsocket = 5\n",
+            "daemon.socket: expected a non-empty string, got int 5",
+        ),
+        ("stats", "[daemon\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_daemon_table_or_file_names_the_file(
+    tmp_path: Path, command: str, content: str, message: str
+) -> None:
     config = tmp_path / "watchd.toml"
-    config.write_text("[daemon]\nsocket = 5\n")
-    result = run_cli("status", "--config", str(config))
+    config.write_text(content)
+    result = run_cli(command, "--config", str(config))
     assert result.returncode == 2
-    assert f"{config}: daemon.socket: expected a non-empty string, got int 5" in result.stderr
-
-
-def test_status_with_a_file_that_is_not_toml_names_the_file(tmp_path: Path) -> None:
-    config = tmp_path / "watchd.toml"
-    config.write_text("[daemon\n")
-    result = run_cli("stats", "--config", str(config))
-    assert result.returncode == 2
-    assert f"{config}: not valid TOML" in result.stderr
+    assert f"{config}: {message}" in result.stderr

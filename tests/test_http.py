@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.http_support import (
     base_url,
@@ -149,19 +150,18 @@ def test_a_non_image_fails_with_its_reason(door: tuple[DaemonProcess, httpx.Clie
     assert list((daemon.root / "failed").rglob("notes.jpg.error.txt"))
 
 
+def cat_file(photos: dict[str, Path]) -> dict[str, tuple[str, bytes, str]]:
+    """The cat photo as a rembg client sends it to ``POST /api/remove``."""
+    return {"file": ("cat.png", photos["cat.png"].read_bytes(), "image/png")}
+
+
 def test_api_remove_answers_the_cutout(
     door: tuple[DaemonProcess, httpx.Client], photos: dict[str, Path]
 ) -> None:
     _daemon, client = door
-    answer = client.post(
-        "/api/remove",
-        files={"file": ("cat.png", photos["cat.png"].read_bytes(), "image/png")},
-        data={"model": "u2netp", "om": "true"},
-    )
+    answer = client.post("/api/remove", files=cat_file(photos), data={"model": "u2netp", "om": "1"})
     assert answer.status_code == 200, answer.text
     assert answer.content[:8] == b"\x89PNG\r\n\x1a\n"
-    from PIL import Image
-
     assert Image.open(io.BytesIO(answer.content)).mode == "L"  # om: only the mask
     job = client.get(f"/queue/job/{answer.headers['x-watchd-job']}").json()
     assert job["status"] == "completed" and job["priority"] == 100
@@ -174,24 +174,16 @@ def test_api_remove_takes_the_product_shot_options(
 ) -> None:
     """rembg's server has no crop or canvas; watchd's /api/remove takes a sidecar's."""
     _daemon, client = door
-    answer = client.post(
-        "/api/remove",
-        files={"file": ("cat.png", photos["cat.png"].read_bytes(), "image/png")},
-        data={"canvas": "300x200", "fill": "0.5"},
+    shot = client.post(
+        "/api/remove", files=cat_file(photos), data={"canvas": "300x200", "fill": ".5"}
     )
-    assert answer.status_code == 200, answer.text
-    from PIL import Image
-
-    shot = Image.open(io.BytesIO(answer.content))
-    assert shot.size == (300, 200)
-    box = shot.getchannel("A").point(lambda a: 255 if a >= 26 else 0).getbbox()
+    assert shot.status_code == 200, shot.text
+    placed = Image.open(io.BytesIO(shot.content))
+    assert placed.size == (300, 200)
+    box = placed.getchannel("A").point(lambda a: 255 if a >= 26 else 0).getbbox()
     assert box is not None
     assert box[2] - box[0] <= 151 and box[3] - box[1] <= 101  # fits in half the canvas
-    bad = client.post(
-        "/api/remove",
-        files={"file": ("cat.png", photos["cat.png"].read_bytes(), "image/png")},
-        params={"canvas": "big"},
-    )
+    bad = client.post("/api/remove", files=cat_file(photos), params={"canvas": "big"})
     assert bad.status_code == 422 and "canvas" in bad.text
 
 
